@@ -1,0 +1,1 @@
+//! Simulation and fault tests (issue 6). Empty for now.
