@@ -1,1 +1,1 @@
-//! node
+pub mod ledger;

@@ -1,0 +1,27 @@
+//! The ledger: pure, deterministic account logic. No async, no I/O, no clock
+//! reads, no randomness, no hash-order output. Time arrives inside requests.
+//!
+//! Map:
+//! - [`types`]: ids, quantities, commands, replies, rejections, limits.
+//! - [`account`]: `Account` and what it holds (buckets, sessions, reservations,
+//!   dedup entries, charge index, tombstones).
+//! - [`decide`]: `decide()`, the one function that evaluates a request against an
+//!   account. The leader runs it speculatively; every replica runs it again in
+//!   apply with the same inputs, so both reach the same state.
+//! - [`state`]: `ShardState`, the replicated state machine of one shard, and
+//!   `apply()` of conditional events.
+//!
+//! Determinism contract: `decide(acct, tariffs, limits, req, now_ms)` is a pure
+//! function of its arguments. An event carries the request, the account version
+//! it was decided against, the decision time and the tariffs used, so apply
+//! reproduces the leader's decision exactly or refuses the event.
+
+pub mod account;
+pub mod decide;
+pub mod state;
+pub mod types;
+
+pub use account::Account;
+pub use decide::{decide, Decision};
+pub use state::{AccountEvent, Applied, Event, ShardState};
+pub use types::*;
