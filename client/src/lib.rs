@@ -1,1 +1,825 @@
-//! client
+//! Client library for the charging cluster's `charging.v1` gRPC API.
+//!
+//! [`Client`] wraps the generated tonic clients with what every caller needs:
+//!
+//! - **Request ids.** Each mutating call gets a fresh UUIDv7 request id, generated
+//!   once per call and reused on every retry, so a retry can never apply twice.
+//!   The `*_with_id` variants take an explicit id (for exact duplicates, or for a
+//!   manual retry of a call whose outcome is unknown).
+//! - **Retries.** Only on `UNAVAILABLE` (routing / unknown outcome; the server
+//!   promises the same request id is safe to resend), with exponential backoff,
+//!   bounded by [`ClientConfig::max_retries`] and an overall deadline
+//!   ([`ClientConfig::deadline_ms`]). Every attempt carries the remaining time as
+//!   its gRPC timeout. Other codes are returned at once.
+//! - **Leader hints.** An `UNAVAILABLE` status may carry the metadata entry
+//!   [`LEADER_ADDR_HEADER`] (`x-leader-addr`), the public address of the shard
+//!   leader. The retry then goes straight there, over a channel from a small
+//!   bounded cache ([`CHANNEL_CACHE_CAPACITY`] entries). An `UNAVAILABLE` without a
+//!   hint sends the next attempt back to the configured endpoint.
+//!
+//! Responses are the prost types as-is; their `result` field is a
+//! [`proto::ResultCode`] as `i32`, which [`result_name`] turns into e.g. `"OK"`.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use charging_proto::v1 as proto;
+use proto::admin_client::AdminClient;
+use proto::charging_client::ChargingClient;
+use proto::{
+    AccountState, AddBucketRequest, AddBucketResponse, BalanceRequest, BalanceResponse, BucketKind,
+    BucketSpec, CommitRequest, CommitResponse, CreateAccountRequest, CreateAccountResponse,
+    DebitRequest, DebitResponse, GetTariffsRequest, GetTariffsResponse, RefundRequest,
+    RefundResponse, ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse, ResultCode,
+    SetAccountStateRequest, SetAccountStateResponse, SetTariffRequest, SetTariffResponse,
+    StatusRequest, StatusResponse, Tariff, TerminateRequest, TerminateResponse, TopUpRequest,
+    TopUpResponse, Units, UpdateRequest, UpdateResponse, UsageReport,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+pub use uuid::Uuid;
+
+mod error;
+pub mod json;
+pub mod parse;
+
+pub use error::Error;
+
+/// Metadata key of the leader hint on an `UNAVAILABLE` status.
+pub const LEADER_ADDR_HEADER: &str = "x-leader-addr";
+/// The endpoint `chargectl` uses when none is given.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+/// How many leader channels (by address) the client keeps open.
+pub const CHANNEL_CACHE_CAPACITY: usize = 16;
+
+/// Retry and deadline settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Overall deadline of one call, retries included, in ms. Each attempt's gRPC
+    /// timeout is the time left of it.
+    pub deadline_ms: u64,
+    /// Retries after the first attempt (so at most `max_retries + 1` attempts).
+    pub max_retries: u32,
+    /// First backoff between retries, in ms; it doubles on each retry.
+    pub retry_backoff_ms: u64,
+    /// Cap of the backoff, in ms.
+    pub max_retry_backoff_ms: u64,
+    /// Timeout of establishing a connection, in ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            deadline_ms: 2000,
+            max_retries: 5,
+            retry_backoff_ms: 5,
+            max_retry_backoff_ms: 200,
+            connect_timeout_ms: 1000,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The backoff before retry number `retry` (0-based): `retry_backoff_ms * 2^retry`,
+    /// capped at `max_retry_backoff_ms`.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let base = self.retry_backoff_ms.max(1);
+        let ms = base
+            .checked_shl(retry.min(63))
+            .filter(|v| v >> retry.min(63) == base)
+            .unwrap_or(u64::MAX)
+            .min(self.max_retry_backoff_ms.max(base));
+        Duration::from_millis(ms)
+    }
+}
+
+/// A fresh request id: a UUIDv7 (time-ordered; the server uses its time to
+/// reject requests older than its dedup window).
+pub fn new_request_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// The wire form of a request id: the UUID's 16 bytes.
+pub fn request_id_bytes(id: Uuid) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+/// The short name of a `ResultCode` value, e.g. `"OK"`, `"INSUFFICIENT_BALANCE"`;
+/// `"UNKNOWN"` for a value this client does not know.
+pub fn result_name(code: i32) -> &'static str {
+    ResultCode::try_from(code)
+        .map(|c| strip(c.as_str_name(), "RESULT_CODE_"))
+        .unwrap_or("UNKNOWN")
+}
+
+/// Whether a `ResultCode` value is `RESULT_CODE_OK`.
+pub fn is_ok(code: i32) -> bool {
+    code == ResultCode::Ok as i32
+}
+
+/// The short name of a `BucketKind` value, e.g. `"BYTES"`.
+pub fn bucket_kind_name(kind: i32) -> &'static str {
+    BucketKind::try_from(kind)
+        .map(|c| strip(c.as_str_name(), "BUCKET_KIND_"))
+        .unwrap_or("UNKNOWN")
+}
+
+/// The short name of an `AccountState` value, e.g. `"ACTIVE"`.
+pub fn account_state_name(state: i32) -> &'static str {
+    AccountState::try_from(state)
+        .map(|c| strip(c.as_str_name(), "ACCOUNT_STATE_"))
+        .unwrap_or("UNKNOWN")
+}
+
+fn strip(name: &'static str, prefix: &str) -> &'static str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+/// The leader hint carried by a status, if any.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    let v = status
+        .metadata()
+        .get(LEADER_ADDR_HEADER)?
+        .to_str()
+        .ok()?
+        .trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// A bounded cache of channels to leader addresses, evicting the oldest entry.
+struct ChannelCache {
+    map: HashMap<String, Channel>,
+    order: VecDeque<String>,
+}
+
+struct Shared {
+    channel: Channel,
+    endpoint: Option<String>,
+    cache: Mutex<ChannelCache>,
+}
+
+/// A client of the charging cluster. Cheap to clone; clones share channels.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    config: ClientConfig,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.shared.endpoint)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, Error> {
+    let ep = Endpoint::from_shared(addr.to_string()).map_err(|source| Error::InvalidEndpoint {
+        endpoint: addr.to_string(),
+        source,
+    })?;
+    Ok(ep
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
+        .tcp_nodelay(true))
+}
+
+impl Client {
+    /// Connects to a node's public endpoint, e.g. `"http://127.0.0.1:50051"`, with
+    /// the default [`ClientConfig`]. Fails if the connection cannot be made.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Client, Error> {
+        Self::connect_with_config(endpoint, ClientConfig::default()).await
+    }
+
+    /// Connects with the given config.
+    pub async fn connect_with_config(
+        endpoint: impl Into<String>,
+        config: ClientConfig,
+    ) -> Result<Client, Error> {
+        let addr = endpoint.into();
+        let channel = self::endpoint(&addr, &config)?.connect().await?;
+        Ok(Self::build(channel, Some(addr), config))
+    }
+
+    /// Like [`Client::connect_with_config`], but connects on first use. Must be
+    /// called inside a tokio runtime.
+    pub fn connect_lazy(
+        endpoint: impl Into<String>,
+        config: ClientConfig,
+    ) -> Result<Client, Error> {
+        let addr = endpoint.into();
+        let channel = self::endpoint(&addr, &config)?.connect_lazy();
+        Ok(Self::build(channel, Some(addr), config))
+    }
+
+    /// Wraps an existing channel, with the default config.
+    pub fn from_channel(channel: Channel) -> Client {
+        Self::build(channel, None, ClientConfig::default())
+    }
+
+    fn build(channel: Channel, endpoint: Option<String>, config: ClientConfig) -> Client {
+        Client {
+            shared: Arc::new(Shared {
+                channel,
+                endpoint,
+                cache: Mutex::new(ChannelCache {
+                    map: HashMap::new(),
+                    order: VecDeque::new(),
+                }),
+            }),
+            config,
+        }
+    }
+
+    /// The same client (sharing channels) with another config.
+    pub fn with_config(mut self, config: ClientConfig) -> Client {
+        self.config = config;
+        self
+    }
+
+    /// The current config.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The endpoint this client was connected to, if it was given as an address.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.shared.endpoint.as_deref()
+    }
+
+    /// The underlying channel to the configured endpoint, e.g. for the streaming call.
+    pub fn channel(&self) -> Channel {
+        self.shared.channel.clone()
+    }
+
+    /// A raw generated Charging client on the configured endpoint (no retries).
+    pub fn charging(&self) -> ChargingClient<Channel> {
+        ChargingClient::new(self.channel())
+    }
+
+    /// The channel for an attempt: the configured endpoint, or a cached channel to
+    /// a hinted leader.
+    fn channel_for(&self, target: Option<&str>) -> Channel {
+        let Some(addr) = target else {
+            return self.channel();
+        };
+        if self.shared.endpoint.as_deref() == Some(addr) {
+            return self.channel();
+        }
+        let mut cache = self.shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ch) = cache.map.get(addr) {
+            return ch.clone();
+        }
+        let Ok(ep) = endpoint(addr, &self.config) else {
+            return self.channel();
+        };
+        let ch = ep.connect_lazy();
+        while cache.map.len() >= CHANNEL_CACHE_CAPACITY {
+            match cache.order.pop_front() {
+                Some(old) => {
+                    cache.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        cache.map.insert(addr.to_string(), ch.clone());
+        cache.order.push_back(addr.to_string());
+        ch
+    }
+
+    /// Number of cached leader channels (for tests and diagnostics).
+    pub fn cached_channels(&self) -> usize {
+        self.shared
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+
+    /// Runs one unary call with the retry policy. `msg` is cloned for each attempt,
+    /// so its request id is the same on every attempt.
+    async fn call<Req, Resp, F, Fut>(&self, op: &'static str, msg: Req, f: F) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let deadline = Instant::now() + Duration::from_millis(self.config.deadline_ms);
+        let mut target: Option<String> = None;
+        let mut retries = 0u32;
+        let mut backoffs = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(deadline_exceeded(op, self.config.deadline_ms).into());
+            }
+            let mut req = tonic::Request::new(msg.clone());
+            req.set_timeout(remaining);
+            let attempt = f(self.channel_for(target.as_deref()), req);
+            let status = match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => deadline_exceeded(op, self.config.deadline_ms),
+            };
+            if status.code() != Code::Unavailable || retries >= self.config.max_retries {
+                return Err(status.into());
+            }
+            retries += 1;
+            match leader_hint(&status) {
+                // A new leader: go there at once.
+                Some(hint) if target.as_deref() != Some(hint.as_str()) => {
+                    target = Some(hint);
+                    continue;
+                }
+                // Same leader again: back off, then retry it.
+                Some(_) => {}
+                // No hint: back to the configured endpoint, which forwards.
+                None => target = None,
+            }
+            let pause = self.config.backoff(backoffs);
+            backoffs += 1;
+            if pause >= deadline.saturating_duration_since(Instant::now()) {
+                return Err(status.into());
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    // ---- Charging service -------------------------------------------------------
+
+    /// Creates an account. `initial_balance` goes to money bucket 1;
+    /// `credit_limit` 0 means prepaid.
+    pub async fn create_account(
+        &self,
+        account: impl Into<String>,
+        currency: impl Into<String>,
+        initial_balance: i64,
+        credit_limit: i64,
+        buckets: Vec<BucketSpec>,
+    ) -> Result<CreateAccountResponse, Error> {
+        let id = new_request_id();
+        self.create_account_with_id(
+            id,
+            account,
+            currency,
+            initial_balance,
+            credit_limit,
+            buckets,
+        )
+        .await
+    }
+
+    /// [`Client::create_account`] with an explicit request id.
+    pub async fn create_account_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        currency: impl Into<String>,
+        initial_balance: i64,
+        credit_limit: i64,
+        buckets: Vec<BucketSpec>,
+    ) -> Result<CreateAccountResponse, Error> {
+        let msg = CreateAccountRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            currency: currency.into(),
+            credit_limit,
+            initial_balance,
+            buckets,
+        };
+        self.call("create_account", msg, |ch, r| async move {
+            ChargingClient::new(ch).create_account(r).await
+        })
+        .await
+    }
+
+    /// Adds a bucket to an account.
+    pub async fn add_bucket(
+        &self,
+        account: impl Into<String>,
+        bucket: BucketSpec,
+    ) -> Result<AddBucketResponse, Error> {
+        self.add_bucket_with_id(new_request_id(), account, bucket)
+            .await
+    }
+
+    /// [`Client::add_bucket`] with an explicit request id.
+    pub async fn add_bucket_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        bucket: BucketSpec,
+    ) -> Result<AddBucketResponse, Error> {
+        let msg = AddBucketRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            bucket: Some(bucket),
+        };
+        self.call("add_bucket", msg, |ch, r| async move {
+            ChargingClient::new(ch).add_bucket(r).await
+        })
+        .await
+    }
+
+    /// Tops up a bucket (`bucket_id` 0 = the main money bucket).
+    pub async fn top_up(
+        &self,
+        account: impl Into<String>,
+        bucket_id: u32,
+        amount: i64,
+    ) -> Result<TopUpResponse, Error> {
+        self.top_up_with_id(new_request_id(), account, bucket_id, amount)
+            .await
+    }
+
+    /// [`Client::top_up`] with an explicit request id.
+    pub async fn top_up_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        bucket_id: u32,
+        amount: i64,
+    ) -> Result<TopUpResponse, Error> {
+        let msg = TopUpRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            bucket_id,
+            amount,
+        };
+        self.call("top_up", msg, |ch, r| async move {
+            ChargingClient::new(ch).top_up(r).await
+        })
+        .await
+    }
+
+    /// Reserves units on a rating group within a session (3GPP initial request).
+    pub async fn reserve(
+        &self,
+        account: impl Into<String>,
+        session: impl Into<String>,
+        seq: u64,
+        rating_group: u32,
+        requested: Units,
+    ) -> Result<ReserveResponse, Error> {
+        self.reserve_with_id(
+            new_request_id(),
+            account,
+            session,
+            seq,
+            rating_group,
+            requested,
+        )
+        .await
+    }
+
+    /// [`Client::reserve`] with an explicit request id.
+    pub async fn reserve_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        session: impl Into<String>,
+        seq: u64,
+        rating_group: u32,
+        requested: Units,
+    ) -> Result<ReserveResponse, Error> {
+        let msg = ReserveRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            session_id: session.into(),
+            seq,
+            rating_group,
+            requested: Some(requested),
+        };
+        self.call("reserve", msg, |ch, r| async move {
+            ChargingClient::new(ch).reserve(r).await
+        })
+        .await
+    }
+
+    /// Reports usage and asks for more on several rating groups at once.
+    pub async fn update(
+        &self,
+        account: impl Into<String>,
+        session: impl Into<String>,
+        seq: u64,
+        reports: Vec<UsageReport>,
+    ) -> Result<UpdateResponse, Error> {
+        self.update_with_id(new_request_id(), account, session, seq, reports)
+            .await
+    }
+
+    /// [`Client::update`] with an explicit request id.
+    pub async fn update_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        session: impl Into<String>,
+        seq: u64,
+        reports: Vec<UsageReport>,
+    ) -> Result<UpdateResponse, Error> {
+        let msg = UpdateRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            session_id: session.into(),
+            seq,
+            reports,
+        };
+        self.call("update", msg, |ch, r| async move {
+            ChargingClient::new(ch).update(r).await
+        })
+        .await
+    }
+
+    /// Charges the final usage of a session and releases all it holds.
+    pub async fn terminate(
+        &self,
+        account: impl Into<String>,
+        session: impl Into<String>,
+        seq: u64,
+        reports: Vec<UsageReport>,
+    ) -> Result<TerminateResponse, Error> {
+        self.terminate_with_id(new_request_id(), account, session, seq, reports)
+            .await
+    }
+
+    /// [`Client::terminate`] with an explicit request id.
+    pub async fn terminate_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        session: impl Into<String>,
+        seq: u64,
+        reports: Vec<UsageReport>,
+    ) -> Result<TerminateResponse, Error> {
+        let msg = TerminateRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            session_id: session.into(),
+            seq,
+            reports,
+        };
+        self.call("terminate", msg, |ch, r| async move {
+            ChargingClient::new(ch).terminate(r).await
+        })
+        .await
+    }
+
+    /// Commits usage against one reservation; `final_` resolves it.
+    pub async fn commit(
+        &self,
+        account: impl Into<String>,
+        reservation_id: u64,
+        used: Units,
+        final_: bool,
+    ) -> Result<CommitResponse, Error> {
+        self.commit_with_id(new_request_id(), account, reservation_id, used, final_)
+            .await
+    }
+
+    /// [`Client::commit`] with an explicit request id.
+    pub async fn commit_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        reservation_id: u64,
+        used: Units,
+        final_: bool,
+    ) -> Result<CommitResponse, Error> {
+        let msg = CommitRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            reservation_id,
+            used: Some(used),
+            r#final: final_,
+        };
+        self.call("commit", msg, |ch, r| async move {
+            ChargingClient::new(ch).commit(r).await
+        })
+        .await
+    }
+
+    /// Releases a reservation without charging.
+    pub async fn release(
+        &self,
+        account: impl Into<String>,
+        reservation_id: u64,
+    ) -> Result<ReleaseResponse, Error> {
+        self.release_with_id(new_request_id(), account, reservation_id)
+            .await
+    }
+
+    /// [`Client::release`] with an explicit request id.
+    pub async fn release_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        reservation_id: u64,
+    ) -> Result<ReleaseResponse, Error> {
+        let msg = ReleaseRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            reservation_id,
+        };
+        self.call("release", msg, |ch, r| async move {
+            ChargingClient::new(ch).release(r).await
+        })
+        .await
+    }
+
+    /// Refunds part or all of the charge made by the request `original_request_id`.
+    pub async fn refund(
+        &self,
+        account: impl Into<String>,
+        original_request_id: Uuid,
+        amount: i64,
+    ) -> Result<RefundResponse, Error> {
+        self.refund_with_id(new_request_id(), account, original_request_id, amount)
+            .await
+    }
+
+    /// [`Client::refund`] with an explicit request id.
+    pub async fn refund_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        original_request_id: Uuid,
+        amount: i64,
+    ) -> Result<RefundResponse, Error> {
+        let msg = RefundRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            original_request_id: request_id_bytes(original_request_id),
+            amount,
+        };
+        self.call("refund", msg, |ch, r| async move {
+            ChargingClient::new(ch).refund(r).await
+        })
+        .await
+    }
+
+    /// A one-shot event charge, without a reservation.
+    pub async fn debit(
+        &self,
+        account: impl Into<String>,
+        rating_group: u32,
+        units: Units,
+    ) -> Result<DebitResponse, Error> {
+        self.debit_with_id(new_request_id(), account, rating_group, units)
+            .await
+    }
+
+    /// [`Client::debit`] with an explicit request id.
+    pub async fn debit_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        rating_group: u32,
+        units: Units,
+    ) -> Result<DebitResponse, Error> {
+        let msg = DebitRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            rating_group,
+            units: Some(units),
+        };
+        self.call("debit", msg, |ch, r| async move {
+            ChargingClient::new(ch).debit(r).await
+        })
+        .await
+    }
+
+    /// Reads an account's balance (a read: no request id).
+    pub async fn balance(&self, account: impl Into<String>) -> Result<BalanceResponse, Error> {
+        let msg = BalanceRequest {
+            account_id: account.into(),
+        };
+        self.call("balance", msg, |ch, r| async move {
+            ChargingClient::new(ch).balance(r).await
+        })
+        .await
+    }
+
+    /// Changes an account's lifecycle state.
+    pub async fn set_account_state(
+        &self,
+        account: impl Into<String>,
+        state: AccountState,
+    ) -> Result<SetAccountStateResponse, Error> {
+        self.set_account_state_with_id(new_request_id(), account, state)
+            .await
+    }
+
+    /// [`Client::set_account_state`] with an explicit request id.
+    pub async fn set_account_state_with_id(
+        &self,
+        request_id: Uuid,
+        account: impl Into<String>,
+        state: AccountState,
+    ) -> Result<SetAccountStateResponse, Error> {
+        let msg = SetAccountStateRequest {
+            account_id: account.into(),
+            request_id: request_id_bytes(request_id),
+            state: state as i32,
+        };
+        self.call("set_account_state", msg, |ch, r| async move {
+            ChargingClient::new(ch).set_account_state(r).await
+        })
+        .await
+    }
+
+    /// Sets the tariff of a rating group (its `version` is assigned by the server).
+    pub async fn set_tariff(&self, tariff: Tariff) -> Result<SetTariffResponse, Error> {
+        self.set_tariff_with_id(new_request_id(), tariff).await
+    }
+
+    /// [`Client::set_tariff`] with an explicit request id.
+    pub async fn set_tariff_with_id(
+        &self,
+        request_id: Uuid,
+        tariff: Tariff,
+    ) -> Result<SetTariffResponse, Error> {
+        let msg = SetTariffRequest {
+            request_id: request_id_bytes(request_id),
+            tariff: Some(tariff),
+        };
+        self.call("set_tariff", msg, |ch, r| async move {
+            ChargingClient::new(ch).set_tariff(r).await
+        })
+        .await
+    }
+
+    /// Lists all tariffs.
+    pub async fn get_tariffs(&self) -> Result<GetTariffsResponse, Error> {
+        self.call("get_tariffs", GetTariffsRequest {}, |ch, r| async move {
+            ChargingClient::new(ch).get_tariffs(r).await
+        })
+        .await
+    }
+
+    // ---- Admin service ----------------------------------------------------------
+
+    /// Cluster status as seen by the node the client is connected to.
+    pub async fn status(&self) -> Result<StatusResponse, Error> {
+        self.call("status", StatusRequest {}, |ch, r| async move {
+            AdminClient::new(ch).status(r).await
+        })
+        .await
+    }
+}
+
+fn deadline_exceeded(op: &str, deadline_ms: u64) -> Status {
+    Status::deadline_exceeded(format!(
+        "{op}: client deadline of {deadline_ms} ms exceeded"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = ClientConfig::default();
+        let ms: Vec<u128> = (0..8).map(|i| c.backoff(i).as_millis()).collect();
+        assert_eq!(ms, vec![5, 10, 20, 40, 80, 160, 200, 200]);
+        assert_eq!(c.backoff(200).as_millis(), 200);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(result_name(ResultCode::Ok as i32), "OK");
+        assert_eq!(result_name(8), "INSUFFICIENT_BALANCE");
+        assert_eq!(result_name(0), "UNSPECIFIED");
+        assert_eq!(result_name(999), "UNKNOWN");
+        assert_eq!(bucket_kind_name(BucketKind::Bytes as i32), "BYTES");
+        assert_eq!(
+            account_state_name(AccountState::Suspended as i32),
+            "SUSPENDED"
+        );
+        assert!(is_ok(1) && !is_ok(8));
+    }
+
+    #[test]
+    fn request_ids_are_v7_and_16_bytes() {
+        let id = new_request_id();
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(request_id_bytes(id).len(), 16);
+        assert_ne!(id, new_request_id());
+    }
+
+    #[test]
+    fn hint_is_read_from_metadata() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert(
+            LEADER_ADDR_HEADER,
+            "http://127.0.0.1:50052".parse().unwrap(),
+        );
+        let s = Status::with_metadata(Code::Unavailable, "not leader", md);
+        assert_eq!(leader_hint(&s).as_deref(), Some("http://127.0.0.1:50052"));
+        assert_eq!(leader_hint(&Status::unavailable("x")), None);
+    }
+}
