@@ -18,10 +18,16 @@
 
 pub mod account;
 pub mod decide;
+pub mod hash;
+mod overlay;
+pub mod rating;
 pub mod state;
 pub mod types;
 
-pub use account::Account;
-pub use decide::{decide, Decision};
+#[cfg(test)]
+mod tests;
+
+pub use account::{Account, BalanceView, BucketView};
+pub use decide::{decide, params_hash, Decision};
 pub use state::{AccountEvent, Applied, Event, ShardState};
 pub use types::*;

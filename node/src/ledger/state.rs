@@ -1,6 +1,8 @@
 //! `ShardState`: the replicated state of one shard and `apply()` of events.
+use super::hash::StableHasher;
 use super::*;
 use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// A conditional fact about one account, decided by the shard leader.
@@ -19,7 +21,9 @@ pub struct AccountEvent {
 pub enum Event {
     Account(AccountEvent),
     /// Replace (or add) the tariff of a rating group; version = previous + 1.
-    SetTariff { tariff: Tariff },
+    SetTariff {
+        tariff: Tariff,
+    },
 }
 
 /// Result of applying one event on a replica.
@@ -42,4 +46,189 @@ pub struct ShardState {
     pub tariffs: Tariffs,
     /// Count of refused events (alarms).
     pub alarms: u64,
+    /// Open reservations by `(sweep_at_ms, account, reservation)`: derived from
+    /// `accounts`, kept so the expiry sweeper finds due reservations without
+    /// scanning every account.
+    #[serde(default)]
+    pub expiry_index: imbl::OrdSet<(u64, AccountId, ReservationId)>,
+}
+
+impl ShardState {
+    pub fn new(limits: Limits) -> Self {
+        ShardState {
+            limits,
+            ..ShardState::default()
+        }
+    }
+
+    /// Total and deterministic: never panics.
+    ///
+    /// - `SetTariff`: stores the tariff with `version = previous + 1` (1 for a
+    ///   new rating group), whatever version the event carried; replies
+    ///   `Applied::Ok(Reply::StateSet)`.
+    /// - `Account`: if the account's version is not `expected_version` (0 =
+    ///   absent), `Conflict` and nothing changes. An `Expire` whose reservation
+    ///   is open but not due at `log_ts_ms` is `Refused(RequestTooOld)`.
+    ///   Otherwise `decide` runs again with the event's tariffs and decision
+    ///   time: an acceptance is stored (`Ok(reply)`); a duplicate
+    ///   (`Refused(RequestIdReused)`) or a rejection (`Refused(reason)`) changes
+    ///   nothing but `alarms`, because the leader emits events only for
+    ///   acceptances and a mismatch means the replicas diverged.
+    pub fn apply(&mut self, ev: &Event, log_ts_ms: u64) -> Applied {
+        match ev {
+            Event::SetTariff { tariff } => {
+                let version = self
+                    .tariffs
+                    .get(&tariff.rating_group)
+                    .map_or(1, |t| t.version.saturating_add(1));
+                let mut t = tariff.clone();
+                t.version = version;
+                self.tariffs.insert(t.rating_group, t);
+                Applied::Ok(Reply::StateSet)
+            }
+            Event::Account(ev) => self.apply_account(ev, log_ts_ms),
+        }
+    }
+
+    fn apply_account(&mut self, ev: &AccountEvent, log_ts_ms: u64) -> Applied {
+        let id = &ev.request.account;
+        let current = self.accounts.get(id).map_or(0, |a| a.version);
+        if current != ev.expected_version {
+            return Applied::Conflict;
+        }
+        if let Command::Expire { reservation } = &ev.request.cmd {
+            let due = self
+                .accounts
+                .get(id)
+                .and_then(|a| a.reservations.get(reservation))
+                .map(|r| r.sweep_at_ms);
+            if due.is_some_and(|at| log_ts_ms < at) {
+                self.alarms = self.alarms.saturating_add(1);
+                return Applied::Refused(Rejection::RequestTooOld);
+            }
+        }
+        // Take the account out so `decide` can mutate it in place when no
+        // snapshot shares it.
+        let mut slot = self.accounts.remove(id);
+        let old_due = due_list(slot.as_deref());
+        let out = match decide(
+            &mut slot,
+            &ev.tariffs,
+            &self.limits,
+            &ev.request,
+            ev.decided_ms,
+        ) {
+            Decision::Accept(reply) => {
+                let new_due = due_list(slot.as_deref());
+                for x in &old_due {
+                    if !new_due.contains(x) {
+                        self.expiry_index.remove(&(x.0, id.clone(), x.1));
+                    }
+                }
+                for x in &new_due {
+                    if !old_due.contains(x) {
+                        self.expiry_index.insert((x.0, id.clone(), x.1));
+                    }
+                }
+                Applied::Ok(reply)
+            }
+            Decision::Duplicate(_) => {
+                self.alarms = self.alarms.saturating_add(1);
+                Applied::Refused(Rejection::RequestIdReused)
+            }
+            Decision::Reject(r) => {
+                self.alarms = self.alarms.saturating_add(1);
+                Applied::Refused(r)
+            }
+        };
+        if let Some(a) = slot {
+            self.accounts.insert(id.clone(), a);
+        }
+        out
+    }
+
+    pub fn account(&self, id: &AccountId) -> Option<&Arc<Account>> {
+        self.accounts.get(id)
+    }
+
+    /// Fixed-hash digest of the whole state (deterministic iteration), for
+    /// replica comparison. The expiry index is derived data and not hashed
+    /// (`check_invariants` checks it).
+    pub fn state_hash(&self) -> u64 {
+        let mut h = StableHasher::default();
+        let l = &self.limits;
+        (
+            l.dedup_window_ms,
+            l.clock_bound_ms,
+            l.reservation_validity_ms,
+            l.expiry_grace_ms,
+            l.refund_horizon_ms,
+            l.tombstone_ttl_ms,
+        )
+            .hash(&mut h);
+        (
+            l.max_dedup_per_account,
+            l.max_sessions_per_account,
+            l.max_reservations_per_account,
+            l.max_buckets_per_account,
+        )
+            .hash(&mut h);
+        self.tariffs.hash(&mut h);
+        self.alarms.hash(&mut h);
+        self.accounts.len().hash(&mut h);
+        for (k, a) in self.accounts.iter() {
+            k.hash(&mut h);
+            a.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Open reservations due for expiry at `now_ms` (`expires_at + grace <=
+    /// now_ms`), at most `max`, earliest first (then by account, reservation).
+    pub fn due_expiries(&self, now_ms: u64, max: usize) -> Vec<(AccountId, ReservationId)> {
+        self.expiry_index
+            .iter()
+            .take_while(|(at, _, _)| *at <= now_ms)
+            .take(max)
+            .map(|(_, a, r)| (a.clone(), *r))
+            .collect()
+    }
+
+    /// Checks DESIGN §3 invariants 1 and 2 over every account (see
+    /// `Account::check`), and that the expiry index matches the accounts.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut expected = 0usize;
+        for (id, a) in self.accounts.iter() {
+            a.check().map_err(|e| format!("account {}: {e}", id.0))?;
+            for (rid, r) in &a.reservations {
+                expected += 1;
+                if !self
+                    .expiry_index
+                    .contains(&(r.sweep_at_ms, id.clone(), *rid))
+                {
+                    return Err(format!(
+                        "account {}: {rid:?} missing from expiry index",
+                        id.0
+                    ));
+                }
+            }
+        }
+        if expected != self.expiry_index.len() {
+            return Err(format!(
+                "expiry index has {} entries, accounts {expected}",
+                self.expiry_index.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn due_list(a: Option<&Account>) -> Vec<(u64, ReservationId)> {
+    a.map(|a| {
+        a.reservations
+            .iter()
+            .map(|(id, r)| (r.sweep_at_ms, *id))
+            .collect()
+    })
+    .unwrap_or_default()
 }

@@ -194,16 +194,36 @@ pub struct GrantResult {
 /// Success payload of each command.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Reply {
-    Created { version: u64 },
-    BucketAdded { bucket: BucketId },
-    ToppedUp { balance: i64 },
+    Created {
+        version: u64,
+    },
+    BucketAdded {
+        bucket: BucketId,
+    },
+    ToppedUp {
+        balance: i64,
+    },
     Reserved(Grant),
-    Updated { grants: Vec<GrantResult>, charged: i64, debt: i64 },
-    Terminated { charged: i64, debt: i64 },
-    Committed { charged: i64, debt: i64 },
+    Updated {
+        grants: Vec<GrantResult>,
+        charged: i64,
+        debt: i64,
+    },
+    Terminated {
+        charged: i64,
+        debt: i64,
+    },
+    Committed {
+        charged: i64,
+        debt: i64,
+    },
     Released,
-    Refunded { refunded_total: i64 },
-    Debited { charged: i64 },
+    Refunded {
+        refunded_total: i64,
+    },
+    Debited {
+        charged: i64,
+    },
     StateSet,
     Expired,
 }
