@@ -1,1 +1,23 @@
+//! chargerd: one node of the convergent charging cluster.
+//!
+//! Map (request path top to bottom):
+//! - [`frontdoor`]: gRPC services; validation ([`frontdoor::validate`]),
+//!   admission control, routing by [`frontdoor::shard_of`], one-hop forwarding.
+//! - [`shard`]: the ractor shard actor hosting accounts as virtual actors; the
+//!   shard's only, fenced proposer; and the expiry sweeper.
+//! - [`raft`]: openraft type config, log engines, the state machine, and the
+//!   internal transport (one channel per peer for every group).
+//! - [`ledger`]: pure, deterministic account logic (decide / apply).
+//! - [`node`]: assembles a node from injected edges; [`cluster`]: several
+//!   nodes in one process (the `dev` cluster and tests).
+//! - [`config`], [`clock`], [`codec`], [`metrics_http`]: limits, time, bytes, metrics.
+pub mod clock;
+pub mod cluster;
+pub mod codec;
+pub mod config;
+pub mod frontdoor;
 pub mod ledger;
+pub mod metrics_http;
+pub mod node;
+pub mod raft;
+pub mod shard;

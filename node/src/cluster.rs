@@ -1,0 +1,136 @@
+//! Several nodes in one process over real gRPC on loopback: the `dev`
+//! cluster and the integration tests. Each node has its own listeners, its
+//! own shard groups and actors; they talk to each other only through gRPC.
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{NodeConfig, PeerAddrs};
+use crate::node::{self, Edges, NodeHandle};
+use crate::raft::log_store::MemLog;
+use crate::raft::network::TcpConnector;
+use crate::raft::{NodeId, ShardId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+pub struct ClusterOptions {
+    pub nodes: u64,
+    pub shards: u32,
+    /// Fixed public ports (node i gets `public_ports[i-1]`); `None` = port 0.
+    pub public_ports: Option<Vec<u16>>,
+    pub clock: SharedClock,
+    /// Adjusts each node's config before start.
+    pub tweak: Option<Arc<dyn Fn(&mut NodeConfig) + Send + Sync>>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { nodes: 3, shards: 4, public_ports: None, clock: Arc::new(SystemClock), tweak: None }
+    }
+}
+
+pub struct LocalCluster {
+    pub addrs: BTreeMap<NodeId, PeerAddrs>,
+    pub nodes: BTreeMap<NodeId, NodeHandle>,
+    pub shards: u32,
+}
+
+async fn bind(port: u16) -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::bind(("127.0.0.1", port)).await?)
+}
+
+impl LocalCluster {
+    /// Binds every listener first (so all addresses are known), then starts
+    /// the nodes; node 1 bootstraps the shard groups.
+    pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
+        let mut listeners = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for id in 1..=opts.nodes {
+            let port = opts.public_ports.as_ref().and_then(|p| p.get(id as usize - 1).copied()).unwrap_or(0);
+            let public = bind(port).await.map_err(|e| anyhow::anyhow!("bind public port {port}: {e}"))?;
+            let internal = bind(0).await?;
+            addrs.insert(
+                id,
+                PeerAddrs { public: public.local_addr()?.to_string(), internal: internal.local_addr()?.to_string() },
+            );
+            listeners.insert(id, (public, internal));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, (public, internal)) in listeners {
+            let mut cfg = NodeConfig::new(id, addrs.clone());
+            cfg.shards = opts.shards;
+            cfg.bootstrap = id == 1;
+            if let Some(t) = &opts.tweak {
+                t(&mut cfg);
+            }
+            let edges = Edges {
+                public,
+                internal,
+                connector: Box::new(TcpConnector { connect_timeout: Duration::from_millis(500) }),
+                clock: opts.clock.clone(),
+                logs: (0..opts.shards).map(|_| MemLog::new(id)).collect(),
+            };
+            nodes.insert(id, node::start(cfg, edges).await?);
+        }
+        Ok(LocalCluster { addrs, nodes, shards: opts.shards })
+    }
+
+    pub fn public_url(&self, id: NodeId) -> String {
+        format!("http://{}", self.addrs[&id].public)
+    }
+
+    /// The node whose shard actor currently decides for `shard`, if any.
+    pub fn deciding_leader(&self, shard: ShardId) -> Option<NodeId> {
+        self.nodes.iter().find(|(_, n)| n.shards[shard as usize].is_deciding()).map(|(id, _)| *id)
+    }
+
+    /// Waits until every shard has a leader that decides (its epoch began).
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if (0..self.shards).all(|s| self.deciding_leader(s).is_some()) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "cluster not ready within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Moves shard `s`'s leadership to node `(s mod n) + 1`, so leaders are
+    /// spread evenly, and waits for the new epochs.
+    pub async fn spread_leaders(&self, timeout: Duration) -> anyhow::Result<()> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for s in 0..self.shards {
+            let want = ids[s as usize % ids.len()];
+            if let Some(cur) = self.deciding_leader(s) {
+                if cur != want {
+                    let _ = self.nodes[&cur].shards[s as usize].raft.trigger().transfer_leader(want).await;
+                }
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = (0..self.shards).all(|s| self.deciding_leader(s) == Some(ids[s as usize % ids.len()]));
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                // Spreading is best effort; any leader serves.
+                return self.wait_ready(timeout).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops node `id` abruptly (its listeners close, peers see it gone).
+    pub async fn kill(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.shutdown().await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        for (_, n) in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}

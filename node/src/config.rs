@@ -1,0 +1,71 @@
+//! Every limit of a node, in one struct, validated once at start-up.
+use crate::frontdoor::FrontDoorLimits;
+use crate::ledger::Limits;
+use crate::raft::NodeId;
+use crate::shard::ShardLimits;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Addresses of one cluster member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddrs {
+    /// Client-facing gRPC (Charging, Admin).
+    pub public: String,
+    /// Node-to-node Raft traffic.
+    pub internal: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// Logical shards of the cluster, fixed at creation (default 16).
+    pub shards: u32,
+    /// Every member, this node included (RF = number of members today).
+    pub members: BTreeMap<NodeId, PeerAddrs>,
+    /// This node initializes the shard groups (only one node of a new cluster).
+    pub bootstrap: bool,
+    pub ledger: Limits,
+    pub shard: ShardLimits,
+    pub front_door: FrontDoorLimits,
+    /// Virtual accounts active at once on this node, over all its shards.
+    pub max_active_accounts: usize,
+    /// How often the expiry sweeper looks for due reservations.
+    pub sweep_period: Duration,
+    /// Connect timeout of internal channels.
+    pub connect_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId, members: BTreeMap<NodeId, PeerAddrs>) -> Self {
+        NodeConfig {
+            node_id,
+            shards: 16,
+            members,
+            bootstrap: false,
+            ledger: Limits::default(),
+            shard: ShardLimits::default(),
+            front_door: FrontDoorLimits::default(),
+            max_active_accounts: 1_000_000,
+            sweep_period: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// Checks every value once; the error names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        check(self.node_id != 0, "node_id: must be > 0")?;
+        check(self.members.contains_key(&self.node_id), "members: must include this node")?;
+        check((1..=4096).contains(&self.shards), "shards: must be 1..=4096")?;
+        check(self.shard.max_batch_events >= 1, "shard.max_batch_events: must be >= 1")?;
+        check(self.shard.max_inflight_batches >= 1, "shard.max_inflight_batches: must be >= 1")?;
+        check(self.shard.max_waiters_per_account >= 1, "shard.max_waiters_per_account: must be >= 1")?;
+        check(self.front_door.max_inflight_requests >= 1, "front_door.max_inflight_requests: must be >= 1")?;
+        check(!self.front_door.request_deadline.is_zero(), "front_door.request_deadline: must be > 0")?;
+        check(self.max_active_accounts >= 1, "max_active_accounts: must be >= 1")?;
+        check(self.ledger.dedup_window_ms > 2 * self.ledger.clock_bound_ms, "ledger.dedup_window_ms: must exceed twice the clock bound")?;
+        check(self.ledger.reservation_validity_ms >= 1000, "ledger.reservation_validity_ms: must be >= 1000")?;
+        check(!self.sweep_period.is_zero(), "sweep_period: must be > 0")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Assembles one node: its shard groups (Raft + state machine + shard actor),
+//! the expiry sweeper, the internal Raft service and the public front door.
+//!
+//! Edges are injected (DESIGN §4b): listeners, the peer connector, the clock
+//! and the log engine come from the caller, so the same code runs in
+//! production, in tests on port 0, and in the simulator.
+use crate::clock::SharedClock;
+use crate::config::NodeConfig;
+use crate::frontdoor::{admin::AdminService, FrontDoor, ShardHandle};
+use crate::raft::log_store::MemLog;
+use crate::raft::network::{Connector, GroupNetworkFactory, Peers, MAX_INTERNAL_MESSAGE_BYTES};
+use crate::raft::service::{Groups, RaftService};
+use crate::raft::state_machine::ShardStore;
+use crate::raft::{raft_config, NodeId, Raft, ShardId};
+use crate::shard::sweeper::{Sweeper, SweeperArgs};
+use crate::shard::{ShardActor, ShardArgs, ShardMsg};
+use charging_proto::internal::raft_internal_server::RaftInternalServer;
+use charging_proto::v1::admin_server::AdminServer;
+use charging_proto::v1::charging_server::ChargingServer;
+use openraft::BasicNode;
+use ractor::{Actor, ActorRef};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest public request message.
+pub const MAX_PUBLIC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Injected edges of a node.
+pub struct Edges {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+    pub connector: Box<dyn Connector>,
+    pub clock: SharedClock,
+    /// Log engine per shard (kept by the caller to survive a restart).
+    pub logs: Vec<MemLog>,
+}
+
+/// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    pub id: NodeId,
+    pub front_door: Arc<FrontDoor>,
+    pub shards: Vec<ShardHandle>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    sweeper: ActorRef<crate::shard::sweeper::SweepMsg>,
+    isolated: Arc<AtomicBool>,
+}
+
+impl NodeHandle {
+    pub fn raft(&self, shard: ShardId) -> &Raft {
+        &self.shards[shard as usize].raft
+    }
+
+    /// Fault injection: cut (or restore) all of this node's Raft traffic,
+    /// both directions. Client traffic still reaches its front door.
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, Ordering::SeqCst);
+    }
+
+    /// Stops servers, actors and Raft groups; waits for the servers to close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.sweeper.stop(None);
+        for h in &self.shards {
+            h.actor.stop(None);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// Starts a node. With `config.bootstrap`, initializes every shard group with
+/// all members as voters (a new cluster; harmless if already initialized).
+pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandle> {
+    config.validate().map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    anyhow::ensure!(edges.logs.len() == config.shards as usize, "one log engine per shard expected");
+    let me = config.node_id;
+    let peers = Peers::new(me, edges.connector, edges.clock.clone());
+    let groups: Groups = Arc::new(dashmap::DashMap::new());
+    let raft_cfg = Arc::new(raft_config("charging").validate()?);
+    let active = Arc::new(AtomicUsize::new(0));
+    let isolated = Arc::new(AtomicBool::new(false));
+    peers.set_isolation(isolated.clone());
+    let mut shards = Vec::with_capacity(config.shards as usize);
+    for (shard, log) in (0..config.shards).zip(edges.logs) {
+        let store = ShardStore::new(config.ledger.clone());
+        let deciding = Arc::new(AtomicBool::new(false));
+        let net = GroupNetworkFactory { shard, peers: peers.clone() };
+        let raft = Raft::new(me, raft_cfg.clone(), net, log, store.clone()).await?;
+        groups.insert(shard, raft.clone());
+        let (actor, _) = Actor::spawn(
+            None,
+            ShardActor,
+            ShardArgs {
+                node: me,
+                shard,
+                raft: raft.clone(),
+                store: store.clone(),
+                clock: edges.clock.clone(),
+                limits: config.shard.clone(),
+                active_accounts: active.clone(),
+                max_active_accounts: config.max_active_accounts,
+                deciding: deciding.clone(),
+            },
+        )
+        .await?;
+        shards.push(ShardHandle { shard, raft, store, actor, deciding });
+    }
+    let (sweeper, _) = Actor::spawn(
+        None,
+        Sweeper,
+        SweeperArgs {
+            shards: shards.iter().map(|h| (h.store.clone(), h.actor.clone())).collect::<Vec<(ShardStore, ActorRef<ShardMsg>)>>(),
+            clock: edges.clock.clone(),
+            period: config.sweep_period,
+        },
+    )
+    .await?;
+
+    let public_addrs: BTreeMap<NodeId, String> =
+        config.members.iter().map(|(id, a)| (*id, a.public.clone())).collect();
+    let front_door = FrontDoor::new(me, shards.clone(), public_addrs, config.front_door.clone());
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Internal server: Raft traffic of every group.
+    let raft_svc = RaftInternalServer::new(RaftService { groups: groups.clone(), clock: edges.clock.clone(), isolated: isolated.clone() })
+        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+    let mut rx1 = rx.clone();
+    let internal = edges.internal;
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(raft_svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(internal), async move {
+                let _ = rx1.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "internal server failed");
+        }
+    }));
+
+    // Public server: Charging, Admin, health, reflection.
+    let (health_reporter, health_svc) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ChargingServer<crate::frontdoor::ChargingServiceHandle>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(charging_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let charging = ChargingServer::new(crate::frontdoor::ChargingServiceHandle(front_door.clone()))
+        .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES);
+    let admin = AdminServer::new(AdminService(front_door.clone()));
+    let mut rx2 = rx.clone();
+    let public = edges.public;
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_svc)
+            .add_service(reflection)
+            .add_service(charging)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(public), async move {
+                let _ = rx2.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "public server failed");
+        }
+    }));
+
+    if config.bootstrap {
+        let members: BTreeMap<NodeId, BasicNode> =
+            config.members.iter().map(|(id, a)| (*id, BasicNode::new(a.internal.clone()))).collect();
+        for h in &shards {
+            if let Err(e) = h.raft.initialize(members.clone()).await {
+                tracing::debug!(shard = h.shard, error = %e, "initialize skipped");
+            }
+        }
+    }
+
+    Ok(NodeHandle { id: me, front_door, shards, shutdown, tasks, sweeper, isolated })
+}

@@ -1,0 +1,621 @@
+//! The shard actor: one ractor actor per shard replica on a node. While its
+//! replica leads (an *epoch*), it hosts the shard's accounts as virtual actors,
+//! decides every mutation, and is the shard's only, fenced, ordered proposer.
+//!
+//! Per request: `decide` against the account's speculative state (its applied
+//! state plus this epoch's in-flight events) → on acceptance an
+//! [`AccountEvent`] joins the open batch and the speculative state advances →
+//! a `Flush` message (queued behind everything already in the mailbox) sends
+//! the batch as one Raft entry with `write().with_leader(epoch)` → when the
+//! entry is applied, the callback responder puts `BatchDone` in the mailbox →
+//! replies go out per account in decision order.
+//!
+//! Rejections are reads: they are released only after a read index taken
+//! after the decision confirms this leader (one per flush), and after the
+//! account's earlier replies. Duplicates wait behind the original.
+//!
+//! Leaving leadership ends the epoch: everything in flight is answered
+//! `Unknown` (retry with the same request id), speculative state is dropped.
+use crate::clock::SharedClock;
+use crate::ledger::{
+    decide, AccountEvent, AccountId, Applied, Command, Decision, Event, Rejection, Reply, Request,
+    Tariff, Tariffs,
+};
+use crate::raft::state_machine::ShardStore;
+use crate::raft::{Batch, LeaderId, NodeId, Raft, ShardId, WriteResult};
+use metrics::{counter, gauge, histogram};
+use openraft::async_runtime::WatchReceiver;
+use openraft::ReadPolicy;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub mod sweeper;
+
+/// What a caller finally hears about its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Decided and (for acceptances) applied.
+    Done(Result<Reply, Rejection>),
+    /// This replica does not lead the shard; `leader` is the best hint.
+    NotLeader { leader: Option<NodeId> },
+    /// Leadership changed while the request was in flight: it may or may not
+    /// have been applied. Retry with the same request id.
+    Unknown(&'static str),
+    /// A bounded resource is full.
+    Overloaded(&'static str),
+}
+
+pub type ReplyTx = oneshot::Sender<Outcome>;
+
+/// Messages of the shard actor.
+pub enum ShardMsg {
+    /// From the front door: one request to one account of this shard.
+    Request { req: Request, reply: ReplyTx },
+    /// From the front door: replace a rating group's tariff.
+    SetTariff { tariff: Tariff, reply: ReplyTx },
+    /// From itself: propose the open batch.
+    Flush,
+    /// From the Raft responder: the entry of batch `seq` was applied (or not).
+    BatchDone { seq: u64, result: Box<WriteResult> },
+    /// From a read-index task: rejections decided up to `seq` are confirmed (or not).
+    ReadDone { seq: u64, ok: bool },
+    /// From the metrics watcher: who leads now, as this replica sees it.
+    Leadership { leader: Option<NodeId>, me_id: Option<LeaderId> },
+    /// From the epoch starter: read index returned in epoch `leader`.
+    EpochReady { leader: LeaderId },
+    /// From the expiry sweeper.
+    Expire { account: AccountId, reservation: crate::ledger::ReservationId },
+}
+
+/// Limits of one shard actor (all from the node config).
+#[derive(Debug, Clone)]
+pub struct ShardLimits {
+    /// Events per Raft entry.
+    pub max_batch_events: usize,
+    /// Replies waiting per account (bounds one hot account's queue).
+    pub max_waiters_per_account: usize,
+    /// Batches proposed but not yet applied.
+    pub max_inflight_batches: usize,
+}
+
+impl Default for ShardLimits {
+    fn default() -> Self {
+        ShardLimits { max_batch_events: 512, max_waiters_per_account: 1024, max_inflight_batches: 64 }
+    }
+}
+
+pub struct ShardArgs {
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub raft: Raft,
+    pub store: ShardStore,
+    pub clock: SharedClock,
+    pub limits: ShardLimits,
+    /// Node-wide count of active virtual accounts, and its cap.
+    pub active_accounts: Arc<AtomicUsize>,
+    pub max_active_accounts: usize,
+    /// Set while an epoch decides (read by status and tests).
+    pub deciding: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub struct ShardActor;
+
+enum WaitState {
+    Apply,
+    Read { result: Result<Reply, Rejection> },
+    Ready(Outcome),
+}
+
+struct Waiter {
+    tx: Option<ReplyTx>,
+    state: WaitState,
+    started: Instant,
+}
+
+/// A virtual account actor: speculative state and its reply queue.
+struct VAccount {
+    spec: Option<Arc<crate::ledger::Account>>,
+    /// Id of `queue[0]`.
+    front_id: u64,
+    queue: VecDeque<Waiter>,
+}
+
+struct Inflight {
+    /// (account, waiter id) of each event, in batch order; `None` for
+    /// shard-level events (tariffs).
+    members: Vec<Option<(AccountId, u64)>>,
+    tariff_replies: Vec<ReplyTx>,
+    proposed: Instant,
+}
+
+enum Epoch {
+    Follower { leader: Option<NodeId> },
+    Starting(LeaderId),
+    Leading(LeaderId),
+}
+
+pub struct State {
+    a: ShardArgs,
+    epoch: Epoch,
+    accounts: HashMap<AccountId, VAccount>,
+    open: Vec<Event>,
+    open_members: Vec<Option<(AccountId, u64)>>,
+    open_tariff_replies: Vec<ReplyTx>,
+    flush_scheduled: bool,
+    batch_seq: u64,
+    inflight: BTreeMap<u64, Inflight>,
+    read_seq: u64,
+    /// Rejections of the open flush wait for read `read_seq + 1`.
+    reads_open: Vec<(AccountId, u64)>,
+    reads_pending: BTreeMap<u64, Vec<(AccountId, u64)>>,
+    last_decided_ms: u64,
+    node_label: String,
+    shard_label: String,
+}
+
+impl State {
+    fn now_ms(&mut self) -> u64 {
+        let t = self.a.clock.now_ms().max(self.last_decided_ms);
+        self.last_decided_ms = t;
+        t
+    }
+
+    fn leader_hint(&self) -> Option<NodeId> {
+        match &self.epoch {
+            Epoch::Follower { leader } => *leader,
+            _ => Some(self.a.node),
+        }
+    }
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = State;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        a: ShardArgs,
+    ) -> Result<State, ActorProcessingErr> {
+        spawn_leadership_watcher(a.raft.clone(), a.node, myself.clone());
+        let node_label = a.node.to_string();
+        let shard_label = a.shard.to_string();
+        Ok(State {
+            a,
+            epoch: Epoch::Follower { leader: None },
+            accounts: HashMap::new(),
+            open: Vec::new(),
+            open_members: Vec::new(),
+            open_tariff_replies: Vec::new(),
+            flush_scheduled: false,
+            batch_seq: 0,
+            inflight: BTreeMap::new(),
+            read_seq: 0,
+            reads_open: Vec::new(),
+            reads_pending: BTreeMap::new(),
+            last_decided_ms: 0,
+            node_label,
+            shard_label,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Request { req, reply } => on_request(&myself, st, req, Some(reply)),
+            ShardMsg::Expire { account, reservation } => {
+                if matches!(st.epoch, Epoch::Leading(_)) {
+                    let req = Request {
+                        account,
+                        request_id: crate::ledger::RequestId(0),
+                        cmd: Command::Expire { reservation },
+                    };
+                    on_request(&myself, st, req, None);
+                }
+            }
+            ShardMsg::SetTariff { tariff, reply } => match st.epoch {
+                Epoch::Leading(_) => {
+                    st.open.push(Event::SetTariff { tariff });
+                    st.open_members.push(None);
+                    st.open_tariff_replies.push(reply);
+                    schedule_flush(&myself, st);
+                }
+                _ => {
+                    let _ = reply.send(not_leader(st));
+                }
+            },
+            ShardMsg::Flush => flush(&myself, st).await,
+            ShardMsg::BatchDone { seq, result } => on_batch_done(st, seq, *result),
+            ShardMsg::ReadDone { seq, ok } => on_read_done(st, seq, ok),
+            ShardMsg::Leadership { leader, me_id } => on_leadership(&myself, st, leader, me_id),
+            ShardMsg::EpochReady { leader } => {
+                if matches!(&st.epoch, Epoch::Starting(l) if *l == leader) {
+                    tracing::info!(node = st.a.node, shard = st.a.shard, "epoch ready: deciding");
+                    st.epoch = Epoch::Leading(leader);
+                    st.a.deciding.store(true, Ordering::Release);
+                    gauge!("charging_shard_leading", "node" => st.node_label.clone(), "shard" => st.shard_label.clone()).set(1.0);
+                }
+            }
+        }
+        if st.open.len() >= st.a.limits.max_batch_events {
+            flush(&myself, st).await;
+        }
+        Ok(())
+    }
+}
+
+fn not_leader(st: &State) -> Outcome {
+    match st.epoch {
+        Epoch::Starting(_) => Outcome::Unknown("leader is starting its epoch"),
+        _ => Outcome::NotLeader { leader: st.leader_hint() },
+    }
+}
+
+fn schedule_flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
+    if !st.flush_scheduled {
+        st.flush_scheduled = true;
+        let _ = myself.cast(ShardMsg::Flush);
+    }
+}
+
+fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: Option<ReplyTx>) {
+    if !matches!(st.epoch, Epoch::Leading(_)) {
+        if let Some(tx) = reply {
+            let _ = tx.send(not_leader(st));
+        }
+        return;
+    }
+    if st.inflight.len() >= st.a.limits.max_inflight_batches {
+        if let Some(tx) = reply {
+            let _ = tx.send(Outcome::Overloaded("shard has too many batches in flight"));
+        }
+        return;
+    }
+    let started = Instant::now();
+    let now_ms = st.now_ms();
+    // Activate the virtual account on first use.
+    if !st.accounts.contains_key(&req.account) {
+        if st.a.active_accounts.load(Ordering::Relaxed) >= st.a.max_active_accounts {
+            if let Some(tx) = reply {
+                let _ = tx.send(Outcome::Overloaded("too many active accounts on this node"));
+            }
+            return;
+        }
+        st.a.active_accounts.fetch_add(1, Ordering::Relaxed);
+        let spec = st.a.store.view().state.account(&req.account).cloned();
+        st.accounts.insert(req.account.clone(), VAccount { spec, front_id: 0, queue: VecDeque::new() });
+    }
+    let view = st.a.store.view();
+    let acct = st.accounts.get_mut(&req.account).expect("activated above");
+    if acct.queue.len() >= st.a.limits.max_waiters_per_account {
+        if let Some(tx) = reply {
+            let _ = tx.send(Outcome::Overloaded("too many requests queued on this account"));
+        }
+        return;
+    }
+    // Exactly the tariffs the decision may read travel in the event.
+    let mut tariffs = Tariffs::new();
+    for rg in req.cmd.rating_groups() {
+        if let Some(t) = view.state.tariffs.get(&rg) {
+            tariffs.insert(rg, t.clone());
+        }
+    }
+    let expected_version = acct.spec.as_ref().map(|a| a.version).unwrap_or(0);
+    let decision = decide(&mut acct.spec, &tariffs, &view.state.limits, &req, now_ms);
+    histogram!("charging_decision_seconds", "node" => st.node_label.clone())
+        .record(started.elapsed().as_secs_f64());
+    let waiter_id = acct.front_id + acct.queue.len() as u64;
+    let state = match decision {
+        Decision::Accept(_) => {
+            st.open.push(Event::Account(AccountEvent {
+                request: req.clone(),
+                expected_version,
+                decided_ms: now_ms,
+                tariffs,
+            }));
+            st.open_members.push(Some((req.account.clone(), waiter_id)));
+            WaitState::Apply
+        }
+        Decision::Duplicate(_) | Decision::Reject(_) if reply.is_none() => return,
+        Decision::Duplicate(r) => WaitState::Ready(Outcome::Done(Ok(r))),
+        Decision::Reject(rej) => {
+            st.reads_open.push((req.account.clone(), waiter_id));
+            WaitState::Read { result: Err(rej) }
+        }
+    };
+    acct.queue.push_back(Waiter { tx: reply, state, started });
+    drain(st, &req.account);
+    if !st.open.is_empty() || !st.reads_open.is_empty() {
+        schedule_flush(myself, st);
+    }
+}
+
+/// Sends replies from the front of an account's queue while they are ready;
+/// deactivates the account when nothing is left.
+fn drain(st: &mut State, account: &AccountId) {
+    let Some(acct) = st.accounts.get_mut(account) else { return };
+    while let Some(front) = acct.queue.front() {
+        if !matches!(front.state, WaitState::Ready(_)) {
+            break;
+        }
+        let w = acct.queue.pop_front().expect("front exists");
+        acct.front_id += 1;
+        if let (Some(tx), WaitState::Ready(outcome)) = (w.tx, w.state) {
+            let result = match &outcome {
+                Outcome::Done(Ok(_)) => "ok",
+                Outcome::Done(Err(_)) => "rejected",
+                Outcome::Unknown(_) => "unknown",
+                _ => "refused",
+            };
+            histogram!("charging_shard_latency_seconds", "node" => st.node_label.clone(), "result" => result)
+                .record(w.started.elapsed().as_secs_f64());
+            let _ = tx.send(outcome);
+        }
+    }
+    if acct.queue.is_empty() {
+        st.accounts.remove(account);
+        st.a.active_accounts.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn set_ready(st: &mut State, account: &AccountId, id: u64, outcome: Outcome) {
+    if let Some(acct) = st.accounts.get_mut(account) {
+        if let Some(idx) = id.checked_sub(acct.front_id) {
+            if let Some(w) = acct.queue.get_mut(idx as usize) {
+                w.state = WaitState::Ready(outcome);
+            }
+        }
+    }
+}
+
+async fn flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
+    st.flush_scheduled = false;
+    let Epoch::Leading(leader) = st.epoch.clone_id() else { return };
+    if !st.open.is_empty() {
+        st.batch_seq += 1;
+        let seq = st.batch_seq;
+        let events = std::mem::take(&mut st.open);
+        let n = events.len();
+        histogram!("charging_batch_events", "node" => st.node_label.clone()).record(n as f64);
+        let log_ts_ms = st.now_ms();
+        st.inflight.insert(
+            seq,
+            Inflight {
+                members: std::mem::take(&mut st.open_members),
+                tariff_replies: std::mem::take(&mut st.open_tariff_replies),
+                proposed: Instant::now(),
+            },
+        );
+        let me = myself.clone();
+        let responder = crate::raft::CallbackResponder::new(move |result: WriteResult| {
+            let _ = me.cast(ShardMsg::BatchDone { seq, result: Box::new(result) });
+        });
+        // `write` only enqueues into the Raft core and returns once the core
+        // has the message; awaiting it keeps proposals in order without a
+        // task per write. `with_leader` fences the entry to this epoch.
+        let batch = Batch { log_ts_ms, events };
+        let sent = st.a.raft.write(batch).with_leader(leader).responder(responder).await;
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "raft core stopped");
+        }
+    }
+    if !st.reads_open.is_empty() {
+        st.read_seq += 1;
+        let seq = st.read_seq;
+        st.reads_pending.insert(seq, std::mem::take(&mut st.reads_open));
+        let raft = st.a.raft.clone();
+        let me = myself.clone();
+        // One read index per flush: rejections are sent only once this
+        // leader is confirmed after their decision.
+        tokio::spawn(async move {
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(2), raft.ensure_linearizable(ReadPolicy::ReadIndex)).await,
+                Ok(Ok(_))
+            ) && matches!(raft.as_leader(), Ok(l) if l.to_committed_leader_id() == leader);
+            let _ = me.cast(ShardMsg::ReadDone { seq, ok });
+        });
+    }
+}
+
+impl Epoch {
+    fn clone_id(&self) -> Epoch {
+        match self {
+            Epoch::Follower { leader } => Epoch::Follower { leader: *leader },
+            Epoch::Starting(l) => Epoch::Starting(*l),
+            Epoch::Leading(l) => Epoch::Leading(*l),
+        }
+    }
+}
+
+fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
+    let Some(batch) = st.inflight.remove(&seq) else { return };
+    histogram!("charging_commit_seconds", "node" => st.node_label.clone())
+        .record(batch.proposed.elapsed().as_secs_f64());
+    let mut touched: Vec<AccountId> = Vec::with_capacity(batch.members.len());
+    match result {
+        Ok(resp) => {
+            let results = resp.data.0;
+            let mut tariff_replies = batch.tariff_replies.into_iter();
+            for (i, m) in batch.members.into_iter().enumerate() {
+                let applied = results.get(i).cloned().unwrap_or(Applied::Conflict);
+                let Some((account, id)) = m else {
+                    if let Some(tx) = tariff_replies.next() {
+                        let _ = tx.send(match applied {
+                            Applied::Ok(r) => Outcome::Done(Ok(r)),
+                            _ => Outcome::Unknown("tariff change refused"),
+                        });
+                    }
+                    continue;
+                };
+                let outcome = match applied {
+                    Applied::Ok(r) => Outcome::Done(Ok(r)),
+                    Applied::Conflict | Applied::Refused(_) => {
+                        // Our speculative state diverged from the applied one:
+                        // drop it, so the next decision starts from applied.
+                        counter!("charging_conflicts_total", "node" => st.node_label.clone()).increment(1);
+                        if let Some(a) = st.accounts.get_mut(&account) {
+                            a.spec = st.a.store.view().state.account(&account).cloned();
+                        }
+                        Outcome::Unknown("event conflicted on apply; retry")
+                    }
+                };
+                set_ready(st, &account, id, outcome);
+                touched.push(account);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(shard = st.a.shard, error = %e, "batch not committed under this leader");
+            for (account, id) in batch.members.into_iter().flatten() {
+                set_ready(st, &account, id, Outcome::Unknown("leadership changed; retry with the same request id"));
+                touched.push(account);
+            }
+            for tx in batch.tariff_replies {
+                let _ = tx.send(Outcome::Unknown("leadership changed"));
+            }
+        }
+    }
+    touched.sort();
+    touched.dedup();
+    for a in touched {
+        drain(st, &a);
+    }
+}
+
+fn on_read_done(st: &mut State, seq: u64, ok: bool) {
+    let Some(members) = st.reads_pending.remove(&seq) else { return };
+    let mut touched = Vec::with_capacity(members.len());
+    for (account, id) in members {
+        if let Some(acct) = st.accounts.get_mut(&account) {
+            if let Some(w) = id.checked_sub(acct.front_id).and_then(|i| acct.queue.get_mut(i as usize)) {
+                if let WaitState::Read { result, .. } = &w.state {
+                    w.state = WaitState::Ready(if ok {
+                        Outcome::Done(result.clone())
+                    } else {
+                        Outcome::Unknown("leadership not confirmed; retry")
+                    });
+                }
+            }
+        }
+        touched.push(account);
+    }
+    touched.sort();
+    touched.dedup();
+    for a in touched {
+        drain(st, &a);
+    }
+}
+
+fn on_leadership(myself: &ActorRef<ShardMsg>, st: &mut State, leader: Option<NodeId>, me_id: Option<LeaderId>) {
+    let same = match (&st.epoch, &me_id) {
+        (Epoch::Starting(l) | Epoch::Leading(l), Some(m)) => l == m,
+        (Epoch::Follower { leader: old }, None) => *old == leader,
+        _ => false,
+    };
+    if same {
+        return;
+    }
+    // Any change ends the current epoch.
+    end_epoch(st);
+    match me_id {
+        Some(id) => {
+            tracing::info!(node = st.a.node, shard = st.a.shard, "became leader: starting epoch");
+            st.epoch = Epoch::Starting(id);
+            let raft = st.a.raft.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                // Retry the read index until it returns in this term or the
+                // term ends (then a Leadership message supersedes us).
+                for _ in 0..50 {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        raft.ensure_linearizable(ReadPolicy::ReadIndex),
+                    )
+                    .await;
+                    match (r, raft.as_leader()) {
+                        (Ok(Ok(_)), Ok(l)) if l.to_committed_leader_id() == id => {
+                            let _ = me.cast(ShardMsg::EpochReady { leader: id });
+                            return;
+                        }
+                        (_, Ok(l)) if l.to_committed_leader_id() == id => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+        None => {
+            st.epoch = Epoch::Follower { leader };
+        }
+    }
+}
+
+/// Ends the epoch: every waiter hears `Unknown` (its entry may still commit
+/// under the next leader; a retry with the same request id settles it).
+fn end_epoch(st: &mut State) {
+    if matches!(st.epoch, Epoch::Follower { .. }) && st.accounts.is_empty() {
+        return;
+    }
+    st.a.deciding.store(false, Ordering::Release);
+    gauge!("charging_shard_leading", "node" => st.node_label.clone(), "shard" => st.shard_label.clone()).set(0.0);
+    for (_, acct) in st.accounts.drain() {
+        for w in acct.queue {
+            if let Some(tx) = w.tx {
+                let _ = tx.send(match w.state {
+                    WaitState::Ready(o) => o,
+                    _ => Outcome::Unknown("leadership changed; retry with the same request id"),
+                });
+            }
+        }
+        st.a.active_accounts.fetch_sub(1, Ordering::Relaxed);
+    }
+    for (_, b) in std::mem::take(&mut st.inflight) {
+        for tx in b.tariff_replies {
+            let _ = tx.send(Outcome::Unknown("leadership changed"));
+        }
+    }
+    for tx in st.open_tariff_replies.drain(..) {
+        let _ = tx.send(Outcome::Unknown("leadership changed"));
+    }
+    st.open.clear();
+    st.open_members.clear();
+    st.reads_open.clear();
+    st.reads_pending.clear();
+}
+
+/// Watches this replica's Raft metrics and tells the actor who leads.
+fn spawn_leadership_watcher(raft: Raft, me: NodeId, actor: ActorRef<ShardMsg>) {
+    tokio::spawn(async move {
+        let mut rx = raft.metrics();
+        let mut last: Option<(Option<NodeId>, Option<LeaderId>)> = None;
+        loop {
+            let (leader, me_id) = {
+                let m = rx.borrow_watched();
+                let leader = m.current_leader;
+                let me_id = match raft.as_leader() {
+                    Ok(l) if leader == Some(me) => Some(l.to_committed_leader_id()),
+                    _ => None,
+                };
+                (leader, me_id)
+            };
+            if last != Some((leader, me_id)) {
+                last = Some((leader, me_id));
+                if actor.cast(ShardMsg::Leadership { leader, me_id }).is_err() {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
