@@ -124,7 +124,7 @@ impl LocalCluster {
     /// Stops node `id` abruptly (its listeners close, peers see it gone).
     pub async fn kill(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.remove(&id) {
-            n.shutdown().await;
+            n.kill().await;
         }
     }
 

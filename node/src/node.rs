@@ -62,6 +62,19 @@ impl NodeHandle {
         self.isolated.store(on, Ordering::SeqCst);
     }
 
+    /// Stops the node abruptly, like `kill -9` of a process: listeners and
+    /// connections drop at once, Raft groups stop, nothing is flushed.
+    pub async fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.sweeper.stop(None);
+        for h in &self.shards {
+            h.actor.stop(None);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
+        }
+    }
+
     /// Stops servers, actors and Raft groups; waits for the servers to close.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);

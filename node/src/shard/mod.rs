@@ -239,7 +239,7 @@ impl Actor for ShardActor {
             ShardMsg::Leadership { leader, me_id } => on_leadership(&myself, st, leader, me_id),
             ShardMsg::EpochReady { leader } => {
                 if matches!(&st.epoch, Epoch::Starting(l) if *l == leader) {
-                    tracing::info!(node = st.a.node, shard = st.a.shard, "epoch ready: deciding");
+                    tracing::debug!(node = st.a.node, shard = st.a.shard, "epoch ready: deciding");
                     st.epoch = Epoch::Leading(leader);
                     st.a.deciding.store(true, Ordering::Release);
                     gauge!("charging_shard_leading", "node" => st.node_label.clone(), "shard" => st.shard_label.clone()).set(1.0);
@@ -527,7 +527,7 @@ fn on_leadership(myself: &ActorRef<ShardMsg>, st: &mut State, leader: Option<Nod
     end_epoch(st);
     match me_id {
         Some(id) => {
-            tracing::info!(node = st.a.node, shard = st.a.shard, "became leader: starting epoch");
+            tracing::debug!(node = st.a.node, shard = st.a.shard, "became leader: starting epoch");
             st.epoch = Epoch::Starting(id);
             let raft = st.a.raft.clone();
             let me = myself.clone();
