@@ -1,0 +1,11 @@
+//! Cluster integration tests (DESIGN §7.3): 3 in-process nodes and 4 shards
+//! in one process, real openraft and real gRPC on loopback, driven through
+//! `charging_client` (or the raw generated client for malformed input).
+//! Each test starts its own cluster and uses its own account ids.
+mod support;
+mod t10_operations;
+mod t20_sessions;
+mod t30_idempotency;
+mod t40_expiry;
+mod t50_money;
+mod t60_concurrency;
