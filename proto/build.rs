@@ -1,6 +1,10 @@
 //! Compiles the .proto files with protox (pure Rust; no system protoc).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/charging.proto", "proto/admin.proto", "proto/raft.proto"];
+    let files = [
+        "proto/charging.proto",
+        "proto/admin.proto",
+        "proto/raft.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

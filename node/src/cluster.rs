@@ -24,7 +24,13 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { nodes: 3, shards: 4, public_ports: None, clock: Arc::new(SystemClock), tweak: None }
+        ClusterOptions {
+            nodes: 3,
+            shards: 4,
+            public_ports: None,
+            clock: Arc::new(SystemClock),
+            tweak: None,
+        }
     }
 }
 
@@ -45,12 +51,21 @@ impl LocalCluster {
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for id in 1..=opts.nodes {
-            let port = opts.public_ports.as_ref().and_then(|p| p.get(id as usize - 1).copied()).unwrap_or(0);
-            let public = bind(port).await.map_err(|e| anyhow::anyhow!("bind public port {port}: {e}"))?;
+            let port = opts
+                .public_ports
+                .as_ref()
+                .and_then(|p| p.get(id as usize - 1).copied())
+                .unwrap_or(0);
+            let public = bind(port)
+                .await
+                .map_err(|e| anyhow::anyhow!("bind public port {port}: {e}"))?;
             let internal = bind(0).await?;
             addrs.insert(
                 id,
-                PeerAddrs { public: public.local_addr()?.to_string(), internal: internal.local_addr()?.to_string() },
+                PeerAddrs {
+                    public: public.local_addr()?.to_string(),
+                    internal: internal.local_addr()?.to_string(),
+                },
             );
             listeners.insert(id, (public, internal));
         }
@@ -65,13 +80,19 @@ impl LocalCluster {
             let edges = Edges {
                 public,
                 internal,
-                connector: Box::new(TcpConnector { connect_timeout: Duration::from_millis(500) }),
+                connector: Box::new(TcpConnector {
+                    connect_timeout: Duration::from_millis(500),
+                }),
                 clock: opts.clock.clone(),
                 logs: (0..opts.shards).map(|_| MemLog::new(id)).collect(),
             };
             nodes.insert(id, node::start(cfg, edges).await?);
         }
-        Ok(LocalCluster { addrs, nodes, shards: opts.shards })
+        Ok(LocalCluster {
+            addrs,
+            nodes,
+            shards: opts.shards,
+        })
     }
 
     pub fn public_url(&self, id: NodeId) -> String {
@@ -80,7 +101,10 @@ impl LocalCluster {
 
     /// The node whose shard actor currently decides for `shard`, if any.
     pub fn deciding_leader(&self, shard: ShardId) -> Option<NodeId> {
-        self.nodes.iter().find(|(_, n)| n.shards[shard as usize].is_deciding()).map(|(id, _)| *id)
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.shards[shard as usize].is_deciding())
+            .map(|(id, _)| *id)
     }
 
     /// Waits until every shard has a leader that decides (its epoch began).
@@ -90,7 +114,10 @@ impl LocalCluster {
             if (0..self.shards).all(|s| self.deciding_leader(s).is_some()) {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "cluster not ready within {timeout:?}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "cluster not ready within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -103,13 +130,18 @@ impl LocalCluster {
             let want = ids[s as usize % ids.len()];
             if let Some(cur) = self.deciding_leader(s) {
                 if cur != want {
-                    let _ = self.nodes[&cur].shards[s as usize].raft.trigger().transfer_leader(want).await;
+                    let _ = self.nodes[&cur].shards[s as usize]
+                        .raft
+                        .trigger()
+                        .transfer_leader(want)
+                        .await;
                 }
             }
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let ok = (0..self.shards).all(|s| self.deciding_leader(s) == Some(ids[s as usize % ids.len()]));
+            let ok = (0..self.shards)
+                .all(|s| self.deciding_leader(s) == Some(ids[s as usize % ids.len()]));
             if ok {
                 return Ok(());
             }

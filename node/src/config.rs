@@ -55,16 +55,46 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
         check(self.node_id != 0, "node_id: must be > 0")?;
-        check(self.members.contains_key(&self.node_id), "members: must include this node")?;
-        check((1..=4096).contains(&self.shards), "shards: must be 1..=4096")?;
-        check(self.shard.max_batch_events >= 1, "shard.max_batch_events: must be >= 1")?;
-        check(self.shard.max_inflight_batches >= 1, "shard.max_inflight_batches: must be >= 1")?;
-        check(self.shard.max_waiters_per_account >= 1, "shard.max_waiters_per_account: must be >= 1")?;
-        check(self.front_door.max_inflight_requests >= 1, "front_door.max_inflight_requests: must be >= 1")?;
-        check(!self.front_door.request_deadline.is_zero(), "front_door.request_deadline: must be > 0")?;
-        check(self.max_active_accounts >= 1, "max_active_accounts: must be >= 1")?;
-        check(self.ledger.dedup_window_ms > 2 * self.ledger.clock_bound_ms, "ledger.dedup_window_ms: must exceed twice the clock bound")?;
-        check(self.ledger.reservation_validity_ms >= 1000, "ledger.reservation_validity_ms: must be >= 1000")?;
+        check(
+            self.members.contains_key(&self.node_id),
+            "members: must include this node",
+        )?;
+        check(
+            (1..=4096).contains(&self.shards),
+            "shards: must be 1..=4096",
+        )?;
+        check(
+            self.shard.max_batch_events >= 1,
+            "shard.max_batch_events: must be >= 1",
+        )?;
+        check(
+            self.shard.max_inflight_batches >= 1,
+            "shard.max_inflight_batches: must be >= 1",
+        )?;
+        check(
+            self.shard.max_waiters_per_account >= 1,
+            "shard.max_waiters_per_account: must be >= 1",
+        )?;
+        check(
+            self.front_door.max_inflight_requests >= 1,
+            "front_door.max_inflight_requests: must be >= 1",
+        )?;
+        check(
+            !self.front_door.request_deadline.is_zero(),
+            "front_door.request_deadline: must be > 0",
+        )?;
+        check(
+            self.max_active_accounts >= 1,
+            "max_active_accounts: must be >= 1",
+        )?;
+        check(
+            self.ledger.dedup_window_ms > 2 * self.ledger.clock_bound_ms,
+            "ledger.dedup_window_ms: must exceed twice the clock bound",
+        )?;
+        check(
+            self.ledger.reservation_validity_ms >= 1000,
+            "ledger.reservation_validity_ms: must be >= 1000",
+        )?;
         check(!self.sweep_period.is_zero(), "sweep_period: must be > 0")?;
         Ok(())
     }

@@ -15,8 +15,8 @@ pub fn recorder() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
-                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ])
                 .expect("static bucket list is non-empty")
                 .build_recorder();
@@ -40,11 +40,14 @@ pub async fn serve(listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
             a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let Ok((mut sock, _)) = accepted else { continue };
+        let Ok((mut sock, _)) = accepted else {
+            continue;
+        };
         let handle = handle.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_REQUEST_BYTES];
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
             let Ok(Ok(n)) = read else { return };
             let head = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if head.starts_with("GET /metrics") {

@@ -71,7 +71,8 @@ impl NodeHandle {
         self.sweeper.stop(None);
         for h in &self.shards {
             h.actor.stop(None);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
         }
     }
 
@@ -81,7 +82,8 @@ impl NodeHandle {
         self.sweeper.stop(None);
         for h in &self.shards {
             h.actor.stop(None);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
         }
         for t in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
@@ -92,8 +94,13 @@ impl NodeHandle {
 /// Starts a node. With `config.bootstrap`, initializes every shard group with
 /// all members as voters (a new cluster; harmless if already initialized).
 pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandle> {
-    config.validate().map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    anyhow::ensure!(edges.logs.len() == config.shards as usize, "one log engine per shard expected");
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    anyhow::ensure!(
+        edges.logs.len() == config.shards as usize,
+        "one log engine per shard expected"
+    );
     let me = config.node_id;
     let peers = Peers::new(me, edges.connector, edges.clock.clone());
     let groups: Groups = Arc::new(dashmap::DashMap::new());
@@ -105,7 +112,10 @@ pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandl
     for (shard, log) in (0..config.shards).zip(edges.logs) {
         let store = ShardStore::new(config.ledger.clone());
         let deciding = Arc::new(AtomicBool::new(false));
-        let net = GroupNetworkFactory { shard, peers: peers.clone() };
+        let net = GroupNetworkFactory {
+            shard,
+            peers: peers.clone(),
+        };
         let raft = Raft::new(me, raft_cfg.clone(), net, log, store.clone()).await?;
         groups.insert(shard, raft.clone());
         let (actor, _) = Actor::spawn(
@@ -124,29 +134,45 @@ pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandl
             },
         )
         .await?;
-        shards.push(ShardHandle { shard, raft, store, actor, deciding });
+        shards.push(ShardHandle {
+            shard,
+            raft,
+            store,
+            actor,
+            deciding,
+        });
     }
     let (sweeper, _) = Actor::spawn(
         None,
         Sweeper,
         SweeperArgs {
-            shards: shards.iter().map(|h| (h.store.clone(), h.actor.clone())).collect::<Vec<(ShardStore, ActorRef<ShardMsg>)>>(),
+            shards: shards
+                .iter()
+                .map(|h| (h.store.clone(), h.actor.clone()))
+                .collect::<Vec<(ShardStore, ActorRef<ShardMsg>)>>(),
             clock: edges.clock.clone(),
             period: config.sweep_period,
         },
     )
     .await?;
 
-    let public_addrs: BTreeMap<NodeId, String> =
-        config.members.iter().map(|(id, a)| (*id, a.public.clone())).collect();
+    let public_addrs: BTreeMap<NodeId, String> = config
+        .members
+        .iter()
+        .map(|(id, a)| (*id, a.public.clone()))
+        .collect();
     let front_door = FrontDoor::new(me, shards.clone(), public_addrs, config.front_door.clone());
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
     // Internal server: Raft traffic of every group.
-    let raft_svc = RaftInternalServer::new(RaftService { groups: groups.clone(), clock: edges.clock.clone(), isolated: isolated.clone() })
-        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+    let raft_svc = RaftInternalServer::new(RaftService {
+        groups: groups.clone(),
+        clock: edges.clock.clone(),
+        isolated: isolated.clone(),
+    })
+    .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
     let mut rx1 = rx.clone();
     let internal = edges.internal;
     tasks.push(tokio::spawn(async move {
@@ -164,7 +190,9 @@ pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandl
 
     // Public server: Charging, Admin, health, reflection.
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ChargingServer<crate::frontdoor::ChargingServiceHandle>>().await;
+    health_reporter
+        .set_serving::<ChargingServer<crate::frontdoor::ChargingServiceHandle>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(charging_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -191,8 +219,11 @@ pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandl
     }));
 
     if config.bootstrap {
-        let members: BTreeMap<NodeId, BasicNode> =
-            config.members.iter().map(|(id, a)| (*id, BasicNode::new(a.internal.clone()))).collect();
+        let members: BTreeMap<NodeId, BasicNode> = config
+            .members
+            .iter()
+            .map(|(id, a)| (*id, BasicNode::new(a.internal.clone())))
+            .collect();
         for h in &shards {
             if let Err(e) = h.raft.initialize(members.clone()).await {
                 tracing::debug!(shard = h.shard, error = %e, "initialize skipped");
@@ -200,5 +231,13 @@ pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandl
         }
     }
 
-    Ok(NodeHandle { id: me, front_door, shards, shutdown, tasks, sweeper, isolated })
+    Ok(NodeHandle {
+        id: me,
+        front_door,
+        shards,
+        shutdown,
+        tasks,
+        sweeper,
+        isolated,
+    })
 }

@@ -39,28 +39,72 @@ fn rid() -> Vec<u8> {
 
 async fn demo(c: &LocalCluster) -> anyhow::Result<()> {
     let fd = &c.nodes[&1].front_door;
-    let price = |unit: pb::BucketKind, increment: u64, nano: u64| pb::Price { unit: unit as i32, increment, nano_per_increment: nano };
+    let price = |unit: pb::BucketKind, increment: u64, nano: u64| pb::Price {
+        unit: unit as i32,
+        increment,
+        nano_per_increment: nano,
+    };
     let tariffs = [
-        (32, vec![price(pb::BucketKind::Bytes, 1_000_000, 1_000_000_000)], "data: 1 cent per started MB"),
-        (10, vec![price(pb::BucketKind::Seconds, 60, 5_000_000_000)], "voice: 5 cents per started minute"),
-        (100, vec![price(pb::BucketKind::Units, 1, 10_000_000_000)], "sms: 10 cents each"),
+        (
+            32,
+            vec![price(pb::BucketKind::Bytes, 1_000_000, 1_000_000_000)],
+            "data: 1 cent per started MB",
+        ),
+        (
+            10,
+            vec![price(pb::BucketKind::Seconds, 60, 5_000_000_000)],
+            "voice: 5 cents per started minute",
+        ),
+        (
+            100,
+            vec![price(pb::BucketKind::Units, 1, 10_000_000_000)],
+            "sms: 10 cents each",
+        ),
     ];
     println!("demo tariffs:");
     for (rg, prices, what) in tariffs {
-        let t = pb::Tariff { rating_group: rg, version: 0, prices };
-        fd.set_tariff(pb::SetTariffRequest { request_id: rid(), tariff: Some(t) }, None).await?;
+        let t = pb::Tariff {
+            rating_group: rg,
+            version: 0,
+            prices,
+        };
+        fd.set_tariff(
+            pb::SetTariffRequest {
+                request_id: rid(),
+                tariff: Some(t),
+            },
+            None,
+        )
+        .await?;
         println!("  rating group {rg:>3}: {what}");
     }
     let accounts = [
-        ("imsi-001010000000001", 10_000, 0, vec![], "prepaid, EUR 100.00"),
+        (
+            "imsi-001010000000001",
+            10_000,
+            0,
+            vec![],
+            "prepaid, EUR 100.00",
+        ),
         (
             "imsi-001010000000002",
             500,
             0,
-            vec![pb::BucketSpec { kind: pb::BucketKind::Bytes as i32, amount: 10_000_000_000, rating_groups: vec![32], ..Default::default() }],
+            vec![pb::BucketSpec {
+                kind: pb::BucketKind::Bytes as i32,
+                amount: 10_000_000_000,
+                rating_groups: vec![32],
+                ..Default::default()
+            }],
             "prepaid, EUR 5.00 + 10 GB for rating group 32",
         ),
-        ("msisdn-46700000003", 0, 50_000, vec![], "postpaid, credit limit EUR 500.00"),
+        (
+            "msisdn-46700000003",
+            0,
+            50_000,
+            vec![],
+            "postpaid, credit limit EUR 500.00",
+        ),
     ];
     println!("demo accounts:");
     for (id, balance, credit, buckets, what) in accounts {
@@ -77,7 +121,12 @@ async fn demo(c: &LocalCluster) -> anyhow::Result<()> {
                 false,
             )
             .await?;
-        println!("  {id:<22} {what} [{}]", pb::ResultCode::try_from(r.result).map(|c| c.as_str_name()).unwrap_or("?"));
+        println!(
+            "  {id:<22} {what} [{}]",
+            pb::ResultCode::try_from(r.result)
+                .map(|c| c.as_str_name())
+                .unwrap_or("?")
+        );
     }
     Ok(())
 }
@@ -85,21 +134,32 @@ async fn demo(c: &LocalCluster) -> anyhow::Result<()> {
 async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
     metrics_http::recorder();
     let ports = vec![base_port, base_port + 1, base_port + 2];
-    let cluster = LocalCluster::start(ClusterOptions { nodes: 3, shards, public_ports: Some(ports), ..Default::default() }).await?;
+    let cluster = LocalCluster::start(ClusterOptions {
+        nodes: 3,
+        shards,
+        public_ports: Some(ports),
+        ..Default::default()
+    })
+    .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     println!("chargerd dev: 3 nodes, {shards} shards, every shard replicated on all 3 nodes");
     for (id, a) in &cluster.addrs {
         let m = TcpListener::bind("127.0.0.1:0").await?;
         let maddr = m.local_addr()?;
         tokio::spawn(metrics_http::serve(m, stop_rx.clone()));
-        println!("  node {id}: api http://{}  raft {}  metrics http://{maddr}/metrics", a.public, a.internal);
+        println!(
+            "  node {id}: api http://{}  raft {}  metrics http://{maddr}/metrics",
+            a.public, a.internal
+        );
     }
     cluster.wait_ready(Duration::from_secs(20)).await?;
     cluster.spread_leaders(Duration::from_secs(10)).await?;
     if !no_demo {
         demo(&cluster).await?;
     }
-    println!("ready. try: cargo run --bin chargectl -- balance imsi-001010000000001   (Ctrl-C to stop)");
+    println!(
+        "ready. try: cargo run --bin chargectl -- balance imsi-001010000000001   (Ctrl-C to stop)"
+    );
     tokio::signal::ctrl_c().await?;
     println!("stopping...");
     let _ = stop_tx.send(true);
@@ -117,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().cmd {
-        Cmd::Dev { base_port, shards, no_demo } => dev(base_port, shards, no_demo).await,
+        Cmd::Dev {
+            base_port,
+            shards,
+            no_demo,
+        } => dev(base_port, shards, no_demo).await,
     }
 }

@@ -11,7 +11,10 @@ pub struct AdminService(pub Arc<FrontDoor>);
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _r: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let fd = &self.0;
         let nodes = fd
             .public_addrs
@@ -35,7 +38,14 @@ impl Admin for AdminService {
                     .as_ref()
                     .map(|r| {
                         r.iter()
-                            .map(|(id, matched)| (*id, last_log.saturating_sub(matched.as_ref().map(|l| l.index).unwrap_or(0))))
+                            .map(|(id, matched)| {
+                                (
+                                    *id,
+                                    last_log.saturating_sub(
+                                        matched.as_ref().map(|l| l.index).unwrap_or(0),
+                                    ),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();

@@ -1,5 +1,7 @@
 //! Ledger replies and rejections → protobuf responses.
-use crate::ledger::{account::BalanceView, AccountState, BucketKind, Grant, Rejection, Reply, Units};
+use crate::ledger::{
+    account::BalanceView, AccountState, BucketKind, Grant, Rejection, Reply, Units,
+};
 use charging_proto::v1 as pb;
 use pb::ResultCode as RC;
 
@@ -36,7 +38,11 @@ fn code(r: &Result<Reply, Rejection>) -> i32 {
 }
 
 fn units(u: Units) -> Option<pb::Units> {
-    Some(pb::Units { time_s: u.time_s, volume_bytes: u.volume_bytes, service_units: u.service_units })
+    Some(pb::Units {
+        time_s: u.time_s,
+        volume_bytes: u.volume_bytes,
+        service_units: u.service_units,
+    })
 }
 
 fn kind(k: BucketKind) -> i32 {
@@ -62,30 +68,60 @@ macro_rules! resp {
 
 resp!(create_account, pb::CreateAccountResponse, |r, c| match r {
     Some(Reply::Created { version }) => pb::CreateAccountResponse { result: c, version },
-    _ => pb::CreateAccountResponse { result: c, ..Default::default() },
+    _ => pb::CreateAccountResponse {
+        result: c,
+        ..Default::default()
+    },
 });
 resp!(add_bucket, pb::AddBucketResponse, |r, c| match r {
-    Some(Reply::BucketAdded { bucket }) => pb::AddBucketResponse { result: c, bucket_id: bucket.0 },
-    _ => pb::AddBucketResponse { result: c, ..Default::default() },
+    Some(Reply::BucketAdded { bucket }) => pb::AddBucketResponse {
+        result: c,
+        bucket_id: bucket.0
+    },
+    _ => pb::AddBucketResponse {
+        result: c,
+        ..Default::default()
+    },
 });
 resp!(top_up, pb::TopUpResponse, |r, c| match r {
     Some(Reply::ToppedUp { balance }) => pb::TopUpResponse { result: c, balance },
-    _ => pb::TopUpResponse { result: c, ..Default::default() },
+    _ => pb::TopUpResponse {
+        result: c,
+        ..Default::default()
+    },
 });
 
 fn grant_fields(g: &Grant) -> (u64, Option<pb::Units>, bool, u64) {
-    (g.reservation.0, units(g.granted), g.final_units, g.expires_at_ms)
+    (
+        g.reservation.0,
+        units(g.granted),
+        g.final_units,
+        g.expires_at_ms,
+    )
 }
 
 resp!(reserve, pb::ReserveResponse, |r, c| match r {
     Some(Reply::Reserved(g)) => {
         let (reservation_id, granted, final_units, expires_at_ms) = grant_fields(&g);
-        pb::ReserveResponse { result: c, reservation_id, granted, final_units, expires_at_ms }
+        pb::ReserveResponse {
+            result: c,
+            reservation_id,
+            granted,
+            final_units,
+            expires_at_ms,
+        }
     }
-    _ => pb::ReserveResponse { result: c, ..Default::default() },
+    _ => pb::ReserveResponse {
+        result: c,
+        ..Default::default()
+    },
 });
 resp!(update, pb::UpdateResponse, |r, c| match r {
-    Some(Reply::Updated { grants, charged, debt }) => pb::UpdateResponse {
+    Some(Reply::Updated {
+        grants,
+        charged,
+        debt,
+    }) => pb::UpdateResponse {
         result: c,
         charged,
         debt,
@@ -94,36 +130,80 @@ resp!(update, pb::UpdateResponse, |r, c| match r {
             .map(|gr| match &gr.result {
                 Ok(g) => {
                     let (reservation_id, granted, final_units, expires_at_ms) = grant_fields(g);
-                    pb::Grant { rating_group: gr.rating_group, result: RC::Ok as i32, reservation_id, granted, final_units, expires_at_ms }
+                    pb::Grant {
+                        rating_group: gr.rating_group,
+                        result: RC::Ok as i32,
+                        reservation_id,
+                        granted,
+                        final_units,
+                        expires_at_ms,
+                    }
                 }
-                Err(rej) => pb::Grant { rating_group: gr.rating_group, result: result_code(*rej) as i32, ..Default::default() },
+                Err(rej) => pb::Grant {
+                    rating_group: gr.rating_group,
+                    result: result_code(*rej) as i32,
+                    ..Default::default()
+                },
             })
             .collect(),
     },
-    _ => pb::UpdateResponse { result: c, ..Default::default() },
+    _ => pb::UpdateResponse {
+        result: c,
+        ..Default::default()
+    },
 });
 resp!(terminate, pb::TerminateResponse, |r, c| match r {
-    Some(Reply::Terminated { charged, debt }) => pb::TerminateResponse { result: c, charged, debt },
-    _ => pb::TerminateResponse { result: c, ..Default::default() },
+    Some(Reply::Terminated { charged, debt }) => pb::TerminateResponse {
+        result: c,
+        charged,
+        debt
+    },
+    _ => pb::TerminateResponse {
+        result: c,
+        ..Default::default()
+    },
 });
 resp!(commit, pb::CommitResponse, |r, c| match r {
-    Some(Reply::Committed { charged, debt }) => pb::CommitResponse { result: c, charged, debt },
-    _ => pb::CommitResponse { result: c, ..Default::default() },
+    Some(Reply::Committed { charged, debt }) => pb::CommitResponse {
+        result: c,
+        charged,
+        debt
+    },
+    _ => pb::CommitResponse {
+        result: c,
+        ..Default::default()
+    },
 });
-resp!(release, pb::ReleaseResponse, |_r, c| pb::ReleaseResponse { result: c });
+resp!(release, pb::ReleaseResponse, |_r, c| pb::ReleaseResponse {
+    result: c
+});
 resp!(refund, pb::RefundResponse, |r, c| match r {
-    Some(Reply::Refunded { refunded_total }) => pb::RefundResponse { result: c, refunded_total },
-    _ => pb::RefundResponse { result: c, ..Default::default() },
+    Some(Reply::Refunded { refunded_total }) => pb::RefundResponse {
+        result: c,
+        refunded_total
+    },
+    _ => pb::RefundResponse {
+        result: c,
+        ..Default::default()
+    },
 });
 resp!(debit, pb::DebitResponse, |r, c| match r {
     Some(Reply::Debited { charged }) => pb::DebitResponse { result: c, charged },
-    _ => pb::DebitResponse { result: c, ..Default::default() },
+    _ => pb::DebitResponse {
+        result: c,
+        ..Default::default()
+    },
 });
-resp!(set_state, pb::SetAccountStateResponse, |_r, c| pb::SetAccountStateResponse { result: c });
+resp!(set_state, pb::SetAccountStateResponse, |_r, c| {
+    pb::SetAccountStateResponse { result: c }
+});
 
 pub fn balance(v: Option<BalanceView>) -> pb::BalanceResponse {
     let Some(v) = v else {
-        return pb::BalanceResponse { result: RC::AccountNotFound as i32, ..Default::default() };
+        return pb::BalanceResponse {
+            result: RC::AccountNotFound as i32,
+            ..Default::default()
+        };
     };
     pb::BalanceResponse {
         result: RC::Ok as i32,
@@ -163,7 +243,11 @@ pub fn tariff(t: &crate::ledger::Tariff) -> pb::Tariff {
         prices: t
             .prices
             .iter()
-            .map(|p| pb::Price { unit: kind(p.unit), increment: p.increment, nano_per_increment: p.nano_per_increment })
+            .map(|p| pb::Price {
+                unit: kind(p.unit),
+                increment: p.increment,
+                nano_per_increment: p.nano_per_increment,
+            })
             .collect(),
     }
 }

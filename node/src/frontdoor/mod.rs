@@ -139,7 +139,10 @@ impl FrontDoor {
 
     /// Sends one request to its local shard actor and waits (bounded) for the outcome.
     async fn submit(&self, req: Request) -> Result<Routed, Status> {
-        let _permit = self.admission.try_acquire().map_err(|_| Self::overloaded())?;
+        let _permit = self
+            .admission
+            .try_acquire()
+            .map_err(|_| Self::overloaded())?;
         let handle = self.shard(&req.account);
         let (tx, rx) = oneshot::channel();
         handle
@@ -211,7 +214,15 @@ impl FrontDoor {
     ) -> Result<T, Status> {
         match outcome {
             Outcome::Done(r) => {
-                self.record(op, if r.is_ok() { "ok" } else { convert::rejection_label(r.as_ref().err()) }, started);
+                self.record(
+                    op,
+                    if r.is_ok() {
+                        "ok"
+                    } else {
+                        convert::rejection_label(r.as_ref().err())
+                    },
+                    started,
+                );
                 Ok(to_resp(r))
             }
             Outcome::Unknown(why) => {
@@ -231,10 +242,17 @@ impl FrontDoor {
 
     /// Balance: a linearizable read of published applied state (read index
     /// first), never of speculative state, never behind apply.
-    pub async fn balance(&self, msg: pb::BalanceRequest, forwarded: bool) -> Result<pb::BalanceResponse, Status> {
+    pub async fn balance(
+        &self,
+        msg: pb::BalanceRequest,
+        forwarded: bool,
+    ) -> Result<pb::BalanceResponse, Status> {
         let started = Instant::now();
         let account = validate::account_id(&msg.account_id)?;
-        let _permit = self.admission.try_acquire().map_err(|_| Self::overloaded())?;
+        let _permit = self
+            .admission
+            .try_acquire()
+            .map_err(|_| Self::overloaded())?;
         let h = self.shard(&account);
         match h.raft.as_leader() {
             Ok(_) => {
@@ -249,7 +267,9 @@ impl FrontDoor {
                 }
                 let view = h.store.view();
                 self.record("balance", "ok", started);
-                Ok(convert::balance(view.state.account(&account).map(|a| a.view(view.log_ts_ms))))
+                Ok(convert::balance(
+                    view.state.account(&account).map(|a| a.view(view.log_ts_ms)),
+                ))
             }
             Err(fwd) => {
                 let leader = fwd.leader_id;
@@ -257,7 +277,8 @@ impl FrontDoor {
                     Some(l) if !forwarded && l != self.node => {
                         let mut c = self.forward_client(l)?;
                         let mut req = TReq::new(msg);
-                        req.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
+                        req.metadata_mut()
+                            .insert(FORWARDED, "1".parse().expect("ascii"));
                         req.set_timeout(self.limits.request_deadline);
                         Ok(c.balance(req).await?.into_inner())
                     }
@@ -268,7 +289,11 @@ impl FrontDoor {
     }
 
     /// Sets a tariff on every shard (or only `only` when forwarded for one shard).
-    pub async fn set_tariff(&self, msg: pb::SetTariffRequest, only: Option<ShardId>) -> Result<pb::SetTariffResponse, Status> {
+    pub async fn set_tariff(
+        &self,
+        msg: pb::SetTariffRequest,
+        only: Option<ShardId>,
+    ) -> Result<pb::SetTariffResponse, Status> {
         let tariff = validate::tariff(&msg)?;
         let mut version = 0;
         for h in &self.shards {
@@ -277,7 +302,10 @@ impl FrontDoor {
             }
             let (tx, rx) = oneshot::channel();
             h.actor
-                .cast(ShardMsg::SetTariff { tariff: tariff.clone(), reply: tx })
+                .cast(ShardMsg::SetTariff {
+                    tariff: tariff.clone(),
+                    reply: tx,
+                })
                 .map_err(|_| Status::unavailable("shard actor stopped"))?;
             let outcome = tokio::time::timeout(self.limits.request_deadline, rx)
                 .await
@@ -286,23 +314,35 @@ impl FrontDoor {
             match outcome {
                 Outcome::Done(Ok(_)) => {
                     let view = h.store.view();
-                    version = version.max(view.state.tariffs.get(&tariff.rating_group).map(|t| t.version).unwrap_or(0));
+                    version = version.max(
+                        view.state
+                            .tariffs
+                            .get(&tariff.rating_group)
+                            .map(|t| t.version)
+                            .unwrap_or(0),
+                    );
                 }
                 Outcome::NotLeader { leader: Some(l) } if only.is_none() && l != self.node => {
                     let mut c = self.forward_client(l)?;
                     let mut req = TReq::new(msg.clone());
-                    req.metadata_mut().insert(ONLY_SHARD, h.shard.to_string().parse().expect("ascii"));
+                    req.metadata_mut()
+                        .insert(ONLY_SHARD, h.shard.to_string().parse().expect("ascii"));
                     req.set_timeout(self.limits.request_deadline);
                     let r = c.set_tariff(req).await?.into_inner();
                     version = version.max(r.version);
                 }
-                Outcome::NotLeader { leader } => return Err(self.unavailable(leader, "not the shard leader")),
+                Outcome::NotLeader { leader } => {
+                    return Err(self.unavailable(leader, "not the shard leader"))
+                }
                 Outcome::Unknown(w) => return Err(self.unavailable(None, w)),
                 Outcome::Overloaded(w) => return Err(Status::resource_exhausted(w)),
                 Outcome::Done(Err(r)) => return Err(Status::failed_precondition(format!("{r:?}"))),
             }
         }
-        Ok(pb::SetTariffResponse { result: pb::ResultCode::Ok as i32, version })
+        Ok(pb::SetTariffResponse {
+            result: pb::ResultCode::Ok as i32,
+            version,
+        })
     }
 }
 

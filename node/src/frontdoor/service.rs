@@ -51,83 +51,140 @@ async fn run_op(fd: &FrontDoor, op: pb::Op) -> pb::OpResult {
         Some(O::Balance(m)) => fd.balance(m, false).await.map(R::Balance),
         Some(O::CreateAccount(m)) => fd.create_account(m, false).await.map(R::CreateAccount),
     };
-    pb::OpResult { correlation_id: id, result: Some(result.unwrap_or_else(op_error)) }
+    pb::OpResult {
+        correlation_id: id,
+        result: Some(result.unwrap_or_else(op_error)),
+    }
 }
 
 type ResultStream = Pin<Box<dyn futures::Stream<Item = Result<pb::OpResultBatch, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Charging for ChargingService {
-    async fn create_account(&self, r: Request<pb::CreateAccountRequest>) -> Result<Response<pb::CreateAccountResponse>, Status> {
+    async fn create_account(
+        &self,
+        r: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
         let f = forwarded(&r);
-        self.0.create_account(r.into_inner(), f).await.map(Response::new)
+        self.0
+            .create_account(r.into_inner(), f)
+            .await
+            .map(Response::new)
     }
 
-    async fn add_bucket(&self, r: Request<pb::AddBucketRequest>) -> Result<Response<pb::AddBucketResponse>, Status> {
+    async fn add_bucket(
+        &self,
+        r: Request<pb::AddBucketRequest>,
+    ) -> Result<Response<pb::AddBucketResponse>, Status> {
         let f = forwarded(&r);
-        self.0.add_bucket(r.into_inner(), f).await.map(Response::new)
+        self.0
+            .add_bucket(r.into_inner(), f)
+            .await
+            .map(Response::new)
     }
 
-    async fn top_up(&self, r: Request<pb::TopUpRequest>) -> Result<Response<pb::TopUpResponse>, Status> {
+    async fn top_up(
+        &self,
+        r: Request<pb::TopUpRequest>,
+    ) -> Result<Response<pb::TopUpResponse>, Status> {
         let f = forwarded(&r);
         self.0.top_up(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn reserve(&self, r: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+    async fn reserve(
+        &self,
+        r: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
         let f = forwarded(&r);
         self.0.reserve(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn update(&self, r: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
+    async fn update(
+        &self,
+        r: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
         let f = forwarded(&r);
         self.0.update(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn terminate(&self, r: Request<pb::TerminateRequest>) -> Result<Response<pb::TerminateResponse>, Status> {
+    async fn terminate(
+        &self,
+        r: Request<pb::TerminateRequest>,
+    ) -> Result<Response<pb::TerminateResponse>, Status> {
         let f = forwarded(&r);
         self.0.terminate(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn commit(&self, r: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+    async fn commit(
+        &self,
+        r: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
         let f = forwarded(&r);
         self.0.commit(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn release(&self, r: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(
+        &self,
+        r: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let f = forwarded(&r);
         self.0.release(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn refund(&self, r: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+    async fn refund(
+        &self,
+        r: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
         let f = forwarded(&r);
         self.0.refund(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn debit(&self, r: Request<pb::DebitRequest>) -> Result<Response<pb::DebitResponse>, Status> {
+    async fn debit(
+        &self,
+        r: Request<pb::DebitRequest>,
+    ) -> Result<Response<pb::DebitResponse>, Status> {
         let f = forwarded(&r);
         self.0.debit(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn balance(&self, r: Request<pb::BalanceRequest>) -> Result<Response<pb::BalanceResponse>, Status> {
+    async fn balance(
+        &self,
+        r: Request<pb::BalanceRequest>,
+    ) -> Result<Response<pb::BalanceResponse>, Status> {
         let f = forwarded(&r);
         self.0.balance(r.into_inner(), f).await.map(Response::new)
     }
 
-    async fn set_account_state(&self, r: Request<pb::SetAccountStateRequest>) -> Result<Response<pb::SetAccountStateResponse>, Status> {
+    async fn set_account_state(
+        &self,
+        r: Request<pb::SetAccountStateRequest>,
+    ) -> Result<Response<pb::SetAccountStateResponse>, Status> {
         let f = forwarded(&r);
-        self.0.set_account_state(r.into_inner(), f).await.map(Response::new)
+        self.0
+            .set_account_state(r.into_inner(), f)
+            .await
+            .map(Response::new)
     }
 
-    async fn set_tariff(&self, r: Request<pb::SetTariffRequest>) -> Result<Response<pb::SetTariffResponse>, Status> {
+    async fn set_tariff(
+        &self,
+        r: Request<pb::SetTariffRequest>,
+    ) -> Result<Response<pb::SetTariffResponse>, Status> {
         let only = r
             .metadata()
             .get(ONLY_SHARD)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        self.0.set_tariff(r.into_inner(), only).await.map(Response::new)
+        self.0
+            .set_tariff(r.into_inner(), only)
+            .await
+            .map(Response::new)
     }
 
-    async fn get_tariffs(&self, _r: Request<pb::GetTariffsRequest>) -> Result<Response<pb::GetTariffsResponse>, Status> {
+    async fn get_tariffs(
+        &self,
+        _r: Request<pb::GetTariffsRequest>,
+    ) -> Result<Response<pb::GetTariffsResponse>, Status> {
         // Every shard holds the same tariffs; shard 0's applied view answers.
         let view = self.0.shards[0].store.view();
         Ok(Response::new(pb::GetTariffsResponse {
@@ -141,7 +198,10 @@ impl Charging for ChargingService {
     /// its results go back as one message. At most
     /// `MAX_BATCHES_IN_FLIGHT_PER_STREAM` batches of a stream are worked on at
     /// once; beyond that the stream is not read (HTTP/2 flow control pushes back).
-    async fn stream(&self, r: Request<Streaming<pb::OpBatch>>) -> Result<Response<Self::StreamStream>, Status> {
+    async fn stream(
+        &self,
+        r: Request<Streaming<pb::OpBatch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
         let mut input = r.into_inner();
         let fd = self.0.clone();
         let (tx, rx) = mpsc::channel(MAX_BATCHES_IN_FLIGHT_PER_STREAM);

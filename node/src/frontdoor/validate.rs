@@ -48,7 +48,9 @@ pub fn request_id(b: &[u8], field: &str) -> Result<RequestId, Status> {
     if b.is_empty() {
         return Err(bad(field, "missing (16-byte UUIDv7 expected)"));
     }
-    let arr: [u8; 16] = b.try_into().map_err(|_| bad(field, "must be 16 bytes (a UUID)"))?;
+    let arr: [u8; 16] = b
+        .try_into()
+        .map_err(|_| bad(field, "must be 16 bytes (a UUID)"))?;
     let v = u128::from_be_bytes(arr);
     if v == 0 {
         return Err(bad(field, "must not be the nil UUID"));
@@ -68,12 +70,20 @@ fn amount(v: i64, field: &str) -> Result<i64, Status> {
 
 fn units(u: Option<&pb::Units>, field: &str, need_nonzero: bool) -> Result<Units, Status> {
     let u = u.cloned().unwrap_or_default();
-    for (v, name) in [(u.time_s, "time_s"), (u.volume_bytes, "volume_bytes"), (u.service_units, "service_units")] {
+    for (v, name) in [
+        (u.time_s, "time_s"),
+        (u.volume_bytes, "volume_bytes"),
+        (u.service_units, "service_units"),
+    ] {
         if v > MAX_UNITS {
             return Err(bad(&format!("{field}.{name}"), "too large (max 2^50)"));
         }
     }
-    let out = Units { time_s: u.time_s, volume_bytes: u.volume_bytes, service_units: u.service_units };
+    let out = Units {
+        time_s: u.time_s,
+        volume_bytes: u.volume_bytes,
+        service_units: u.service_units,
+    };
     if need_nonzero && out == Units::default() {
         return Err(bad(field, "must request at least one unit"));
     }
@@ -92,7 +102,10 @@ fn kind(v: i32, field: &str) -> Result<BucketKind, Status> {
 
 fn bucket_spec(b: &pb::BucketSpec, field: &str) -> Result<BucketSpec, Status> {
     if b.valid_until_ms != 0 && b.valid_until_ms <= b.valid_from_ms {
-        return Err(bad(&format!("{field}.valid_until_ms"), "must be after valid_from_ms"));
+        return Err(bad(
+            &format!("{field}.valid_until_ms"),
+            "must be after valid_from_ms",
+        ));
     }
     if b.rating_groups.len() > 64 {
         return Err(bad(&format!("{field}.rating_groups"), "more than 64"));
@@ -115,11 +128,21 @@ fn reports(rs: &[pb::UsageReport], terminate: bool) -> Result<Vec<UsageReport>, 
     let mut out = Vec::with_capacity(rs.len());
     for (i, r) in rs.iter().enumerate() {
         if !seen.insert(r.rating_group) {
-            return Err(bad(&format!("reports[{i}].rating_group"), "duplicate rating group"));
+            return Err(bad(
+                &format!("reports[{i}].rating_group"),
+                "duplicate rating group",
+            ));
         }
-        let requested = units(r.requested.as_ref(), &format!("reports[{i}].requested"), false)?;
+        let requested = units(
+            r.requested.as_ref(),
+            &format!("reports[{i}].requested"),
+            false,
+        )?;
         if terminate && requested != Units::default() {
-            return Err(bad(&format!("reports[{i}].requested"), "terminate cannot request units"));
+            return Err(bad(
+                &format!("reports[{i}].requested"),
+                "terminate cannot request units",
+            ));
         }
         out.push(UsageReport {
             rating_group: r.rating_group,
@@ -133,10 +156,15 @@ fn reports(rs: &[pb::UsageReport], terminate: bool) -> Result<Vec<UsageReport>, 
     Ok(out)
 }
 
-pub fn create_account(r: &pb::CreateAccountRequest) -> Result<(AccountId, RequestId, Command), Status> {
+pub fn create_account(
+    r: &pb::CreateAccountRequest,
+) -> Result<(AccountId, RequestId, Command), Status> {
     let currency = r.currency.trim();
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(bad("currency", "must be a 3-letter ISO 4217 code, e.g. EUR"));
+        return Err(bad(
+            "currency",
+            "must be a 3-letter ISO 4217 code, e.g. EUR",
+        ));
     }
     if r.credit_limit < 0 || r.credit_limit > MAX_AMOUNT {
         return Err(bad("credit_limit", "must be between 0 and 10^15"));
@@ -170,7 +198,9 @@ pub fn add_bucket(r: &pb::AddBucketRequest) -> Result<(AccountId, RequestId, Com
     Ok((
         account_id(&r.account_id)?,
         request_id(&r.request_id, "request_id")?,
-        Command::AddBucket { bucket: bucket_spec(b, "bucket")? },
+        Command::AddBucket {
+            bucket: bucket_spec(b, "bucket")?,
+        },
     ))
 }
 
@@ -178,7 +208,10 @@ pub fn top_up(r: &pb::TopUpRequest) -> Result<(AccountId, RequestId, Command), S
     Ok((
         account_id(&r.account_id)?,
         request_id(&r.request_id, "request_id")?,
-        Command::TopUp { bucket: BucketId(r.bucket_id), amount: amount(r.amount, "amount")? },
+        Command::TopUp {
+            bucket: BucketId(r.bucket_id),
+            amount: amount(r.amount, "amount")?,
+        },
     ))
 }
 
@@ -199,7 +232,11 @@ pub fn update(r: &pb::UpdateRequest) -> Result<(AccountId, RequestId, Command), 
     Ok((
         account_id(&r.account_id)?,
         request_id(&r.request_id, "request_id")?,
-        Command::Update { session: session_id(&r.session_id)?, seq: r.seq, reports: reports(&r.reports, false)? },
+        Command::Update {
+            session: session_id(&r.session_id)?,
+            seq: r.seq,
+            reports: reports(&r.reports, false)?,
+        },
     ))
 }
 
@@ -207,7 +244,11 @@ pub fn terminate(r: &pb::TerminateRequest) -> Result<(AccountId, RequestId, Comm
     Ok((
         account_id(&r.account_id)?,
         request_id(&r.request_id, "request_id")?,
-        Command::Terminate { session: session_id(&r.session_id)?, seq: r.seq, reports: reports(&r.reports, true)? },
+        Command::Terminate {
+            session: session_id(&r.session_id)?,
+            seq: r.seq,
+            reports: reports(&r.reports, true)?,
+        },
     ))
 }
 
@@ -233,7 +274,9 @@ pub fn release(r: &pb::ReleaseRequest) -> Result<(AccountId, RequestId, Command)
     Ok((
         account_id(&r.account_id)?,
         request_id(&r.request_id, "request_id")?,
-        Command::Release { reservation: ReservationId(r.reservation_id) },
+        Command::Release {
+            reservation: ReservationId(r.reservation_id),
+        },
     ))
 }
 
@@ -252,18 +295,27 @@ pub fn debit(r: &pb::DebitRequest) -> Result<(AccountId, RequestId, Command), St
     Ok((
         account_id(&r.account_id)?,
         request_id(&r.request_id, "request_id")?,
-        Command::Debit { rating_group: r.rating_group, units: units(r.units.as_ref(), "units", true)? },
+        Command::Debit {
+            rating_group: r.rating_group,
+            units: units(r.units.as_ref(), "units", true)?,
+        },
     ))
 }
 
-pub fn set_state(r: &pb::SetAccountStateRequest) -> Result<(AccountId, RequestId, Command), Status> {
+pub fn set_state(
+    r: &pb::SetAccountStateRequest,
+) -> Result<(AccountId, RequestId, Command), Status> {
     let state = match pb::AccountState::try_from(r.state) {
         Ok(pb::AccountState::Active) => AccountState::Active,
         Ok(pb::AccountState::Suspended) => AccountState::Suspended,
         Ok(pb::AccountState::Closed) => AccountState::Closed,
         _ => return Err(bad("state", "unknown or unspecified account state")),
     };
-    Ok((account_id(&r.account_id)?, request_id(&r.request_id, "request_id")?, Command::SetState { state }))
+    Ok((
+        account_id(&r.account_id)?,
+        request_id(&r.request_id, "request_id")?,
+        Command::SetState { state },
+    ))
 }
 
 pub fn tariff(r: &pb::SetTariffRequest) -> Result<Tariff, Status> {
@@ -276,18 +328,35 @@ pub fn tariff(r: &pb::SetTariffRequest) -> Result<Tariff, Status> {
     for (i, p) in t.prices.iter().enumerate() {
         let unit = kind(p.unit, &format!("tariff.prices[{i}].unit"))?;
         if unit == BucketKind::Money {
-            return Err(bad(&format!("tariff.prices[{i}].unit"), "must be BYTES, SECONDS or UNITS"));
+            return Err(bad(
+                &format!("tariff.prices[{i}].unit"),
+                "must be BYTES, SECONDS or UNITS",
+            ));
         }
         if prices.iter().any(|q: &Price| q.unit == unit) {
             return Err(bad(&format!("tariff.prices[{i}].unit"), "duplicate unit"));
         }
         if p.increment == 0 || p.increment > MAX_UNITS {
-            return Err(bad(&format!("tariff.prices[{i}].increment"), "must be between 1 and 2^50"));
+            return Err(bad(
+                &format!("tariff.prices[{i}].increment"),
+                "must be between 1 and 2^50",
+            ));
         }
         if p.nano_per_increment > (1u64 << 62) {
-            return Err(bad(&format!("tariff.prices[{i}].nano_per_increment"), "too large"));
+            return Err(bad(
+                &format!("tariff.prices[{i}].nano_per_increment"),
+                "too large",
+            ));
         }
-        prices.push(Price { unit, increment: p.increment, nano_per_increment: p.nano_per_increment });
+        prices.push(Price {
+            unit,
+            increment: p.increment,
+            nano_per_increment: p.nano_per_increment,
+        });
     }
-    Ok(Tariff { rating_group: t.rating_group, version: 0, prices })
+    Ok(Tariff {
+        rating_group: t.rating_group,
+        version: 0,
+        prices,
+    })
 }

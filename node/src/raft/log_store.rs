@@ -38,7 +38,10 @@ pub struct MemLog {
 
 impl MemLog {
     pub fn new(node: NodeId) -> Self {
-        MemLog { inner: Arc::default(), _node: node }
+        MemLog {
+            inner: Arc::default(),
+            _node: node,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -59,7 +62,12 @@ impl RaftLogReader<TypeConfig> for MemLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
-        Ok(self.lock().log.range(range).map(|(_, e)| e.clone()).collect())
+        Ok(self
+            .lock()
+            .log
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
@@ -72,8 +80,16 @@ impl RaftLogStorage<TypeConfig> for MemLog {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let g = self.lock();
-        let last = g.log.values().next_back().map(|e| e.log_id()).or(g.last_purged);
-        Ok(LogState { last_purged_log_id: g.last_purged, last_log_id: last })
+        let last = g
+            .log
+            .values()
+            .next_back()
+            .map(|e| e.log_id())
+            .or(g.last_purged);
+        Ok(LogState {
+            last_purged_log_id: g.last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -97,7 +113,11 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         Ok(self.lock().committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + Send,
         I::IntoIter: Send,

@@ -48,10 +48,8 @@ impl openraft::RaftTypeConfig for TypeConfig {
     type LeaderId = openraft::impls::leader_id_adv::LeaderId<Self::Term, Self::NodeId>;
     type Vote = openraft::impls::Vote<Self::LeaderId>;
     type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
-    type Entry = openraft::Entry<
-        <Self::LeaderId as openraft::vote::RaftLeaderId>::Committed,
-        Self::Payload,
-    >;
+    type Entry =
+        openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
     type Responder<T>
         = CallbackResponder<T>
     where
@@ -106,7 +104,12 @@ pub fn raft_config(cluster_name: &str) -> openraft::Config {
 
 impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Batch(ts={}, events={})", self.log_ts_ms, self.events.len())
+        write!(
+            f,
+            "Batch(ts={}, events={})",
+            self.log_ts_ms,
+            self.events.len()
+        )
     }
 }
 

@@ -62,7 +62,13 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(me: NodeId, connector: Box<dyn Connector>, clock: SharedClock) -> Arc<Self> {
-        Arc::new(Peers { me, connector, clients: DashMap::new(), clock, isolated: Default::default() })
+        Arc::new(Peers {
+            me,
+            connector,
+            clients: DashMap::new(),
+            clock,
+            isolated: Default::default(),
+        })
     }
 
     /// Fault-injection seam: while the flag is set, every call fails as unreachable.
@@ -92,7 +98,11 @@ impl Peers {
         req: &Req,
         timeout: Duration,
     ) -> Result<Result<Resp, String>, CallError> {
-        if self.isolated.get().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+        if self
+            .isolated
+            .get()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+        {
             return Err(CallError::Unreachable("isolated (fault injection)".into()));
         }
         let mut client = self.client(target, addr).map_err(CallError::Unreachable)?;
@@ -126,7 +136,9 @@ enum CallError {
 impl CallError {
     fn into_rpc(self) -> RPCError<TypeConfig> {
         match self {
-            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&AnyError::error(m))),
+            CallError::Unreachable(m) => {
+                RPCError::Unreachable(Unreachable::new(&AnyError::error(m)))
+            }
             CallError::Network(m) => RPCError::Network(NetworkError::new(&AnyError::error(m))),
         }
     }
@@ -147,7 +159,12 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        GroupNetwork { shard: self.shard, target, addr: node.addr.clone(), peers: self.peers.clone() }
+        GroupNetwork {
+            shard: self.shard,
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
     }
 }
 
@@ -167,7 +184,14 @@ impl GroupNetwork {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         self.peers
-            .call(self.target, &self.addr, self.shard, kind, req, option.hard_ttl())
+            .call(
+                self.target,
+                &self.addr,
+                self.shard,
+                kind,
+                req,
+                option.hard_ttl(),
+            )
             .await
             .map_err(CallError::into_rpc)?
             .map_err(remote_err)
@@ -205,11 +229,22 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let timeout = option.hard_ttl().max(Duration::from_secs(30));
         let res: Result<SnapshotResponse<TypeConfig>, String> = self
             .peers
-            .call(self.target, &self.addr, self.shard, RaftKind::Snapshot, &req, timeout)
+            .call(
+                self.target,
+                &self.addr,
+                self.shard,
+                RaftKind::Snapshot,
+                &req,
+                timeout,
+            )
             .await
             .map_err(|e| match e {
-                CallError::Unreachable(m) => StreamingError::Unreachable(Unreachable::new(&AnyError::error(m))),
-                CallError::Network(m) => StreamingError::Network(NetworkError::new(&AnyError::error(m))),
+                CallError::Unreachable(m) => {
+                    StreamingError::Unreachable(Unreachable::new(&AnyError::error(m)))
+                }
+                CallError::Network(m) => {
+                    StreamingError::Network(NetworkError::new(&AnyError::error(m)))
+                }
             })?;
         res.map_err(|m| StreamingError::Network(NetworkError::new(&AnyError::error(m))))
     }

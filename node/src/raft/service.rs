@@ -2,7 +2,9 @@
 //! the named shard group, encodes `Result<Resp, String>` back.
 use super::{Raft, ShardId, TypeConfig};
 use crate::codec;
-use charging_proto::internal::{raft_internal_server::RaftInternal, RaftKind, RaftReply, RaftRequest};
+use charging_proto::internal::{
+    raft_internal_server::RaftInternal, RaftKind, RaftReply, RaftRequest,
+};
 use dashmap::DashMap;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use serde::Serialize;
@@ -48,12 +50,20 @@ impl RaftInternal for RaftService {
             RaftKind::Snapshot => {
                 let (vote, meta, data): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>) =
                     body(&req.body)?;
-                let snap = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) };
+                let snap = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+                    meta,
+                    snapshot: Cursor::new(data),
+                };
                 reply(raft.install_full_snapshot(vote, snap).await)?
             }
             RaftKind::TransferLeader => reply(raft.handle_transfer_leader(body(&req.body)?).await)?,
-            RaftKind::Unspecified => return Err(Status::invalid_argument("kind: unknown raft message kind")),
+            RaftKind::Unspecified => {
+                return Err(Status::invalid_argument("kind: unknown raft message kind"))
+            }
         };
-        Ok(Response::new(RaftReply { body: out, receiver_clock_ms: self.clock.now_ms() }))
+        Ok(Response::new(RaftReply {
+            body: out,
+            receiver_clock_ms: self.clock.now_ms(),
+        }))
     }
 }

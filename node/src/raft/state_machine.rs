@@ -101,7 +101,9 @@ pub struct Builder {
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     type SnapshotData = Cursor<Vec<u8>>;
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
         let data = codec::encode(&self.body).map_err(codec::to_io)?;
         let data = Arc::new(data);
         {
@@ -114,7 +116,10 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                 g.current = Some((self.meta.clone(), data.clone()));
             }
         }
-        Ok(SnapshotOf::<TypeConfig, _> { meta: self.meta.clone(), snapshot: Cursor::new((*data).clone()) })
+        Ok(SnapshotOf::<TypeConfig, _> {
+            meta: self.meta.clone(),
+            snapshot: Cursor::new((*data).clone()),
+        })
     }
 }
 
@@ -149,7 +154,8 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
                         BatchResult(out)
                     }
                     EntryPayload::Membership(m) => {
-                        g.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
+                        g.membership =
+                            StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
                         BatchResult::default()
                     }
                 };
@@ -167,8 +173,14 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         let g = self.lock();
         Builder {
             store: self.clone(),
-            meta: SnapshotMetaOf::<TypeConfig> { last_log_id: g.applied, last_membership: g.membership.clone() },
-            body: SnapshotBody { state: g.state.clone(), log_ts_ms: g.log_ts_ms },
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: g.applied,
+                last_membership: g.membership.clone(),
+            },
+            body: SnapshotBody {
+                state: g.state.clone(),
+                log_ts_ms: g.log_ts_ms,
+            },
         }
     }
 
@@ -193,9 +205,11 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
         let g = self.lock();
-        Ok(g.current.as_ref().map(|(meta, data)| SnapshotOf::<TypeConfig, _> {
-            meta: meta.clone(),
-            snapshot: Cursor::new((**data).clone()),
-        }))
+        Ok(g.current
+            .as_ref()
+            .map(|(meta, data)| SnapshotOf::<TypeConfig, _> {
+                meta: meta.clone(),
+                snapshot: Cursor::new((**data).clone()),
+            }))
     }
 }

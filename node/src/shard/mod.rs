@@ -64,11 +64,17 @@ pub enum ShardMsg {
     /// From a read-index task: rejections decided up to `seq` are confirmed (or not).
     ReadDone { seq: u64, ok: bool },
     /// From the metrics watcher: who leads now, as this replica sees it.
-    Leadership { leader: Option<NodeId>, me_id: Option<LeaderId> },
+    Leadership {
+        leader: Option<NodeId>,
+        me_id: Option<LeaderId>,
+    },
     /// From the epoch starter: read index returned in epoch `leader`.
     EpochReady { leader: LeaderId },
     /// From the expiry sweeper.
-    Expire { account: AccountId, reservation: crate::ledger::ReservationId },
+    Expire {
+        account: AccountId,
+        reservation: crate::ledger::ReservationId,
+    },
 }
 
 /// Limits of one shard actor (all from the node config).
@@ -84,7 +90,11 @@ pub struct ShardLimits {
 
 impl Default for ShardLimits {
     fn default() -> Self {
-        ShardLimits { max_batch_events: 512, max_waiters_per_account: 1024, max_inflight_batches: 64 }
+        ShardLimits {
+            max_batch_events: 512,
+            max_waiters_per_account: 1024,
+            max_inflight_batches: 64,
+        }
     }
 }
 
@@ -212,7 +222,10 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Request { req, reply } => on_request(&myself, st, req, Some(reply)),
-            ShardMsg::Expire { account, reservation } => {
+            ShardMsg::Expire {
+                account,
+                reservation,
+            } => {
                 if matches!(st.epoch, Epoch::Leading(_)) {
                     let req = Request {
                         account,
@@ -239,7 +252,11 @@ impl Actor for ShardActor {
             ShardMsg::Leadership { leader, me_id } => on_leadership(&myself, st, leader, me_id),
             ShardMsg::EpochReady { leader } => {
                 if matches!(&st.epoch, Epoch::Starting(l) if *l == leader) {
-                    tracing::debug!(node = st.a.node, shard = st.a.shard, "epoch ready: deciding");
+                    tracing::debug!(
+                        node = st.a.node,
+                        shard = st.a.shard,
+                        "epoch ready: deciding"
+                    );
                     st.epoch = Epoch::Leading(leader);
                     st.a.deciding.store(true, Ordering::Release);
                     gauge!("charging_shard_leading", "node" => st.node_label.clone(), "shard" => st.shard_label.clone()).set(1.0);
@@ -256,7 +273,9 @@ impl Actor for ShardActor {
 fn not_leader(st: &State) -> Outcome {
     match st.epoch {
         Epoch::Starting(_) => Outcome::Unknown("leader is starting its epoch"),
-        _ => Outcome::NotLeader { leader: st.leader_hint() },
+        _ => Outcome::NotLeader {
+            leader: st.leader_hint(),
+        },
     }
 }
 
@@ -292,13 +311,22 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
         }
         st.a.active_accounts.fetch_add(1, Ordering::Relaxed);
         let spec = st.a.store.view().state.account(&req.account).cloned();
-        st.accounts.insert(req.account.clone(), VAccount { spec, front_id: 0, queue: VecDeque::new() });
+        st.accounts.insert(
+            req.account.clone(),
+            VAccount {
+                spec,
+                front_id: 0,
+                queue: VecDeque::new(),
+            },
+        );
     }
     let view = st.a.store.view();
     let acct = st.accounts.get_mut(&req.account).expect("activated above");
     if acct.queue.len() >= st.a.limits.max_waiters_per_account {
         if let Some(tx) = reply {
-            let _ = tx.send(Outcome::Overloaded("too many requests queued on this account"));
+            let _ = tx.send(Outcome::Overloaded(
+                "too many requests queued on this account",
+            ));
         }
         return;
     }
@@ -332,7 +360,11 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
             WaitState::Read { result: Err(rej) }
         }
     };
-    acct.queue.push_back(Waiter { tx: reply, state, started });
+    acct.queue.push_back(Waiter {
+        tx: reply,
+        state,
+        started,
+    });
     drain(st, &req.account);
     if !st.open.is_empty() || !st.reads_open.is_empty() {
         schedule_flush(myself, st);
@@ -342,7 +374,9 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
 /// Sends replies from the front of an account's queue while they are ready;
 /// deactivates the account when nothing is left.
 fn drain(st: &mut State, account: &AccountId) {
-    let Some(acct) = st.accounts.get_mut(account) else { return };
+    let Some(acct) = st.accounts.get_mut(account) else {
+        return;
+    };
     while let Some(front) = acct.queue.front() {
         if !matches!(front.state, WaitState::Ready(_)) {
             break;
@@ -379,7 +413,9 @@ fn set_ready(st: &mut State, account: &AccountId, id: u64, outcome: Outcome) {
 
 async fn flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
     st.flush_scheduled = false;
-    let Epoch::Leading(leader) = st.epoch.clone_id() else { return };
+    let Epoch::Leading(leader) = st.epoch.clone_id() else {
+        return;
+    };
     if !st.open.is_empty() {
         st.batch_seq += 1;
         let seq = st.batch_seq;
@@ -397,13 +433,21 @@ async fn flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
         );
         let me = myself.clone();
         let responder = crate::raft::CallbackResponder::new(move |result: WriteResult| {
-            let _ = me.cast(ShardMsg::BatchDone { seq, result: Box::new(result) });
+            let _ = me.cast(ShardMsg::BatchDone {
+                seq,
+                result: Box::new(result),
+            });
         });
         // `write` only enqueues into the Raft core and returns once the core
         // has the message; awaiting it keeps proposals in order without a
         // task per write. `with_leader` fences the entry to this epoch.
         let batch = Batch { log_ts_ms, events };
-        let sent = st.a.raft.write(batch).with_leader(leader).responder(responder).await;
+        let sent =
+            st.a.raft
+                .write(batch)
+                .with_leader(leader)
+                .responder(responder)
+                .await;
         if let Err(e) = sent {
             tracing::error!(error = %e, "raft core stopped");
         }
@@ -411,14 +455,19 @@ async fn flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
     if !st.reads_open.is_empty() {
         st.read_seq += 1;
         let seq = st.read_seq;
-        st.reads_pending.insert(seq, std::mem::take(&mut st.reads_open));
+        st.reads_pending
+            .insert(seq, std::mem::take(&mut st.reads_open));
         let raft = st.a.raft.clone();
         let me = myself.clone();
         // One read index per flush: rejections are sent only once this
         // leader is confirmed after their decision.
         tokio::spawn(async move {
             let ok = matches!(
-                tokio::time::timeout(Duration::from_secs(2), raft.ensure_linearizable(ReadPolicy::ReadIndex)).await,
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    raft.ensure_linearizable(ReadPolicy::ReadIndex)
+                )
+                .await,
                 Ok(Ok(_))
             ) && matches!(raft.as_leader(), Ok(l) if l.to_committed_leader_id() == leader);
             let _ = me.cast(ShardMsg::ReadDone { seq, ok });
@@ -437,7 +486,9 @@ impl Epoch {
 }
 
 fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
-    let Some(batch) = st.inflight.remove(&seq) else { return };
+    let Some(batch) = st.inflight.remove(&seq) else {
+        return;
+    };
     histogram!("charging_commit_seconds", "node" => st.node_label.clone())
         .record(batch.proposed.elapsed().as_secs_f64());
     let mut touched: Vec<AccountId> = Vec::with_capacity(batch.members.len());
@@ -461,7 +512,8 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
                     Applied::Conflict | Applied::Refused(_) => {
                         // Our speculative state diverged from the applied one:
                         // drop it, so the next decision starts from applied.
-                        counter!("charging_conflicts_total", "node" => st.node_label.clone()).increment(1);
+                        counter!("charging_conflicts_total", "node" => st.node_label.clone())
+                            .increment(1);
                         if let Some(a) = st.accounts.get_mut(&account) {
                             a.spec = st.a.store.view().state.account(&account).cloned();
                         }
@@ -475,7 +527,12 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
         Err(e) => {
             tracing::warn!(shard = st.a.shard, error = %e, "batch not committed under this leader");
             for (account, id) in batch.members.into_iter().flatten() {
-                set_ready(st, &account, id, Outcome::Unknown("leadership changed; retry with the same request id"));
+                set_ready(
+                    st,
+                    &account,
+                    id,
+                    Outcome::Unknown("leadership changed; retry with the same request id"),
+                );
                 touched.push(account);
             }
             for tx in batch.tariff_replies {
@@ -491,11 +548,16 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
 }
 
 fn on_read_done(st: &mut State, seq: u64, ok: bool) {
-    let Some(members) = st.reads_pending.remove(&seq) else { return };
+    let Some(members) = st.reads_pending.remove(&seq) else {
+        return;
+    };
     let mut touched = Vec::with_capacity(members.len());
     for (account, id) in members {
         if let Some(acct) = st.accounts.get_mut(&account) {
-            if let Some(w) = id.checked_sub(acct.front_id).and_then(|i| acct.queue.get_mut(i as usize)) {
+            if let Some(w) = id
+                .checked_sub(acct.front_id)
+                .and_then(|i| acct.queue.get_mut(i as usize))
+            {
                 if let WaitState::Read { result, .. } = &w.state {
                     w.state = WaitState::Ready(if ok {
                         Outcome::Done(result.clone())
@@ -514,7 +576,12 @@ fn on_read_done(st: &mut State, seq: u64, ok: bool) {
     }
 }
 
-fn on_leadership(myself: &ActorRef<ShardMsg>, st: &mut State, leader: Option<NodeId>, me_id: Option<LeaderId>) {
+fn on_leadership(
+    myself: &ActorRef<ShardMsg>,
+    st: &mut State,
+    leader: Option<NodeId>,
+    me_id: Option<LeaderId>,
+) {
     let same = match (&st.epoch, &me_id) {
         (Epoch::Starting(l) | Epoch::Leading(l), Some(m)) => l == m,
         (Epoch::Follower { leader: old }, None) => *old == leader,
@@ -527,7 +594,11 @@ fn on_leadership(myself: &ActorRef<ShardMsg>, st: &mut State, leader: Option<Nod
     end_epoch(st);
     match me_id {
         Some(id) => {
-            tracing::debug!(node = st.a.node, shard = st.a.shard, "became leader: starting epoch");
+            tracing::debug!(
+                node = st.a.node,
+                shard = st.a.shard,
+                "became leader: starting epoch"
+            );
             st.epoch = Epoch::Starting(id);
             let raft = st.a.raft.clone();
             let me = myself.clone();
@@ -598,14 +669,13 @@ fn spawn_leadership_watcher(raft: Raft, me: NodeId, actor: ActorRef<ShardMsg>) {
         let mut rx = raft.metrics();
         let mut last: Option<(Option<NodeId>, Option<LeaderId>)> = None;
         loop {
-            let (leader, me_id) = {
-                let m = rx.borrow_watched();
-                let leader = m.current_leader;
-                let me_id = match raft.as_leader() {
-                    Ok(l) if leader == Some(me) => Some(l.to_committed_leader_id()),
-                    _ => None,
-                };
-                (leader, me_id)
+            // Release the metrics borrow before `as_leader()`, which borrows
+            // the same watch: a nested read would deadlock against a waiting
+            // writer (the Raft core publishing metrics).
+            let leader = rx.borrow_watched().current_leader;
+            let me_id = match raft.as_leader() {
+                Ok(l) if leader == Some(me) => Some(l.to_committed_leader_id()),
+                _ => None,
             };
             if last != Some((leader, me_id)) {
                 last = Some((leader, me_id));

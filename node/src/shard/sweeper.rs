@@ -47,7 +47,10 @@ impl Actor for Sweeper {
         for (store, actor) in &st.shards {
             let view = store.view();
             for (account, reservation) in view.state.due_expiries(now, EXPIRIES_PER_TICK) {
-                let _ = actor.cast(ShardMsg::Expire { account, reservation });
+                let _ = actor.cast(ShardMsg::Expire {
+                    account,
+                    reservation,
+                });
             }
         }
         Ok(())

@@ -14,17 +14,30 @@ pub const RG: u32 = 32;
 pub const MB: u64 = 1_000_000;
 
 pub async fn cluster() -> LocalCluster {
-    let c = LocalCluster::start(ClusterOptions { nodes: 3, shards: 4, ..Default::default() })
+    let c = LocalCluster::start(ClusterOptions {
+        nodes: 3,
+        shards: 4,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    c.wait_ready(Duration::from_secs(20))
         .await
-        .expect("cluster starts");
-    c.wait_ready(Duration::from_secs(20)).await.expect("cluster ready");
+        .expect("cluster ready");
     c
 }
 
 pub async fn client(url: String) -> Client {
-    Client::connect_with_config(url, ClientConfig { deadline_ms: 3_000, max_retries: 10, ..Default::default() })
-        .await
-        .expect("client connects")
+    Client::connect_with_config(
+        url,
+        ClientConfig {
+            deadline_ms: 3_000,
+            max_retries: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("client connects")
 }
 
 /// 1 MB on rating group 32 costs 1 minor unit.
@@ -32,13 +45,20 @@ pub async fn set_data_tariff(c: &Client) {
     let t = Tariff {
         rating_group: RG,
         version: 0,
-        prices: vec![Price { unit: 2, increment: MB, nano_per_increment: 1_000_000_000 }],
+        prices: vec![Price {
+            unit: 2,
+            increment: MB,
+            nano_per_increment: 1_000_000_000,
+        }],
     };
     settle(|| c.set_tariff(t.clone())).await;
 }
 
 pub fn mb(n: u64) -> Units {
-    Units { volume_bytes: n * MB, ..Default::default() }
+    Units {
+        volume_bytes: n * MB,
+        ..Default::default()
+    }
 }
 
 /// Retries one call (the closure must reuse its request id) until it gives a

@@ -22,7 +22,9 @@ async fn killing_a_leader_mid_load_loses_nothing_and_applies_nothing_twice() {
     let mut c = cluster().await;
     // The victim leads the shard of worker 0's account.
     let accounts: Vec<String> = (0..WORKERS).map(|w| format!("kill-{w}")).collect();
-    let victim = c.deciding_leader(shard(&accounts[0])).expect("shard has a leader");
+    let victim = c
+        .deciding_leader(shard(&accounts[0]))
+        .expect("shard has a leader");
     let survivor = *c.nodes.keys().find(|id| **id != victim).expect("3 nodes");
     let cl = client(c.public_url(survivor)).await;
     set_data_tariff(&cl).await;
@@ -41,12 +43,20 @@ async fn killing_a_leader_mid_load_loses_nothing_and_applies_nothing_twice() {
             for i in 0..PAIRS_PER_WORKER {
                 let session = format!("{a}-s{i}");
                 let rid = new_request_id();
-                let r = settle(|| cl.reserve_with_id(rid, a.clone(), session.clone(), 0, RG, mb(1))).await;
+                let r =
+                    settle(|| cl.reserve_with_id(rid, a.clone(), session.clone(), 0, RG, mb(1)))
+                        .await;
                 assert_eq!(r.result, ResultCode::Ok as i32, "reserve {a} {i}");
                 let cid = new_request_id();
-                let m = settle(|| cl.commit_with_id(cid, a.clone(), r.reservation_id, mb(1), true)).await;
+                let m = settle(|| cl.commit_with_id(cid, a.clone(), r.reservation_id, mb(1), true))
+                    .await;
                 assert_eq!(m.result, ResultCode::Ok as i32, "commit {a} {i}");
-                acked.push(Acked { account: a.clone(), commit_id: cid, reservation: r.reservation_id, charged: m.charged });
+                acked.push(Acked {
+                    account: a.clone(),
+                    commit_id: cid,
+                    reservation: r.reservation_id,
+                    charged: m.charged,
+                });
                 done.fetch_add(1, Ordering::Relaxed);
             }
             acked
@@ -64,11 +74,19 @@ async fn killing_a_leader_mid_load_loses_nothing_and_applies_nothing_twice() {
     c.kill(victim).await;
     // A new leader serves: progress resumes.
     while done.load(Ordering::Relaxed) <= before + WORKERS {
-        assert!(killed_at.elapsed() < Duration::from_secs(20), "no progress after the kill");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(20),
+            "no progress after the kill"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    println!("service resumed {:?} after killing node {victim}", killed_at.elapsed());
-    c.wait_ready(Duration::from_secs(20)).await.expect("every shard has a leader again");
+    println!(
+        "service resumed {:?} after killing node {victim}",
+        killed_at.elapsed()
+    );
+    c.wait_ready(Duration::from_secs(20))
+        .await
+        .expect("every shard has a leader again");
 
     let mut acked = Vec::new();
     for t in tasks {
@@ -78,21 +96,35 @@ async fn killing_a_leader_mid_load_loses_nothing_and_applies_nothing_twice() {
 
     // Balances reconcile exactly with the acknowledged history.
     for a in &accounts {
-        let charged: i64 = acked.iter().filter(|x| &x.account == a).map(|x| x.charged).sum();
-        assert_eq!(charged, PAIRS_PER_WORKER as i64, "every pair charges 1 unit");
+        let charged: i64 = acked
+            .iter()
+            .filter(|x| &x.account == a)
+            .map(|x| x.charged)
+            .sum();
+        assert_eq!(
+            charged, PAIRS_PER_WORKER as i64,
+            "every pair charges 1 unit"
+        );
         let b = settle(|| cl.balance(a.clone())).await;
         assert_eq!(b.available, INITIAL - charged, "balance of {a}");
         assert_eq!(b.open_reservations, 0, "reservations of {a}");
     }
     // A retried commit returns its original result and changes nothing.
     for x in acked.iter().step_by(7) {
-        let again = settle(|| cl.commit_with_id(x.commit_id, x.account.clone(), x.reservation, mb(1), true)).await;
+        let again = settle(|| {
+            cl.commit_with_id(x.commit_id, x.account.clone(), x.reservation, mb(1), true)
+        })
+        .await;
         assert_eq!(again.result, ResultCode::Ok as i32);
         assert_eq!(again.charged, x.charged);
     }
     for a in &accounts {
         let b = settle(|| cl.balance(a.clone())).await;
-        assert_eq!(b.available, INITIAL - PAIRS_PER_WORKER as i64, "duplicates changed {a}");
+        assert_eq!(
+            b.available,
+            INITIAL - PAIRS_PER_WORKER as i64,
+            "duplicates changed {a}"
+        );
     }
     c.shutdown().await;
 }

@@ -30,7 +30,10 @@ async fn an_isolated_leader_does_not_reject_from_stale_state() {
         if !leaders.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "no new leader on the majority side");
+        assert!(
+            Instant::now() < deadline,
+            "no new leader on the majority side"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let t = settle(|| cl.top_up(account.clone(), 0, 100)).await;
@@ -40,13 +43,25 @@ async fn an_isolated_leader_does_not_reject_from_stale_state() {
     // INSUFFICIENT_BALANCE from its stale state.
     let direct = Client::connect_with_config(
         c.public_url(old),
-        ClientConfig { deadline_ms: 4_000, max_retries: 0, ..Default::default() },
+        ClientConfig {
+            deadline_ms: 4_000,
+            max_retries: 0,
+            ..Default::default()
+        },
     )
     .await
     .expect("connect");
     match direct.reserve(account.clone(), "s1", 0, RG, mb(1)).await {
-        Ok(r) => assert_eq!(r.result, ResultCode::Ok as i32, "stale rejection from a deposed leader"),
-        Err(e) => assert_eq!(e.code(), Some(tonic::Code::Unavailable), "unexpected error {e:?}"),
+        Ok(r) => assert_eq!(
+            r.result,
+            ResultCode::Ok as i32,
+            "stale rejection from a deposed leader"
+        ),
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(tonic::Code::Unavailable),
+            "unexpected error {e:?}"
+        ),
     }
 
     c.nodes[&old].set_isolated(false);
@@ -54,6 +69,10 @@ async fn an_isolated_leader_does_not_reject_from_stale_state() {
     let b = settle(|| cl.balance(account.clone())).await;
     let money = &b.buckets[0];
     assert_eq!(money.balance, 100);
-    assert!(money.reserved == 0 || money.reserved == 1, "reserved {}", money.reserved);
+    assert!(
+        money.reserved == 0 || money.reserved == 1,
+        "reserved {}",
+        money.reserved
+    );
     c.shutdown().await;
 }
