@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+/// Adjusts a node's config before it starts.
+pub type ConfigTweak = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
+
 pub struct ClusterOptions {
     pub nodes: u64,
     pub shards: u32,
@@ -19,7 +22,7 @@ pub struct ClusterOptions {
     pub public_ports: Option<Vec<u16>>,
     pub clock: SharedClock,
     /// Adjusts each node's config before start.
-    pub tweak: Option<Arc<dyn Fn(&mut NodeConfig) + Send + Sync>>,
+    pub tweak: Option<ConfigTweak>,
 }
 
 impl Default for ClusterOptions {

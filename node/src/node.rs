@@ -7,7 +7,7 @@
 use crate::clock::SharedClock;
 use crate::config::NodeConfig;
 use crate::frontdoor::{admin::AdminService, FrontDoor, ShardHandle};
-use crate::raft::log_store::MemLog;
+use crate::raft::log_store::LogEngine;
 use crate::raft::network::{Connector, GroupNetworkFactory, Peers, MAX_INTERNAL_MESSAGE_BYTES};
 use crate::raft::service::{Groups, RaftService};
 use crate::raft::state_machine::ShardStore;
@@ -31,13 +31,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub const MAX_PUBLIC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Injected edges of a node.
-pub struct Edges {
+pub struct Edges<L: LogEngine> {
     pub public: TcpListener,
     pub internal: TcpListener,
     pub connector: Box<dyn Connector>,
     pub clock: SharedClock,
     /// Log engine per shard (kept by the caller to survive a restart).
-    pub logs: Vec<MemLog>,
+    pub logs: Vec<L>,
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
@@ -93,7 +93,10 @@ impl NodeHandle {
 
 /// Starts a node. With `config.bootstrap`, initializes every shard group with
 /// all members as voters (a new cluster; harmless if already initialized).
-pub async fn start(config: NodeConfig, edges: Edges) -> anyhow::Result<NodeHandle> {
+pub async fn start<L: LogEngine>(
+    config: NodeConfig,
+    edges: Edges<L>,
+) -> anyhow::Result<NodeHandle> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;

@@ -309,7 +309,8 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
             }
             return;
         }
-        st.a.active_accounts.fetch_add(1, Ordering::Relaxed);
+        let n = st.a.active_accounts.fetch_add(1, Ordering::Relaxed) + 1;
+        gauge!("charging_active_accounts", "node" => st.node_label.clone()).set(n as f64);
         let spec = st.a.store.view().state.account(&req.account).cloned();
         st.accounts.insert(
             req.account.clone(),
@@ -397,7 +398,11 @@ fn drain(st: &mut State, account: &AccountId) {
     }
     if acct.queue.is_empty() {
         st.accounts.remove(account);
-        st.a.active_accounts.fetch_sub(1, Ordering::Relaxed);
+        let n =
+            st.a.active_accounts
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1);
+        gauge!("charging_active_accounts", "node" => st.node_label.clone()).set(n as f64);
     }
 }
 

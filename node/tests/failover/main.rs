@@ -2,6 +2,7 @@
 //! real openraft. One binary, one file per scenario.
 mod t10_kill_leader;
 mod t20_deposed_leader;
+mod t30_front_door;
 
 use charging_client::proto::{Price, Tariff, Units};
 use charging_client::{Client, ClientConfig};
