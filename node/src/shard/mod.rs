@@ -301,6 +301,7 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
     }
     let started = Instant::now();
     let now_ms = st.now_ms();
+    let view = st.a.store.view();
     // Activate the virtual account on first use.
     if !st.accounts.contains_key(&req.account) {
         if st.a.active_accounts.load(Ordering::Relaxed) >= st.a.max_active_accounts {
@@ -311,7 +312,7 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
         }
         let n = st.a.active_accounts.fetch_add(1, Ordering::Relaxed) + 1;
         gauge!("charging_active_accounts", "node" => st.node_label.clone()).set(n as f64);
-        let spec = st.a.store.view().state.account(&req.account).cloned();
+        let spec = view.state.account(&req.account).cloned();
         st.accounts.insert(
             req.account.clone(),
             VAccount {
@@ -321,7 +322,6 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
             },
         );
     }
-    let view = st.a.store.view();
     let acct = st.accounts.get_mut(&req.account).expect("activated above");
     if acct.queue.len() >= st.a.limits.max_waiters_per_account {
         if let Some(tx) = reply {
@@ -343,30 +343,37 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
     histogram!("charging_decision_seconds", "node" => st.node_label.clone())
         .record(started.elapsed().as_secs_f64());
     let waiter_id = acct.front_id + acct.queue.len() as u64;
+    let account = req.account.clone();
     let state = match decision {
         Decision::Accept(_) => {
             st.open.push(Event::Account(AccountEvent {
-                request: req.clone(),
+                request: req,
                 expected_version,
                 decided_ms: now_ms,
                 tariffs,
             }));
-            st.open_members.push(Some((req.account.clone(), waiter_id)));
-            WaitState::Apply
+            st.open_members.push(Some((account.clone(), waiter_id)));
+            Some(WaitState::Apply)
         }
-        Decision::Duplicate(_) | Decision::Reject(_) if reply.is_none() => return,
-        Decision::Duplicate(r) => WaitState::Ready(Outcome::Done(Ok(r))),
+        // Internal requests (expiry) need no answer for a duplicate or a rejection.
+        Decision::Duplicate(_) | Decision::Reject(_) if reply.is_none() => None,
+        Decision::Duplicate(r) => Some(WaitState::Ready(Outcome::Done(Ok(r)))),
         Decision::Reject(rej) => {
-            st.reads_open.push((req.account.clone(), waiter_id));
-            WaitState::Read { result: Err(rej) }
+            st.reads_open.push((account.clone(), waiter_id));
+            Some(WaitState::Read { result: Err(rej) })
         }
     };
-    acct.queue.push_back(Waiter {
-        tx: reply,
-        state,
-        started,
-    });
-    drain(st, &req.account);
+    if let Some(state) = state {
+        if let Some(acct) = st.accounts.get_mut(&account) {
+            acct.queue.push_back(Waiter {
+                tx: reply,
+                state,
+                started,
+            });
+        }
+    }
+    // Also deactivates an account that was activated for nothing.
+    drain(st, &account);
     if !st.open.is_empty() || !st.reads_open.is_empty() {
         schedule_flush(myself, st);
     }
