@@ -8,11 +8,9 @@ use charging_client::proto::{
     BalanceResponse, Bucket, BucketKind, Price, ResultCode, Tariff, Units, UsageReport,
 };
 use charging_client::{result_name, Client, ClientConfig, Uuid};
-use charging_node::cluster::{ClusterOptions, LocalCluster};
-use charging_node::config::NodeConfig;
+use charging_node::cluster::{ClusterOptions, ConfigTweak, LocalCluster};
 use charging_node::frontdoor::shard_of;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
 
@@ -59,8 +57,8 @@ impl Env {
 
 pub fn client_config() -> ClientConfig {
     ClientConfig {
-        deadline_ms: 5_000,
-        max_retries: 20,
+        deadline_ms: 15_000,
+        max_retries: 60,
         ..ClientConfig::default()
     }
 }
@@ -77,11 +75,8 @@ pub async fn start() -> Env {
     start_with(None).await
 }
 
-/// Adjusts every node's config before start (`ClusterOptions::tweak`).
-pub type Tweak = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
-
 /// Like [`start`], with a config tweak applied to every node.
-pub async fn start_with(tweak: Option<Tweak>) -> Env {
+pub async fn start_with(tweak: Option<ConfigTweak>) -> Env {
     let cluster = LocalCluster::start(ClusterOptions {
         nodes: NODES,
         shards: SHARDS,
