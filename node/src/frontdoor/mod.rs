@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 use tonic::transport::Channel;
-use tonic::{Request as TReq, Status};
+use tonic::{Code, Request as TReq, Status};
 
 pub mod admin;
 mod convert;
@@ -176,6 +176,21 @@ impl FrontDoor {
         s
     }
 
+    /// The caller's view of a failed forward. A forward that timed out or
+    /// broke off has an unknown outcome (the leader may have applied it):
+    /// that is `UNAVAILABLE`, retryable with the same request id, never the
+    /// hop's own `CANCELLED` / `DEADLINE_EXCEEDED`. Other statuses (invalid
+    /// argument, overload, the leader's own `UNAVAILABLE`) pass through.
+    fn forward_failed(&self, leader: NodeId, s: Status) -> Status {
+        match s.code() {
+            Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => self.unavailable(
+                Some(leader),
+                &format!("forward to node {leader} failed ({})", s.message()),
+            ),
+            _ => s,
+        }
+    }
+
     fn forward_client(&self, leader: NodeId) -> Result<ChargingClient<Channel>, Status> {
         if let Some(c) = self.forward.get(&leader) {
             return Ok(c.clone());
@@ -280,7 +295,8 @@ impl FrontDoor {
                         req.metadata_mut()
                             .insert(FORWARDED, "1".parse().expect("ascii"));
                         req.set_timeout(self.limits.request_deadline);
-                        Ok(c.balance(req).await?.into_inner())
+                        let r = c.balance(req).await;
+                        Ok(r.map_err(|s| self.forward_failed(l, s))?.into_inner())
                     }
                     _ => Err(self.unavailable(leader, "not the shard leader")),
                 }
@@ -328,7 +344,11 @@ impl FrontDoor {
                     req.metadata_mut()
                         .insert(ONLY_SHARD, h.shard.to_string().parse().expect("ascii"));
                     req.set_timeout(self.limits.request_deadline);
-                    let r = c.set_tariff(req).await?.into_inner();
+                    let r = c
+                        .set_tariff(req)
+                        .await
+                        .map_err(|s| self.forward_failed(l, s))?
+                        .into_inner();
                     version = version.max(r.version);
                 }
                 Outcome::NotLeader { leader } => {
@@ -364,7 +384,7 @@ macro_rules! mutating_ops {
                         req.set_timeout(self.limits.request_deadline);
                         let r = c.$op(req).await;
                         self.record(stringify!($op), if r.is_ok() { "forwarded" } else { "forward_failed" }, started);
-                        Ok(r?.into_inner())
+                        Ok(r.map_err(|s| self.forward_failed(leader, s))?.into_inner())
                     }
                     Routed::Remote(leader) => {
                         self.record(stringify!($op), "not_leader", started);
