@@ -19,8 +19,7 @@ async fn partial_grant_is_final_units() {
     assert_eq!((r.granted, r.final_units), (Some(bytes(3 * MB)), true));
     assert_money(&balance(c, a).await, 35, 30);
 
-    // A request that is not a multiple of the increment: 0.5 MB fits in 5?
-    // No: one started MB costs 10 > 5 left.
+    // Half a MB is one started MB: 10 > the 5 left.
     let r = c
         .reserve(a, "s2", 1, RG_DATA, bytes(500 * KB))
         .await
