@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub sweep_period: Duration,
     /// Connect timeout of internal channels.
     pub connect_timeout: Duration,
+    /// Seed of openraft's rng (election timeouts); mixed with node and shard ids.
+    pub rng_seed: u64,
 }
 
 impl NodeConfig {
@@ -48,6 +50,7 @@ impl NodeConfig {
             max_active_accounts: 1_000_000,
             sweep_period: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(500),
+            rng_seed: 0x5eed,
         }
     }
 

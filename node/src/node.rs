@@ -119,7 +119,12 @@ pub async fn start<L: LogEngine>(
             shard,
             peers: peers.clone(),
         };
-        let raft = Raft::new(me, raft_cfg.clone(), net, log, store.clone()).await?;
+        let seed = crate::raft::group_seed(config.rng_seed, me, shard);
+        let raft = crate::raft::Runtime::scope(
+            seed,
+            Raft::new(me, raft_cfg.clone(), net, log, store.clone()),
+        )
+        .await?;
         groups.insert(shard, raft.clone());
         let (actor, _) = Actor::spawn(
             None,

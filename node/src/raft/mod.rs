@@ -58,8 +58,22 @@ impl openraft::RaftTypeConfig for TypeConfig {
         = openraft::impls::InlineBatch<T>
     where
         T: Send + 'static;
-    type AsyncRuntime = openraft::impls::TokioRuntime;
+    type AsyncRuntime = Runtime;
     type ErrorSource = openraft::impls::BoxedErrorSource;
+}
+
+/// Tokio, with openraft's randomness (election timeouts, tick jitter) drawn
+/// from a seeded rng: each group is started inside [`Runtime::scope`] with a
+/// seed from the node config, so a simulation replays its elections.
+pub type Runtime = openraft_rt::deterministic_rng::DeterministicRng<openraft::impls::TokioRuntime>;
+
+/// The seed of one shard group's rng, from the node's seed.
+pub fn group_seed(node_seed: u64, node: NodeId, shard: ShardId) -> u64 {
+    let mut z =
+        node_seed ^ node.rotate_left(32) ^ (shard as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49eb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 pub type Raft = openraft::Raft<TypeConfig, state_machine::ShardStore>;
