@@ -270,3 +270,36 @@ async fn rejections_are_not_remembered() {
     assert_money(&balance(c, a).await, 75, 10);
     env.shutdown().await;
 }
+
+/// SetTariff carries a request id like every mutation: a retry with the same
+/// id (what the client does after UNAVAILABLE) must not apply it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_tariff_retry_is_idempotent() {
+    let env = start().await;
+    let c = &env.client;
+    let t = tariff(RG_DATA, BucketKind::Bytes, MB, DATA_PER_MB as u64);
+    let id = rid();
+    let first = c
+        .set_tariff_with_id(id, t.clone())
+        .await
+        .expect("set_tariff");
+    assert_rc(first.result, ResultCode::Ok, "set_tariff");
+    assert_eq!(first.version, 1);
+    let again = c
+        .set_tariff_with_id(id, t.clone())
+        .await
+        .expect("set_tariff again");
+    assert_eq!(again, first, "a retry answers the original");
+    let mut want = t;
+    want.version = 1;
+    poll(
+        std::time::Duration::from_secs(10),
+        "tariff version 1",
+        || async {
+            let got = c.get_tariffs().await.expect("get_tariffs").tariffs;
+            (got == vec![want.clone()]).then_some(())
+        },
+    )
+    .await;
+    env.shutdown().await;
+}
