@@ -674,8 +674,11 @@ impl Run {
         let limits = limits();
         let mut replica = ShardState::new(limits.clone());
         let mut events = Vec::new();
-        for t in tariffs().values() {
-            let ev = Event::SetTariff { tariff: t.clone() };
+        for (i, t) in tariffs().values().enumerate() {
+            let ev = Event::SetTariff {
+                tariff: t.clone(),
+                request_id: RequestId(((T0 as u128) << 80) | (i as u128 + 1)),
+            };
             replica.apply(&ev, T0);
             events.push((ev, T0));
         }

@@ -310,7 +310,7 @@ impl FrontDoor {
         msg: pb::SetTariffRequest,
         only: Option<ShardId>,
     ) -> Result<pb::SetTariffResponse, Status> {
-        let tariff = validate::tariff(&msg)?;
+        let (request_id, tariff) = validate::tariff(&msg)?;
         let mut version = 0;
         for h in &self.shards {
             if only.is_some_and(|s| s != h.shard) {
@@ -320,6 +320,7 @@ impl FrontDoor {
             h.actor
                 .cast(ShardMsg::SetTariff {
                     tariff: tariff.clone(),
+                    request_id,
                     reply: tx,
                 })
                 .map_err(|_| Status::unavailable("shard actor stopped"))?;
@@ -328,15 +329,10 @@ impl FrontDoor {
                 .map_err(|_| self.unavailable(None, "deadline exceeded setting tariff"))?
                 .map_err(|_| self.unavailable(None, "shard actor dropped the request"))?;
             match outcome {
-                Outcome::Done(Ok(_)) => {
-                    let view = h.store.view();
-                    version = version.max(
-                        view.state
-                            .tariffs
-                            .get(&tariff.rating_group)
-                            .map(|t| t.version)
-                            .unwrap_or(0),
-                    );
+                Outcome::Done(Ok(reply)) => {
+                    if let crate::ledger::Reply::TariffSet { version: v } = reply {
+                        version = version.max(v);
+                    }
                 }
                 Outcome::NotLeader { leader: Some(l) } if only.is_none() && l != self.node => {
                     let mut c = self.forward_client(l)?;
@@ -356,7 +352,14 @@ impl FrontDoor {
                 }
                 Outcome::Unknown(w) => return Err(self.unavailable(None, w)),
                 Outcome::Overloaded(w) => return Err(Status::resource_exhausted(w)),
-                Outcome::Done(Err(r)) => return Err(Status::failed_precondition(format!("{r:?}"))),
+                // A business rejection (request id reused with another
+                // tariff, request too old) is a result code, as elsewhere.
+                Outcome::Done(Err(r)) => {
+                    return Ok(pb::SetTariffResponse {
+                        result: result_code(r) as i32,
+                        version: 0,
+                    })
+                }
             }
         }
         Ok(pb::SetTariffResponse {

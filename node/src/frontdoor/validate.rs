@@ -318,8 +318,8 @@ pub fn set_state(
     ))
 }
 
-pub fn tariff(r: &pb::SetTariffRequest) -> Result<Tariff, Status> {
-    request_id(&r.request_id, "request_id")?;
+pub fn tariff(r: &pb::SetTariffRequest) -> Result<(RequestId, Tariff), Status> {
+    let id = request_id(&r.request_id, "request_id")?;
     let t = r.tariff.as_ref().ok_or_else(|| bad("tariff", "missing"))?;
     if t.prices.is_empty() || t.prices.len() > MAX_PRICES {
         return Err(bad("tariff.prices", "need 1 to 8 prices"));
@@ -354,9 +354,12 @@ pub fn tariff(r: &pb::SetTariffRequest) -> Result<Tariff, Status> {
             nano_per_increment: p.nano_per_increment,
         });
     }
-    Ok(Tariff {
-        rating_group: t.rating_group,
-        version: 0,
-        prices,
-    })
+    Ok((
+        id,
+        Tariff {
+            rating_group: t.rating_group,
+            version: 0,
+            prices,
+        },
+    ))
 }

@@ -1,5 +1,5 @@
 //! `ShardState`: the replicated state of one shard and `apply()` of events.
-use super::hash::StableHasher;
+use super::hash::{stable_hash, StableHasher};
 use super::*;
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
@@ -21,8 +21,10 @@ pub struct AccountEvent {
 pub enum Event {
     Account(AccountEvent),
     /// Replace (or add) the tariff of a rating group; version = previous + 1.
+    /// Deduplicated on `request_id` (per shard) for the dedup window.
     SetTariff {
         tariff: Tariff,
+        request_id: RequestId,
     },
 }
 
@@ -51,7 +53,14 @@ pub struct ShardState {
     /// scanning every account.
     #[serde(default)]
     pub expiry_index: imbl::OrdSet<(u64, AccountId, ReservationId)>,
+    /// Tariff changes by request id: (params hash, version granted), kept
+    /// for the dedup window of log time so a retried SetTariff changes nothing.
+    #[serde(default)]
+    pub tariff_requests: imbl::OrdMap<RequestId, (u64, u64)>,
 }
+
+/// Most tariff changes remembered per shard within the dedup window.
+pub const MAX_TARIFF_REQUESTS: usize = 4096;
 
 impl ShardState {
     pub fn new(limits: Limits) -> Self {
@@ -76,18 +85,55 @@ impl ShardState {
     ///   acceptances and a mismatch means the replicas diverged.
     pub fn apply(&mut self, ev: &Event, log_ts_ms: u64) -> Applied {
         match ev {
-            Event::SetTariff { tariff } => {
-                let version = self
-                    .tariffs
-                    .get(&tariff.rating_group)
-                    .map_or(1, |t| t.version.saturating_add(1));
-                let mut t = tariff.clone();
-                t.version = version;
-                self.tariffs.insert(t.rating_group, t);
-                Applied::Ok(Reply::StateSet)
+            Event::SetTariff { tariff, request_id } => {
+                self.apply_tariff(tariff, *request_id, log_ts_ms)
             }
             Event::Account(ev) => self.apply_account(ev, log_ts_ms),
         }
+    }
+
+    /// Tariff changes: deduplicated on the request id, like account requests.
+    /// A duplicate returns the version it was granted and changes nothing.
+    fn apply_tariff(&mut self, tariff: &Tariff, request_id: RequestId, log_ts_ms: u64) -> Applied {
+        let window = self.limits.dedup_window_ms;
+        // Evict by log time, so every replica evicts the same entries.
+        let expired: Vec<RequestId> = self
+            .tariff_requests
+            .keys()
+            .filter(|id| id.unix_ms().saturating_add(window) < log_ts_ms)
+            .copied()
+            .collect();
+        for id in expired {
+            self.tariff_requests.remove(&id);
+        }
+        let hash = stable_hash(tariff);
+        if let Some((h, version)) = self.tariff_requests.get(&request_id) {
+            return if *h == hash {
+                Applied::Ok(Reply::TariffSet { version: *version })
+            } else {
+                Applied::Refused(Rejection::RequestIdReused)
+            };
+        }
+        if request_id
+            .unix_ms()
+            .saturating_add(window)
+            .saturating_sub(self.limits.clock_bound_ms)
+            < log_ts_ms
+        {
+            return Applied::Refused(Rejection::RequestTooOld);
+        }
+        if self.tariff_requests.len() >= MAX_TARIFF_REQUESTS {
+            return Applied::Refused(Rejection::LimitExceeded);
+        }
+        let version = self
+            .tariffs
+            .get(&tariff.rating_group)
+            .map_or(1, |t| t.version.saturating_add(1));
+        let mut t = tariff.clone();
+        t.version = version;
+        self.tariffs.insert(t.rating_group, t);
+        self.tariff_requests.insert(request_id, (hash, version));
+        Applied::Ok(Reply::TariffSet { version })
     }
 
     fn apply_account(&mut self, ev: &AccountEvent, log_ts_ms: u64) -> Applied {
@@ -174,6 +220,9 @@ impl ShardState {
         )
             .hash(&mut h);
         self.tariffs.hash(&mut h);
+        for (id, v) in self.tariff_requests.iter() {
+            (id, v).hash(&mut h);
+        }
         self.alarms.hash(&mut h);
         self.accounts.len().hash(&mut h);
         for (k, a) in self.accounts.iter() {

@@ -91,7 +91,13 @@ impl H {
         let limits = Limits::default();
         let mut replica = ShardState::new(limits.clone());
         for t in tariffs().values() {
-            replica.apply(&Event::SetTariff { tariff: t.clone() }, T0);
+            replica.apply(
+                &Event::SetTariff {
+                    tariff: t.clone(),
+                    request_id: RequestId(((T0 as u128) << 80) | 7),
+                },
+                T0,
+            );
         }
         H {
             acct: None,
@@ -1478,8 +1484,20 @@ fn replicas_applying_the_same_events_have_the_same_hash() {
         },
     ];
     for t in tar.values() {
-        a.apply(&Event::SetTariff { tariff: t.clone() }, T0);
-        b.apply(&Event::SetTariff { tariff: t.clone() }, T0);
+        a.apply(
+            &Event::SetTariff {
+                tariff: t.clone(),
+                request_id: RequestId(((T0 as u128) << 80) | 7),
+            },
+            T0,
+        );
+        b.apply(
+            &Event::SetTariff {
+                tariff: t.clone(),
+                request_id: RequestId(((T0 as u128) << 80) | 7),
+            },
+            T0,
+        );
     }
     for (i, cmd) in cmds.into_iter().enumerate() {
         let request = Request {
@@ -1517,6 +1535,7 @@ fn replicas_applying_the_same_events_have_the_same_hash() {
     b.apply(
         &Event::SetTariff {
             tariff: tar[&RG_DATA].clone(),
+            request_id: RequestId(((T0 as u128) << 80) | 8),
         },
         T0,
     );
@@ -1554,7 +1573,13 @@ fn shard_due_expiries_are_ordered_and_bounded() {
     let mut s = ShardState::new(limits.clone());
     let tar = tariffs();
     for t in tar.values() {
-        s.apply(&Event::SetTariff { tariff: t.clone() }, T0);
+        s.apply(
+            &Event::SetTariff {
+                tariff: t.clone(),
+                request_id: RequestId(((T0 as u128) << 80) | 7),
+            },
+            T0,
+        );
     }
     let mut n = 0;
     let mut send = |s: &mut ShardState, acct: &str, cmd: Command, now: u64| {
@@ -1605,4 +1630,56 @@ fn shard_due_expiries_are_ordered_and_bounded() {
     assert_eq!(names, vec!["c", "a", "b"]);
     assert_eq!(s.due_expiries(due_at + 10, 2).len(), 2);
     s.check_invariants().unwrap();
+}
+
+#[test]
+fn tariff_changes_deduplicate_on_request_id() {
+    let mut s = ShardState::new(Limits::default());
+    let t = tariffs()[&RG_DATA].clone();
+    let id = rid(100, T0);
+    let ev = Event::SetTariff {
+        tariff: t.clone(),
+        request_id: id,
+    };
+    assert_eq!(
+        s.apply(&ev, T0),
+        Applied::Ok(Reply::TariffSet { version: 1 })
+    );
+    let before = s.state_hash();
+    // A retry returns the original version and changes nothing.
+    assert_eq!(
+        s.apply(&ev, T0 + 10),
+        Applied::Ok(Reply::TariffSet { version: 1 })
+    );
+    assert_eq!(s.state_hash(), before);
+    // The same id with another tariff is refused.
+    let mut other = t.clone();
+    other.prices[0].nano_per_increment += 1;
+    let reused = Event::SetTariff {
+        tariff: other.clone(),
+        request_id: id,
+    };
+    assert_eq!(
+        s.apply(&reused, T0 + 20),
+        Applied::Refused(Rejection::RequestIdReused)
+    );
+    // A new id bumps the version; an id older than the window is too old.
+    let next = Event::SetTariff {
+        tariff: other.clone(),
+        request_id: rid(101, T0),
+    };
+    assert_eq!(
+        s.apply(&next, T0 + 30),
+        Applied::Ok(Reply::TariffSet { version: 2 })
+    );
+    let late = T0 + Limits::default().dedup_window_ms + 1;
+    let old = Event::SetTariff {
+        tariff: other,
+        request_id: rid(102, T0),
+    };
+    assert_eq!(
+        s.apply(&old, late),
+        Applied::Refused(Rejection::RequestTooOld)
+    );
+    assert_eq!(s.tariffs[&RG_DATA].version, 2);
 }

@@ -225,6 +225,10 @@ pub enum Reply {
         charged: i64,
     },
     StateSet,
+    /// A tariff change was applied (or was already, for a duplicate).
+    TariffSet {
+        version: u64,
+    },
     Expired,
 }
 

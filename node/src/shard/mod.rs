@@ -56,7 +56,11 @@ pub enum ShardMsg {
     /// From the front door: one request to one account of this shard.
     Request { req: Request, reply: ReplyTx },
     /// From the front door: replace a rating group's tariff.
-    SetTariff { tariff: Tariff, reply: ReplyTx },
+    SetTariff {
+        tariff: Tariff,
+        request_id: crate::ledger::RequestId,
+        reply: ReplyTx,
+    },
     /// From itself: propose the open batch.
     Flush,
     /// From the Raft responder: the entry of batch `seq` was applied (or not).
@@ -235,9 +239,13 @@ impl Actor for ShardActor {
                     on_request(&myself, st, req, None);
                 }
             }
-            ShardMsg::SetTariff { tariff, reply } => match st.epoch {
+            ShardMsg::SetTariff {
+                tariff,
+                request_id,
+                reply,
+            } => match st.epoch {
                 Epoch::Leading(_) => {
-                    st.open.push(Event::SetTariff { tariff });
+                    st.open.push(Event::SetTariff { tariff, request_id });
                     st.open_members.push(None);
                     st.open_tariff_replies.push(reply);
                     schedule_flush(&myself, st);
@@ -514,7 +522,8 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
                     if let Some(tx) = tariff_replies.next() {
                         let _ = tx.send(match applied {
                             Applied::Ok(r) => Outcome::Done(Ok(r)),
-                            _ => Outcome::Unknown("tariff change refused"),
+                            Applied::Refused(rej) => Outcome::Done(Err(rej)),
+                            Applied::Conflict => Outcome::Unknown("tariff change conflicted"),
                         });
                     }
                     continue;
