@@ -35,6 +35,109 @@ pub enum Cmd {
     Run(RunArgs),
     /// Open-loop rates stepping up until p99 exceeds the target.
     Sweep(SweepArgs),
+    /// Merge run JSON reports into one (the first run's fields on top, all
+    /// runs under `runs`) and optionally one HTML page.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// JSON reports of `chargebench run` / `sweep`.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Write the merged JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write one HTML page with every run here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Extra top-level string fields, KEY=VALUE (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// Merges run reports: the first one's fields on top, every run in `runs`.
+pub fn merge(runs: Vec<Value>) -> Value {
+    let mut o = match runs.first() {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    for k in [
+        "timeline",
+        "baseline_timeline",
+        "percentiles",
+        "baseline_percentiles",
+    ] {
+        o.remove(k);
+    }
+    o.insert("runs".into(), Value::Array(runs));
+    Value::Object(o)
+}
+
+/// `chargebench report`.
+pub fn report(a: ReportArgs) -> anyhow::Result<Value> {
+    let mut runs = Vec::new();
+    for p in &a.inputs {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        runs.push(
+            serde_json::from_str::<Value>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?,
+        );
+    }
+    let mut v = merge(runs.clone());
+    if let Value::Object(o) = &mut v {
+        for kv in &a.set {
+            let (k, val) = kv.split_once('=').context("--set wants KEY=VALUE")?;
+            o.insert(k.into(), json!(val));
+        }
+    }
+    for r in &runs {
+        println!(
+            "{:<15} {:<7} {:<55} {:>10} ops/s  p50 {:>7} µs  p99 {:>8} µs  errors {:>6}  drift {}",
+            r["workload"].as_str().unwrap_or("?"),
+            r["transport"].as_str().unwrap_or("?"),
+            format!(
+                "{} {}",
+                r["mode_desc"].as_str().unwrap_or(""),
+                r["distribution"].as_str().unwrap_or("")
+            ),
+            r["ops_per_sec"],
+            r["p50_us"],
+            r["p99_us"],
+            r["errors"],
+            r["drift"]
+        );
+        if r.get("baseline_ops_per_sec").is_some() {
+            println!(
+                "{:<15} {:<7} {:<55} {:>10} ops/s  p50 {:>7} µs  p99 {:>8} µs  ratios: ops/s {}x p50 {}x p99 {}x",
+                "  echo",
+                "",
+                "",
+                r["baseline_ops_per_sec"],
+                r["baseline_p50_us"],
+                r["baseline_p99_us"],
+                r["ratio_ops_per_sec"],
+                r["ratio_p50"],
+                r["ratio_p99"]
+            );
+        }
+    }
+    if let Some(p) = &a.json {
+        if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(p, serde_json::to_string_pretty(&v)? + "\n")?;
+        println!("json: {}", p.display());
+    }
+    if let Some(p) = &a.html {
+        if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(p, crate::html::page("chargebench profile", &runs))?;
+        println!("html: {}", p.display());
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,7 +167,7 @@ pub struct Common {
     /// Accounts to preload and pick from.
     #[arg(long, default_value_t = 10_000)]
     pub accounts: u64,
-    /// Account id prefix (default: bench-<unix seconds>, fresh per run).
+    /// Account id prefix (default: bench-<unix seconds>-<random>, fresh per run).
     #[arg(long)]
     pub prefix: Option<String>,
     /// Initial money balance of each preloaded account, in minor units.
@@ -219,7 +322,7 @@ impl Common {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            format!("bench-{secs}")
+            format!("bench-{secs}-{:04x}", rand::random::<u16>())
         })
     }
 
@@ -468,7 +571,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<Value> {
         rate: a.rate,
         max_in_flight: a.max_in_flight,
         duration: Duration::from_secs_f64(a.duration),
-        drain: Duration::from_secs(10),
+        drain: Duration::from_secs(30),
         progress: c.progress(),
         label: c.workload.name().into(),
     };
@@ -544,7 +647,7 @@ pub async fn sweep(a: SweepArgs) -> anyhow::Result<Value> {
             rate: Some(rate),
             max_in_flight: a.max_in_flight,
             duration: Duration::from_secs_f64(a.step_duration),
-            drain: Duration::from_secs(10),
+            drain: Duration::from_secs(30),
             progress: c.progress(),
             label: format!("{rate:.0}/s"),
         };
@@ -664,5 +767,17 @@ mod tests {
         assert!(a.common.endpoints().is_ok());
         assert_eq!(a.common.distribution, Distribution::Zipf(0.99));
         assert_eq!(a.common.rating_groups, vec![32, 10]);
+    }
+
+    #[test]
+    fn merge_puts_the_first_run_on_top() {
+        let a =
+            json!({"workload": "reserve-commit", "ops_per_sec": 10.0, "timeline": [], "drift": 0});
+        let b = json!({"workload": "debit", "ops_per_sec": 20.0, "drift": 0});
+        let m = merge(vec![a, b]);
+        assert_eq!(m["workload"], json!("reserve-commit"));
+        assert!(m.get("timeline").is_none());
+        assert_eq!(m["runs"].as_array().unwrap().len(), 2);
+        assert_eq!(m["runs"][1]["workload"], json!("debit"));
     }
 }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -120,6 +120,9 @@ const UNCERTAIN: u8 = 2;
 pub struct Expect {
     delta: Vec<AtomicI64>,
     flags: Vec<AtomicU8>,
+    /// Mutating ops sent and not yet answered (an aborted one stays counted,
+    /// so its account is not compared: it may or may not have applied).
+    inflight: Vec<AtomicU16>,
 }
 
 impl Expect {
@@ -127,7 +130,15 @@ impl Expect {
         Expect {
             delta: (0..n).map(|_| AtomicI64::new(0)).collect(),
             flags: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            inflight: (0..n).map(|_| AtomicU16::new(0)).collect(),
         }
+    }
+    pub fn begin(&self, i: u64) {
+        self.touch(i);
+        self.inflight[i as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn end(&self, i: u64) {
+        self.inflight[i as usize].fetch_sub(1, Ordering::Relaxed);
     }
     pub fn touch(&self, i: u64) {
         self.flags[i as usize].fetch_or(TOUCHED, Ordering::Relaxed);
@@ -150,7 +161,7 @@ impl Expect {
         let mut unsure = 0;
         for (i, f) in self.flags.iter().enumerate() {
             let f = f.load(Ordering::Relaxed);
-            if f & UNCERTAIN != 0 {
+            if f & UNCERTAIN != 0 || self.inflight[i].load(Ordering::Relaxed) != 0 {
                 unsure += 1;
             } else if f & TOUCHED != 0 {
                 ok.push(i as u64);
@@ -227,7 +238,18 @@ impl Engine {
     /// One API call with bounded retries on UNAVAILABLE (same op, so the same
     /// request id). Latency runs from `start` (the intended send time in open
     /// loop) to the final answer, retries included.
-    async fn op(&self, slot: &Slot, start: Instant, op: OpKind) -> Outcome {
+    async fn op(&self, slot: &Slot, acct: u64, start: Instant, op: OpKind) -> Outcome {
+        if let Some(e) = &self.expect {
+            e.begin(acct);
+        }
+        let out = self.op_inner(slot, start, op).await;
+        if let Some(e) = &self.expect {
+            e.end(acct);
+        }
+        out
+    }
+
+    async fn op_inner(&self, slot: &Slot, start: Instant, op: OpKind) -> Outcome {
         let sent = Instant::now();
         let mut attempt = 0u32;
         let res = loop {
@@ -331,7 +353,7 @@ impl Engine {
             rating_group: rg,
             requested: Some(units(self.cfg.dim(rg), self.cfg.units)),
         });
-        let Outcome::Ok(OpOut::Reserve(r)) = self.op(slot, start, reserve).await else {
+        let Outcome::Ok(OpOut::Reserve(r)) = self.op(slot, acct, start, reserve).await else {
             return;
         };
         let used = self.used(slot, &r.granted.unwrap_or_default());
@@ -343,7 +365,7 @@ impl Engine {
             used: Some(used),
             r#final: true,
         });
-        match self.op(slot, Instant::now(), commit).await {
+        match self.op(slot, acct, Instant::now(), commit).await {
             Outcome::Ok(OpOut::Commit(c)) => {
                 self.charged(acct, -c.charged);
                 if c.charged > 0 {
@@ -373,7 +395,7 @@ impl Engine {
                 requested: Some(units(self.cfg.dim(rg), self.cfg.units)),
             });
             let t = first.take().unwrap_or_else(Instant::now);
-            if let Outcome::Ok(OpOut::Reserve(r)) = self.op(slot, t, reserve).await {
+            if let Outcome::Ok(OpOut::Reserve(r)) = self.op(slot, acct, t, reserve).await {
                 open.push((rg, r.granted.unwrap_or_default()));
             }
         }
@@ -397,7 +419,7 @@ impl Engine {
                 seq,
                 reports,
             });
-            match self.op(slot, Instant::now(), update).await {
+            match self.op(slot, acct, Instant::now(), update).await {
                 Outcome::Ok(OpOut::Update(u)) => {
                     self.charged(acct, -u.charged);
                     for (rg, g) in open.iter_mut() {
@@ -433,7 +455,7 @@ impl Engine {
             seq,
             reports,
         });
-        match self.op(slot, Instant::now(), terminate).await {
+        match self.op(slot, acct, Instant::now(), terminate).await {
             Outcome::Ok(OpOut::Terminate(t)) => self.charged(acct, -t.charged),
             Outcome::Failed(c) => self.failed_mutation(acct, c),
             _ => {}
@@ -450,7 +472,7 @@ impl Engine {
             rating_group: rg,
             units: Some(units(self.cfg.dim(rg), self.cfg.units)),
         });
-        match self.op(slot, start, debit).await {
+        match self.op(slot, acct, start, debit).await {
             Outcome::Ok(OpOut::Debit(d)) => {
                 self.charged(acct, -d.charged);
                 if d.charged > 0 {
@@ -471,7 +493,7 @@ impl Engine {
             bucket_id: 0,
             amount,
         });
-        match self.op(slot, start, op).await {
+        match self.op(slot, acct, start, op).await {
             Outcome::Ok(_) => self.charged(acct, amount),
             Outcome::Failed(c) => self.failed_mutation(acct, c),
             _ => {}
@@ -490,7 +512,7 @@ impl Engine {
             original_request_id: original,
             amount: 1,
         });
-        match self.op(slot, start, op).await {
+        match self.op(slot, acct, start, op).await {
             Outcome::Ok(_) => self.charged(acct, 1),
             Outcome::Failed(c) => self.failed_mutation(acct, c),
             _ => {}

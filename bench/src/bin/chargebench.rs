@@ -1,6 +1,6 @@
 //! chargebench: drive the charging cluster and report throughput, latency
 //! and drift. See `chargebench --help` and issue 4.
-use charging_bench::cli::{run, sweep, Cli, Cmd};
+use charging_bench::cli::{report, run, sweep, Cli, Cmd};
 use clap::Parser;
 
 #[tokio::main]
@@ -9,6 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let v = match cli.cmd {
         Cmd::Run(a) => run(a).await?,
         Cmd::Sweep(a) => sweep(a).await?,
+        Cmd::Report(a) => report(a)?,
     };
     // A non-zero drift is a correctness failure: say so in the exit code.
     if v.get("drift").and_then(|d| d.as_i64()).unwrap_or(0) != 0 {
