@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,charging_node=info,openraft=warn".into()),
+                .unwrap_or_else(|_| "warn,charging_node=info,openraft=error".into()),
         )
         .init();
     match Cli::parse().cmd {
