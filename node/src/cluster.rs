@@ -81,8 +81,8 @@ impl LocalCluster {
                 t(&mut cfg);
             }
             let edges = Edges {
-                public,
-                internal,
+                public: node::tcp_incoming(public),
+                internal: node::tcp_incoming(internal),
                 connector: Box::new(TcpConnector {
                     connect_timeout: Duration::from_millis(500),
                 }),

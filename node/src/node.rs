@@ -22,18 +22,48 @@ use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+
+/// What a node's servers accept connections from: a stream of connections.
+/// Production and tests pass `TcpListenerStream`s (see [`tcp_incoming`]); the
+/// simulator passes its own (DESIGN §4b).
+pub trait Incoming:
+    futures::Stream<Item = Result<Self::Io, std::io::Error>> + Send + Unpin + 'static
+{
+    type Io: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static;
+}
+
+impl<S, IO> Incoming for S
+where
+    S: futures::Stream<Item = Result<IO, std::io::Error>> + Send + Unpin + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    type Io = IO;
+}
+
+/// Incoming connections of a bound TCP listener.
+pub fn tcp_incoming(l: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(l)
+}
 
 /// Largest public request message.
 pub const MAX_PUBLIC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Injected edges of a node.
-pub struct Edges<L: LogEngine> {
-    pub public: TcpListener,
-    pub internal: TcpListener,
+pub struct Edges<L: LogEngine, I: Incoming> {
+    pub public: I,
+    pub internal: I,
     pub connector: Box<dyn Connector>,
     pub clock: SharedClock,
     /// Log engine per shard (kept by the caller to survive a restart).
@@ -93,9 +123,9 @@ impl NodeHandle {
 
 /// Starts a node. With `config.bootstrap`, initializes every shard group with
 /// all members as voters (a new cluster; harmless if already initialized).
-pub async fn start<L: LogEngine>(
+pub async fn start<L: LogEngine, I: Incoming>(
     config: NodeConfig,
-    edges: Edges<L>,
+    edges: Edges<L, I>,
 ) -> anyhow::Result<NodeHandle> {
     config
         .validate()
@@ -187,7 +217,7 @@ pub async fn start<L: LogEngine>(
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(raft_svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(internal), async move {
+            .serve_with_incoming_shutdown(internal, async move {
                 let _ = rx1.wait_for(|s| *s).await;
             })
             .await;
@@ -217,7 +247,7 @@ pub async fn start<L: LogEngine>(
             .add_service(reflection)
             .add_service(charging)
             .add_service(admin)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(public), async move {
+            .serve_with_incoming_shutdown(public, async move {
                 let _ = rx2.wait_for(|s| *s).await;
             })
             .await;
