@@ -9,6 +9,12 @@ use tokio::sync::watch;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// A metric label value made once and shared: cloning it per sample is a
+/// reference-count increment, not an allocation.
+pub fn label(v: impl std::fmt::Display) -> metrics::SharedString {
+    metrics::SharedString::from_shared(std::sync::Arc::<str>::from(v.to_string()))
+}
+
 /// Installs the process-wide recorder once; later calls reuse it.
 pub fn recorder() -> PrometheusHandle {
     HANDLE

@@ -167,8 +167,9 @@ pub struct State {
     reads_open: Vec<(AccountId, u64)>,
     reads_pending: BTreeMap<u64, Vec<(AccountId, u64)>>,
     last_decided_ms: u64,
-    node_label: String,
-    shard_label: String,
+    /// Metric labels: shared strings, so labelling a sample copies no bytes.
+    node_label: metrics::SharedString,
+    shard_label: metrics::SharedString,
 }
 
 impl State {
@@ -197,8 +198,8 @@ impl Actor for ShardActor {
         a: ShardArgs,
     ) -> Result<State, ActorProcessingErr> {
         spawn_leadership_watcher(a.raft.clone(), a.node, myself.clone());
-        let node_label = a.node.to_string();
-        let shard_label = a.shard.to_string();
+        let node_label = crate::metrics_http::label(a.node);
+        let shard_label = crate::metrics_http::label(a.shard);
         Ok(State {
             a,
             epoch: Epoch::Follower { leader: None },
