@@ -6,6 +6,29 @@ use crate::shard::ShardLimits;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// When the Raft log is made durable before an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Acknowledged after fdatasync: survives power loss.
+    #[default]
+    Always,
+    /// Acknowledged after write(2) to the OS: survives a process crash
+    /// (kill -9), not a power loss.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!("fsync: `{other}` is not one of always, never")),
+        }
+    }
+}
+
 /// Addresses of one cluster member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAddrs {
@@ -35,6 +58,9 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// Seed of openraft's rng (election timeouts); mixed with node and shard ids.
     pub rng_seed: u64,
+    /// Raft log entries since the last snapshot that trigger a new one (and
+    /// past which a lagging follower is caught up by snapshot).
+    pub snapshot_logs: u64,
 }
 
 impl NodeConfig {
@@ -51,6 +77,7 @@ impl NodeConfig {
             sweep_period: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(500),
             rng_seed: 0x5eed,
+            snapshot_logs: 20_000,
         }
     }
 
@@ -99,6 +126,7 @@ impl NodeConfig {
             "ledger.reservation_validity_ms: must be >= 1000",
         )?;
         check(!self.sweep_period.is_zero(), "sweep_period: must be > 0")?;
+        check(self.snapshot_logs >= 10, "snapshot_logs: must be >= 10")?;
         Ok(())
     }
 }

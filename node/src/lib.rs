@@ -15,6 +15,7 @@ pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod frontdoor;
 pub mod ledger;
 pub mod metrics_http;

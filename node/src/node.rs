@@ -137,7 +137,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let me = config.node_id;
     let peers = Peers::new(me, edges.connector, edges.clock.clone());
     let groups: Groups = Arc::new(dashmap::DashMap::new());
-    let raft_cfg = Arc::new(raft_config("charging").validate()?);
+    let raft_cfg = Arc::new(raft_config("charging", config.snapshot_logs).validate()?);
     let active = Arc::new(AtomicUsize::new(0));
     let isolated = Arc::new(AtomicBool::new(false));
     peers.set_isolation(isolated.clone());

@@ -17,9 +17,26 @@ pub mod state_machine;
 /// Shard (Raft group) number, `0..shards`.
 pub type ShardId = u32;
 
-/// A Raft member id. Today it is the node id; issue 5 turns it into a replica
-/// incarnation (DESIGN §2) without changing the type.
+/// A Raft member id: a replica incarnation (DESIGN §2), `node << 32 |
+/// incarnation`. openraft forbids reusing a member id that comes back with an
+/// empty log, so a replica that returns to a node it once left gets a new
+/// incarnation. Node ids themselves are plain `u64`s below 2^32.
 pub type NodeId = u64;
+
+/// The member id of `node`'s replica incarnation `incarnation` (>= 1).
+pub const fn replica_id(node: u64, incarnation: u32) -> NodeId {
+    (node << 32) | incarnation as u64
+}
+
+/// The node hosting a replica.
+pub const fn node_of(replica: NodeId) -> u64 {
+    replica >> 32
+}
+
+/// The incarnation of a replica.
+pub const fn incarnation_of(replica: NodeId) -> u32 {
+    replica as u32
+}
 
 /// One Raft entry: the events of many accounts, decided by the shard leader.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,15 +120,15 @@ impl<T: Send + 'static> openraft::raft::responder::Responder<TypeConfig, T>
 
 /// openraft config for shard groups. Timeouts are in ms and sized for a
 /// loopback / LAN cluster.
-pub fn raft_config(cluster_name: &str) -> openraft::Config {
+pub fn raft_config(cluster_name: &str, snapshot_logs: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
         max_payload_entries: 64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        max_in_snapshot_log_to_keep: (snapshot_logs / 20).min(1_000),
         ..Default::default()
     }
 }

@@ -1,0 +1,341 @@
+//! `chargerd start --config node.toml`: the node's configuration file.
+//!
+//! Every key is optional except the node id, its addresses, the data dir and
+//! the peers. Unknown keys are refused (a typo must not silently fall back to
+//! a default), and every value is checked once: an error names the key.
+//!
+//! ```toml
+//! node_id = 1
+//! public_addr = "127.0.0.1:50051"     # Charging + Admin gRPC
+//! internal_addr = "127.0.0.1:51051"   # node-to-node Raft
+//! metrics_addr = "127.0.0.1:9101"     # Prometheus /metrics (optional)
+//! data_dir = "/var/lib/chargerd"
+//! shards = 16
+//! replication_factor = 3
+//! fsync = "always"                    # always | never
+//!
+//! [[peers]]                           # every member, this node included
+//! id = 1
+//! public = "127.0.0.1:50051"
+//! internal = "127.0.0.1:51051"
+//!
+//! [limits]                            # all optional; defaults shown by `chargerd config-example`
+//! max_inflight_requests = 10000
+//! ```
+use crate::config::{FsyncPolicy, NodeConfig, PeerAddrs};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: u64,
+    public_addr: String,
+    internal_addr: String,
+    #[serde(default)]
+    metrics_addr: Option<String>,
+    data_dir: PathBuf,
+    #[serde(default)]
+    shards: Option<u32>,
+    #[serde(default)]
+    replication_factor: Option<usize>,
+    #[serde(default)]
+    fsync: Option<FsyncPolicy>,
+    /// Seed of the election-timeout rng (mixed with node and shard ids).
+    #[serde(default)]
+    rng_seed: Option<u64>,
+    peers: Vec<FilePeer>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeer {
+    id: u64,
+    public: String,
+    internal: String,
+}
+
+/// Every limit, all optional. Durations are in milliseconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    // front door
+    max_inflight_requests: Option<usize>,
+    request_deadline_ms: Option<u64>,
+    max_forward_peers: Option<usize>,
+    // shard actors
+    max_batch_events: Option<usize>,
+    max_waiters_per_account: Option<usize>,
+    max_inflight_batches: Option<usize>,
+    max_active_accounts: Option<usize>,
+    sweep_period_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    snapshot_logs: Option<u64>,
+    // ledger
+    dedup_window_ms: Option<u64>,
+    clock_bound_ms: Option<u64>,
+    reservation_validity_ms: Option<u64>,
+    expiry_grace_ms: Option<u64>,
+    refund_horizon_ms: Option<u64>,
+    tombstone_ttl_ms: Option<u64>,
+    max_dedup_per_account: Option<u32>,
+    max_sessions_per_account: Option<u32>,
+    max_reservations_per_account: Option<u32>,
+    max_buckets_per_account: Option<u32>,
+}
+
+/// A node's configuration as read from its file: the [`NodeConfig`] plus
+/// what only a process needs (listen addresses, data dir, fsync policy).
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    pub node: NodeConfig,
+    pub public_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub replication_factor: usize,
+}
+
+fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|e| format!("{key}: `{v}` is not a socket address (host:port): {e}"))
+}
+
+impl ProcessConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses and validates config text; the error names the offending key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let public_addr = addr("public_addr", &f.public_addr)?;
+        let internal_addr = addr("internal_addr", &f.internal_addr)?;
+        let metrics_addr = f
+            .metrics_addr
+            .as_deref()
+            .map(|m| addr("metrics_addr", m))
+            .transpose()?;
+        if f.data_dir.as_os_str().is_empty() {
+            return Err("data_dir: must not be empty".into());
+        }
+        let mut members = BTreeMap::new();
+        for (i, p) in f.peers.iter().enumerate() {
+            addr(&format!("peers[{i}].public"), &p.public)?;
+            addr(&format!("peers[{i}].internal"), &p.internal)?;
+            if p.id == 0 || p.id >= 1 << 31 {
+                return Err(format!("peers[{i}].id: must be 1..2^31"));
+            }
+            let dup = members.insert(
+                p.id,
+                PeerAddrs {
+                    public: p.public.clone(),
+                    internal: p.internal.clone(),
+                },
+            );
+            if dup.is_some() {
+                return Err(format!("peers[{i}].id: {} listed twice", p.id));
+            }
+        }
+        let me = members.get(&f.node_id).ok_or_else(|| {
+            format!(
+                "peers: must list this node (node_id = {}) with its addresses",
+                f.node_id
+            )
+        })?;
+        if me.public != f.public_addr || me.internal != f.internal_addr {
+            return Err(format!(
+                "peers: the entry of node {} must carry public_addr and internal_addr",
+                f.node_id
+            ));
+        }
+        let rf = f.replication_factor.unwrap_or(3);
+        if rf == 0 || rf % 2 == 0 {
+            return Err(format!(
+                "replication_factor: {rf} must be odd and >= 1 (a majority must survive a loss)"
+            ));
+        }
+        if rf != members.len() {
+            return Err(format!(
+                "replication_factor: {rf} must equal the number of peers ({}); \
+                 placement over more nodes comes with scale-out (`chargectl node add`)",
+                members.len()
+            ));
+        }
+        let mut node = NodeConfig::new(f.node_id, members);
+        if let Some(s) = f.shards {
+            node.shards = s;
+        }
+        if let Some(s) = f.rng_seed {
+            node.rng_seed = s;
+        }
+        let l = f.limits;
+        let ms = Duration::from_millis;
+        macro_rules! set {
+            ($($src:ident => $dst:expr),* $(,)?) => {
+                $(if let Some(v) = l.$src { $dst = v; })*
+            };
+        }
+        set! {
+            max_inflight_requests => node.front_door.max_inflight_requests,
+            max_forward_peers => node.front_door.max_forward_peers,
+            max_batch_events => node.shard.max_batch_events,
+            max_waiters_per_account => node.shard.max_waiters_per_account,
+            max_inflight_batches => node.shard.max_inflight_batches,
+            max_active_accounts => node.max_active_accounts,
+            snapshot_logs => node.snapshot_logs,
+            dedup_window_ms => node.ledger.dedup_window_ms,
+            clock_bound_ms => node.ledger.clock_bound_ms,
+            reservation_validity_ms => node.ledger.reservation_validity_ms,
+            expiry_grace_ms => node.ledger.expiry_grace_ms,
+            refund_horizon_ms => node.ledger.refund_horizon_ms,
+            tombstone_ttl_ms => node.ledger.tombstone_ttl_ms,
+            max_dedup_per_account => node.ledger.max_dedup_per_account,
+            max_sessions_per_account => node.ledger.max_sessions_per_account,
+            max_reservations_per_account => node.ledger.max_reservations_per_account,
+            max_buckets_per_account => node.ledger.max_buckets_per_account,
+        }
+        if let Some(v) = l.request_deadline_ms {
+            node.front_door.request_deadline = ms(v);
+        }
+        if let Some(v) = l.sweep_period_ms {
+            node.sweep_period = ms(v);
+        }
+        if let Some(v) = l.connect_timeout_ms {
+            node.connect_timeout = ms(v);
+        }
+        node.validate().map_err(|e| format!("limits.{e}"))?;
+        Ok(ProcessConfig {
+            node,
+            public_addr,
+            internal_addr,
+            metrics_addr,
+            data_dir: f.data_dir,
+            fsync: f.fsync.unwrap_or_default(),
+            replication_factor: rf,
+        })
+    }
+}
+
+/// A commented example config for node `id` of a local 3-node cluster.
+pub fn example(id: u64) -> String {
+    let d = NodeConfig::new(1, BTreeMap::new());
+    let mut peers = String::new();
+    for p in 1..=3 {
+        peers.push_str(&format!(
+            "[[peers]]\nid = {p}\npublic = \"127.0.0.{p}:50051\"\ninternal = \"127.0.0.{p}:51051\"\n\n"
+        ));
+    }
+    format!(
+        r#"# chargerd node configuration (chargerd start --config FILE)
+node_id = {id}
+public_addr = "127.0.0.{id}:50051"    # Charging + Admin gRPC, health, reflection
+internal_addr = "127.0.0.{id}:51051"  # node-to-node Raft traffic
+metrics_addr = "127.0.0.{id}:9100"    # Prometheus /metrics (omit to disable)
+data_dir = "data/node{id}"            # Raft log (WAL) and snapshots
+shards = {shards}                        # fixed when the cluster is created
+replication_factor = 3
+fsync = "always"                      # always: ack after fdatasync | never: ack after write(2)
+rng_seed = {seed}
+
+# Every member of the cluster, this node included. On first start the lowest
+# id initializes the shard groups (once: it checks the peers first).
+{peers}# Every limit is optional; these are the defaults. Durations in ms.
+[limits]
+max_inflight_requests = {mir}
+request_deadline_ms = {rd}
+max_forward_peers = {mfp}
+max_batch_events = {mbe}
+max_waiters_per_account = {mwa}
+max_inflight_batches = {mib}
+max_active_accounts = {maa}
+sweep_period_ms = {sp}
+connect_timeout_ms = {ct}
+snapshot_logs = {sl}
+dedup_window_ms = {dw}
+clock_bound_ms = {cb}
+reservation_validity_ms = {rv}
+expiry_grace_ms = {eg}
+refund_horizon_ms = {rh}
+tombstone_ttl_ms = {tt}
+max_dedup_per_account = {mdd}
+max_sessions_per_account = {msa}
+max_reservations_per_account = {mra}
+max_buckets_per_account = {mba}
+"#,
+        shards = d.shards,
+        seed = d.rng_seed,
+        mir = d.front_door.max_inflight_requests,
+        rd = d.front_door.request_deadline.as_millis(),
+        mfp = d.front_door.max_forward_peers,
+        mbe = d.shard.max_batch_events,
+        mwa = d.shard.max_waiters_per_account,
+        mib = d.shard.max_inflight_batches,
+        maa = d.max_active_accounts,
+        sp = d.sweep_period.as_millis(),
+        ct = d.connect_timeout.as_millis(),
+        sl = d.snapshot_logs,
+        dw = d.ledger.dedup_window_ms,
+        cb = d.ledger.clock_bound_ms,
+        rv = d.ledger.reservation_validity_ms,
+        eg = d.ledger.expiry_grace_ms,
+        rh = d.ledger.refund_horizon_ms,
+        tt = d.ledger.tombstone_ttl_ms,
+        mdd = d.ledger.max_dedup_per_account,
+        msa = d.ledger.max_sessions_per_account,
+        mra = d.ledger.max_reservations_per_account,
+        mba = d.ledger.max_buckets_per_account,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_matches_defaults() {
+        let c = ProcessConfig::parse(&example(2)).unwrap();
+        assert_eq!(c.node.node_id, 2);
+        assert_eq!(c.node.shards, 16);
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.public_addr.to_string(), "127.0.0.2:50051");
+        assert_eq!(c.node.members.len(), 3);
+        let d = NodeConfig::new(2, c.node.members.clone());
+        assert_eq!(c.node.ledger, d.ledger);
+        assert_eq!(c.node.front_door.request_deadline, d.front_door.request_deadline);
+    }
+
+    fn err_of(edit: impl Fn(String) -> String) -> String {
+        ProcessConfig::parse(&edit(example(1))).unwrap_err()
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("fsync = \"always\"", "fsync = \"sometimes\"", "expected `always` or `never`"),
+            ("shards = 16", "shards = 0", "shards"),
+            ("replication_factor = 3", "replication_factor = 2", "replication_factor"),
+            ("public_addr = \"127.0.0.1:50051\"", "public_addr = \"nowhere\"", "public_addr"),
+            ("max_batch_events = 512", "max_batch_events = 0", "max_batch_events"),
+            ("clock_bound_ms = 250", "clock_bound_ms = 600000", "dedup_window_ms"),
+            ("node_id = 1", "node_id = 9", "peers"),
+            ("max_buckets_per_account", "max_bucketz_per_account", "max_bucketz_per_account"),
+        ];
+        for (from, to, want) in cases {
+            let e = err_of(|s| {
+                assert!(s.contains(from), "example lacks {from}");
+                s.replacen(from, to, 1)
+            });
+            assert!(e.contains(want), "{to}: error `{e}` does not name {want}");
+        }
+    }
+}
