@@ -133,11 +133,10 @@ impl LocalCluster {
             let want = ids[s as usize % ids.len()];
             if let Some(cur) = self.deciding_leader(s) {
                 if cur != want {
-                    let _ = self.nodes[&cur].shards[s as usize]
-                        .raft
-                        .trigger()
-                        .transfer_leader(want)
-                        .await;
+                    let raft = &self.nodes[&cur].shards[s as usize].raft;
+                    if let Some(r) = crate::raft::replica_of(raft, want) {
+                        let _ = raft.trigger().transfer_leader(r).await;
+                    }
                 }
             }
         }

@@ -11,7 +11,11 @@ use crate::raft::log_store::LogEngine;
 use crate::raft::network::{Connector, GroupNetworkFactory, Peers, MAX_INTERNAL_MESSAGE_BYTES};
 use crate::raft::service::{Groups, RaftService};
 use crate::raft::state_machine::ShardStore;
-use crate::raft::{raft_config, NodeId, Raft, ShardId};
+use crate::raft::{raft_config, replica_id, NodeId, Raft, ShardId};
+
+/// Incarnation of the replicas a cluster is created with. Scale-out (issue 5)
+/// gives a replica that returns to a node a higher one.
+pub const INITIAL_INCARNATION: u32 = 1;
 use crate::shard::sweeper::{Sweeper, SweeperArgs};
 use crate::shard::{ShardActor, ShardArgs, ShardMsg};
 use charging_proto::internal::raft_internal_server::RaftInternalServer;
@@ -152,7 +156,13 @@ pub async fn start<L: LogEngine, I: Incoming>(
         let seed = crate::raft::group_seed(config.rng_seed, me, shard);
         let raft = crate::raft::Runtime::scope(
             seed,
-            Raft::new(me, raft_cfg.clone(), net, log, store.clone()),
+            Raft::new(
+                replica_id(me, INITIAL_INCARNATION),
+                raft_cfg.clone(),
+                net,
+                log,
+                store.clone(),
+            ),
         )
         .await?;
         groups.insert(shard, raft.clone());
@@ -161,6 +171,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
             ShardActor,
             ShardArgs {
                 node: me,
+                incarnation: INITIAL_INCARNATION,
                 shard,
                 raft: raft.clone(),
                 store: store.clone(),
@@ -260,7 +271,12 @@ pub async fn start<L: LogEngine, I: Incoming>(
         let members: BTreeMap<NodeId, BasicNode> = config
             .members
             .iter()
-            .map(|(id, a)| (*id, BasicNode::new(a.internal.clone())))
+            .map(|(id, a)| {
+                (
+                    replica_id(*id, INITIAL_INCARNATION),
+                    BasicNode::new(a.internal.clone()),
+                )
+            })
             .collect();
         for h in &shards {
             if let Err(e) = h.raft.initialize(members.clone()).await {

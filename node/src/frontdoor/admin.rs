@@ -1,5 +1,6 @@
 //! The Admin service: cluster status as this node sees it.
 use super::FrontDoor;
+use crate::raft::node_of;
 use charging_proto::v1 as pb;
 use charging_proto::v1::admin_server::Admin;
 use openraft::async_runtime::WatchReceiver;
@@ -40,7 +41,7 @@ impl Admin for AdminService {
                         r.iter()
                             .map(|(id, matched)| {
                                 (
-                                    *id,
+                                    node_of(*id),
                                     last_log.saturating_sub(
                                         matched.as_ref().map(|l| l.index).unwrap_or(0),
                                     ),
@@ -51,10 +52,15 @@ impl Admin for AdminService {
                     .unwrap_or_default();
                 pb::ShardStatus {
                     shard_id: h.shard,
-                    leader: m.current_leader.unwrap_or(0),
+                    leader: m.current_leader.map(node_of).unwrap_or(0),
                     term: m.current_term,
                     applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-                    voters: m.membership_config.membership().voter_ids().collect(),
+                    voters: m
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .map(node_of)
+                        .collect(),
                     accounts: view.state.accounts.len() as u64,
                     lag,
                 }

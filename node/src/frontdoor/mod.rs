@@ -288,7 +288,7 @@ impl FrontDoor {
                 ))
             }
             Err(fwd) => {
-                let leader = fwd.leader_id;
+                let leader = fwd.leader_id.map(crate::raft::node_of);
                 match leader {
                     Some(l) if !forwarded && l != self.node => {
                         let mut c = self.forward_client(l)?;

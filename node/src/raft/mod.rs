@@ -33,6 +33,15 @@ pub const fn node_of(replica: NodeId) -> u64 {
     replica >> 32
 }
 
+/// The member id of `node`'s replica in `raft`'s current membership.
+pub fn replica_of(raft: &Raft, node: u64) -> Option<NodeId> {
+    use openraft::async_runtime::WatchReceiver;
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    let ids: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    ids.into_iter().find(|r| node_of(*r) == node)
+}
+
 /// The incarnation of a replica.
 pub const fn incarnation_of(replica: NodeId) -> u32 {
     replica as u32

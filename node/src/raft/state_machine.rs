@@ -5,6 +5,13 @@
 //! Publishing happens before the entry's responder fires, so a shard actor
 //! that hears "applied" always finds the new account versions in the view.
 //! Balance reads use the view too: they never queue behind apply.
+//!
+//! With a snapshot file (a node with a data dir), every snapshot built or
+//! installed is written to it (temp file, fsync, rename) before openraft
+//! hears of it, so openraft only purges log entries a durable snapshot covers;
+//! [`ShardStore::open`] restores the state from it and openraft re-applies
+//! the committed log after it. Encoding and writing run on a blocking thread
+//! from a frozen copy-on-write view: requests never wait for a snapshot.
 use super::{Batch, BatchResult, TypeConfig};
 use crate::codec;
 use crate::ledger::{Limits, ShardState};
@@ -12,7 +19,8 @@ use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
-use std::io::{self, Cursor};
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -39,10 +47,76 @@ struct Inner {
 pub struct ShardStore {
     inner: Arc<Mutex<Inner>>,
     published: Arc<watch::Sender<Arc<Published>>>,
+    /// Where snapshots are kept; `None` = memory only.
+    snapshot_file: Option<Arc<PathBuf>>,
+}
+
+/// A snapshot as stored in its file.
+type StoredSnapshot = (SnapshotMetaOf<TypeConfig>, Vec<u8>);
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync,
+/// rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Saves a snapshot to its file off the async threads.
+async fn persist(path: Option<Arc<PathBuf>>, meta: SnapshotMetaOf<TypeConfig>, data: Arc<Vec<u8>>) -> io::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    tokio::task::spawn_blocking(move || {
+        let bytes = codec::encode(&(meta, &*data)).map_err(codec::to_io)?;
+        write_durably(&path, &bytes)
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 impl ShardStore {
+    /// A memory-only state machine.
     pub fn new(limits: Limits) -> Self {
+        Self::empty(limits, None)
+    }
+
+    /// A state machine that keeps its snapshots in `snapshot_file`, restored
+    /// from it if it exists (a restart).
+    pub fn open(limits: Limits, snapshot_file: PathBuf) -> io::Result<Self> {
+        let store = Self::empty(limits, Some(Arc::new(snapshot_file.clone())));
+        match std::fs::read(&snapshot_file) {
+            Ok(bytes) => {
+                let (meta, data): StoredSnapshot = codec::decode(&bytes).map_err(|e| {
+                    io::Error::other(format!("snapshot {}: {e}", snapshot_file.display()))
+                })?;
+                let body: SnapshotBody = codec::decode(&data).map_err(codec::to_io)?;
+                store.restore(&meta, body, Arc::new(data));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(store)
+    }
+
+    /// Replaces the state with a snapshot's.
+    fn restore(&self, meta: &SnapshotMetaOf<TypeConfig>, body: SnapshotBody, data: Arc<Vec<u8>>) {
+        let mut g = self.lock();
+        g.state = body.state;
+        g.log_ts_ms = body.log_ts_ms;
+        g.applied = meta.last_log_id;
+        g.membership = meta.last_membership.clone();
+        g.current = Some((meta.clone(), data));
+        self.publish(&g);
+    }
+
+    fn empty(limits: Limits, snapshot_file: Option<Arc<PathBuf>>) -> Self {
         let state = ShardState::new(limits);
         let (tx, _) = watch::channel(Arc::new(Published {
             state: state.clone(),
@@ -58,6 +132,7 @@ impl ShardStore {
                 current: None,
             })),
             published: Arc::new(tx),
+            snapshot_file,
         }
     }
 
@@ -104,8 +179,19 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
-        let data = codec::encode(&self.body).map_err(codec::to_io)?;
+        let body = std::mem::replace(
+            &mut self.body,
+            SnapshotBody {
+                state: ShardState::new(Limits::default()),
+                log_ts_ms: 0,
+            },
+        );
+        let data = tokio::task::spawn_blocking(move || codec::encode(&body))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(codec::to_io)?;
         let data = Arc::new(data);
+        persist(self.store.snapshot_file.clone(), self.meta.clone(), data.clone()).await?;
         {
             let mut g = self.store.lock();
             let newer = match &g.current {
@@ -190,14 +276,11 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
+        // Decode before making it durable: a bad snapshot changes nothing.
         let body: SnapshotBody = codec::decode(&data).map_err(codec::to_io)?;
-        let mut g = self.lock();
-        g.state = body.state;
-        g.log_ts_ms = body.log_ts_ms;
-        g.applied = meta.last_log_id;
-        g.membership = meta.last_membership.clone();
-        g.current = Some((meta.clone(), Arc::new(data)));
-        self.publish(&g);
+        let data = Arc::new(data);
+        persist(self.snapshot_file.clone(), meta.clone(), data.clone()).await?;
+        self.restore(meta, body, data);
         Ok(())
     }
 

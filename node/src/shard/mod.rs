@@ -104,6 +104,8 @@ impl Default for ShardLimits {
 
 pub struct ShardArgs {
     pub node: NodeId,
+    /// This replica's incarnation: its Raft member id is `replica_id(node, incarnation)`.
+    pub incarnation: u32,
     pub shard: ShardId,
     pub raft: Raft,
     pub store: ShardStore,
@@ -197,7 +199,11 @@ impl Actor for ShardActor {
         myself: ActorRef<ShardMsg>,
         a: ShardArgs,
     ) -> Result<State, ActorProcessingErr> {
-        spawn_leadership_watcher(a.raft.clone(), a.node, myself.clone());
+        spawn_leadership_watcher(
+            a.raft.clone(),
+            crate::raft::replica_id(a.node, a.incarnation),
+            myself.clone(),
+        );
         let node_label = crate::metrics_http::label(a.node);
         let shard_label = crate::metrics_http::label(a.shard);
         Ok(State {
@@ -685,7 +691,8 @@ fn end_epoch(st: &mut State) {
     st.reads_pending.clear();
 }
 
-/// Watches this replica's Raft metrics and tells the actor who leads.
+/// Watches this replica's Raft metrics and tells the actor which node leads
+/// (`me` is this replica's member id; the actor hears node ids).
 fn spawn_leadership_watcher(raft: Raft, me: NodeId, actor: ActorRef<ShardMsg>) {
     tokio::spawn(async move {
         let mut rx = raft.metrics();
@@ -699,6 +706,7 @@ fn spawn_leadership_watcher(raft: Raft, me: NodeId, actor: ActorRef<ShardMsg>) {
                 Ok(l) if leader == Some(me) => Some(l.to_committed_leader_id()),
                 _ => None,
             };
+            let leader = leader.map(crate::raft::node_of);
             if last != Some((leader, me_id)) {
                 last = Some((leader, me_id));
                 if actor.cast(ShardMsg::Leadership { leader, me_id }).is_err() {
