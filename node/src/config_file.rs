@@ -110,8 +110,8 @@ fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
 impl ProcessConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("config {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
     }
 
@@ -311,7 +311,10 @@ mod tests {
         assert_eq!(c.node.members.len(), 3);
         let d = NodeConfig::new(2, c.node.members.clone());
         assert_eq!(c.node.ledger, d.ledger);
-        assert_eq!(c.node.front_door.request_deadline, d.front_door.request_deadline);
+        assert_eq!(
+            c.node.front_door.request_deadline,
+            d.front_door.request_deadline
+        );
     }
 
     fn err_of(edit: impl Fn(String) -> String) -> String {
@@ -321,14 +324,38 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let cases: &[(&str, &str, &str)] = &[
-            ("fsync = \"always\"", "fsync = \"sometimes\"", "expected `always` or `never`"),
+            (
+                "fsync = \"always\"",
+                "fsync = \"sometimes\"",
+                "expected `always` or `never`",
+            ),
             ("shards = 16", "shards = 0", "shards"),
-            ("replication_factor = 3", "replication_factor = 2", "replication_factor"),
-            ("public_addr = \"127.0.0.1:50051\"", "public_addr = \"nowhere\"", "public_addr"),
-            ("max_batch_events = 512", "max_batch_events = 0", "max_batch_events"),
-            ("clock_bound_ms = 250", "clock_bound_ms = 600000", "dedup_window_ms"),
+            (
+                "replication_factor = 3",
+                "replication_factor = 2",
+                "replication_factor",
+            ),
+            (
+                "public_addr = \"127.0.0.1:50051\"",
+                "public_addr = \"nowhere\"",
+                "public_addr",
+            ),
+            (
+                "max_batch_events = 512",
+                "max_batch_events = 0",
+                "max_batch_events",
+            ),
+            (
+                "clock_bound_ms = 250",
+                "clock_bound_ms = 600000",
+                "dedup_window_ms",
+            ),
             ("node_id = 1", "node_id = 9", "peers"),
-            ("max_buckets_per_account", "max_bucketz_per_account", "max_bucketz_per_account"),
+            (
+                "max_buckets_per_account",
+                "max_bucketz_per_account",
+                "max_bucketz_per_account",
+            ),
         ];
         for (from, to, want) in cases {
             let e = err_of(|s| {

@@ -20,5 +20,6 @@ pub mod frontdoor;
 pub mod ledger;
 pub mod metrics_http;
 pub mod node;
+pub mod process;
 pub mod raft;
 pub mod shard;

@@ -72,6 +72,8 @@ pub struct Edges<L: LogEngine, I: Incoming> {
     pub clock: SharedClock,
     /// Log engine per shard (kept by the caller to survive a restart).
     pub logs: Vec<L>,
+    /// Folder of the shards' snapshot files; `None` keeps snapshots in memory.
+    pub snapshot_dir: Option<std::path::PathBuf>,
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
@@ -147,7 +149,13 @@ pub async fn start<L: LogEngine, I: Incoming>(
     peers.set_isolation(isolated.clone());
     let mut shards = Vec::with_capacity(config.shards as usize);
     for (shard, log) in (0..config.shards).zip(edges.logs) {
-        let store = ShardStore::new(config.ledger.clone());
+        let store = match &edges.snapshot_dir {
+            Some(dir) => ShardStore::open(
+                config.ledger.clone(),
+                dir.join(format!("shard-{shard}.snap")),
+            )?,
+            None => ShardStore::new(config.ledger.clone()),
+        };
         let deciding = Arc::new(AtomicBool::new(false));
         let net = GroupNetworkFactory {
             shard,

@@ -1,5 +1,9 @@
 //! chargerd: the charging cluster node.
 //!
+//! `chargerd start --config node.toml` runs one node of a cluster (one per
+//! machine or container); `chargerd config-example --node-id N` prints a
+//! commented config.
+//!
 //! `chargerd dev` runs an embedded 3-node cluster in one process (every shard
 //! replicated on all 3 nodes over real gRPC on loopback), with demo tariffs
 //! and accounts, until Ctrl-C.
@@ -19,6 +23,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run one node of a cluster, configured by a TOML file.
+    Start {
+        /// The node's config file (see `chargerd config-example`).
+        #[arg(long, short)]
+        config: std::path::PathBuf,
+    },
+    /// Print a commented config for node N of a local 3-node cluster.
+    ConfigExample {
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
+    },
     /// Run a local 3-node cluster in this process, with demo data.
     Dev {
         /// Public port of node 1; nodes 2 and 3 use the next two.
@@ -168,6 +183,26 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ctrl-C or SIGTERM (what `docker stop` and `kill` send).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -177,6 +212,29 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().cmd {
+        Cmd::Start { config } => {
+            let cfg = charging_node::config_file::ProcessConfig::load(&config)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let id = cfg.node.node_id;
+            println!(
+                "chargerd node {id}: api {} raft {} data {} fsync {:?}",
+                cfg.public_addr,
+                cfg.internal_addr,
+                cfg.data_dir.display(),
+                cfg.fsync
+            );
+            charging_node::process::run(cfg, async move {
+                stop_signal().await;
+                println!("chargerd node {id}: stopping");
+            })
+            .await?;
+            println!("chargerd node {id}: stopped");
+            Ok(())
+        }
+        Cmd::ConfigExample { node_id } => {
+            print!("{}", charging_node::config_file::example(node_id));
+            Ok(())
+        }
         Cmd::Dev {
             base_port,
             shards,

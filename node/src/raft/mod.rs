@@ -13,6 +13,7 @@ pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod state_machine;
+pub mod wal;
 
 /// Shard (Raft group) number, `0..shards`.
 pub type ShardId = u32;

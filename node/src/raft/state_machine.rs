@@ -71,7 +71,11 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Saves a snapshot to its file off the async threads.
-async fn persist(path: Option<Arc<PathBuf>>, meta: SnapshotMetaOf<TypeConfig>, data: Arc<Vec<u8>>) -> io::Result<()> {
+async fn persist(
+    path: Option<Arc<PathBuf>>,
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Arc<Vec<u8>>,
+) -> io::Result<()> {
     let Some(path) = path else { return Ok(()) };
     tokio::task::spawn_blocking(move || {
         let bytes = codec::encode(&(meta, &*data)).map_err(codec::to_io)?;
@@ -191,7 +195,12 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             .map_err(io::Error::other)?
             .map_err(codec::to_io)?;
         let data = Arc::new(data);
-        persist(self.store.snapshot_file.clone(), self.meta.clone(), data.clone()).await?;
+        persist(
+            self.store.snapshot_file.clone(),
+            self.meta.clone(),
+            data.clone(),
+        )
+        .await?;
         {
             let mut g = self.store.lock();
             let newer = match &g.current {

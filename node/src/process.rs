@@ -1,0 +1,156 @@
+//! One node as an OS process (`chargerd start --config node.toml`): its data
+//! dir, listeners, durable log engine, metrics endpoint, first-start bootstrap
+//! and graceful stop.
+use crate::clock::SystemClock;
+use crate::config_file::ProcessConfig;
+use crate::node::{self, Edges, NodeHandle};
+use crate::raft::network::TcpConnector;
+use crate::raft::wal::Wal;
+use charging_proto::v1 as pb;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Name of the file that ties a data dir to one node id.
+const NODE_ID_FILE: &str = "node_id";
+
+/// Checks that `dir` belongs to `node_id` (or is new). Returns whether it is new.
+fn check_data_dir(dir: &Path, node_id: u64) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("data_dir {}: {e}", dir.display()))?;
+    let marker = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(s) => {
+            let owner: u64 = s.trim().parse().map_err(|_| {
+                anyhow::anyhow!("data_dir: {} is corrupt ({s:?})", marker.display())
+            })?;
+            anyhow::ensure!(
+                owner == node_id,
+                "data_dir {} belongs to node {owner}, but node_id is {node_id}",
+                dir.display()
+            );
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(anyhow::anyhow!("data_dir {}: {e}", marker.display())),
+    }
+}
+
+fn write_marker(dir: &Path, node_id: u64) -> anyhow::Result<()> {
+    let marker = dir.join(NODE_ID_FILE);
+    std::fs::write(&marker, format!("{node_id}\n"))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Whether any reachable peer already hosts initialized shard groups (then
+/// this cluster exists and must not be initialized again).
+async fn cluster_exists(cfg: &ProcessConfig) -> bool {
+    for (id, p) in &cfg.node.members {
+        if *id == cfg.node.node_id {
+            continue;
+        }
+        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", p.public)) else {
+            continue;
+        };
+        let ep = ep
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(1));
+        let Ok(Ok(ch)) = tokio::time::timeout(Duration::from_secs(1), ep.connect()).await else {
+            continue;
+        };
+        let mut admin = pb::admin_client::AdminClient::new(ch);
+        if let Ok(s) = admin.status(pb::StatusRequest {}).await {
+            if s.into_inner()
+                .shard_status
+                .iter()
+                .any(|s| !s.voters.is_empty())
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A started node process.
+pub struct Running {
+    pub node: NodeHandle,
+    pub wal: Wal,
+    stop_metrics: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Graceful stop: servers, actors, Raft groups, then the WAL is flushed.
+    pub async fn stop(self) {
+        let _ = self.stop_metrics.send(true);
+        self.node.shutdown().await;
+        self.wal.close();
+    }
+}
+
+/// Starts a node from its config. The first start of the lowest-numbered
+/// peer, on a fresh data dir, with no peer reporting an existing cluster,
+/// initializes every shard group.
+pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
+    let me = cfg.node.node_id;
+    let fresh = check_data_dir(&cfg.data_dir, me)?;
+    let public = TcpListener::bind(cfg.public_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("public_addr {}: {e}", cfg.public_addr))?;
+    let internal = TcpListener::bind(cfg.internal_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("internal_addr {}: {e}", cfg.internal_addr))?;
+    let (stop_metrics, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(m) = cfg.metrics_addr {
+        crate::metrics_http::recorder();
+        let l = TcpListener::bind(m)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics_addr {m}: {e}"))?;
+        tokio::spawn(crate::metrics_http::serve(l, stop_rx));
+    }
+    let wal_dir = cfg.data_dir.join("wal");
+    let wal = Wal::open(&wal_dir, cfg.fsync)
+        .map_err(|e| anyhow::anyhow!("opening the log in {}: {e}", wal_dir.display()))?;
+    let snapshot_dir = cfg.data_dir.join("snapshots");
+    std::fs::create_dir_all(&snapshot_dir)?;
+
+    let lowest = cfg.node.members.keys().next().copied() == Some(me);
+    let mut node_cfg = cfg.node.clone();
+    node_cfg.bootstrap = fresh && lowest && !cluster_exists(&cfg).await;
+    if node_cfg.bootstrap {
+        tracing::info!(
+            node = me,
+            shards = node_cfg.shards,
+            "initializing a new cluster"
+        );
+    }
+    let edges = Edges {
+        public: node::tcp_incoming(public),
+        internal: node::tcp_incoming(internal),
+        connector: Box::new(TcpConnector {
+            connect_timeout: node_cfg.connect_timeout,
+        }),
+        clock: Arc::new(SystemClock),
+        logs: (0..node_cfg.shards).map(|s| wal.log(s)).collect(),
+        snapshot_dir: Some(snapshot_dir),
+    };
+    let node = node::start(node_cfg, edges).await?;
+    if fresh {
+        write_marker(&cfg.data_dir, me)?;
+    }
+    Ok(Running {
+        node,
+        wal,
+        stop_metrics,
+    })
+}
+
+/// Runs a node until `stop` resolves, then stops it gracefully.
+pub async fn run(cfg: ProcessConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let r = start(cfg).await?;
+    stop.await;
+    r.stop().await;
+    Ok(())
+}

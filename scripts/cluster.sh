@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# A local multi-process cluster: one chargerd process per node, node i on
+# 127.0.0.i (api :50051, raft :51051, metrics :9100), data under one folder.
+#
+#   scripts/cluster.sh start [--nodes N] [--shards S] [--fsync always|never]
+#   scripts/cluster.sh status            nodes, shards, leaders, applied, lag
+#   scripts/cluster.sh stop              graceful stop of every node (SIGTERM)
+#   scripts/cluster.sh kill N            kill -9 node N
+#   scripts/cluster.sh restart N         (re)start node N with its data kept
+#   scripts/cluster.sh wipe              stop, then delete the data folder
+#
+# Environment: CLUSTER_DIR (default .cluster), CHARGERD / CHARGECTL (binaries;
+# default: target/release, built on first use), CLUSTER_READY_TIMEOUT (s, 60).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir=${CLUSTER_DIR:-.cluster}
+ready_timeout=${CLUSTER_READY_TIMEOUT:-60}
+chargerd=${CHARGERD:-target/release/chargerd}
+chargectl=${CHARGECTL:-target/release/chargectl}
+
+usage() { sed -n '2,13p' "$0"; exit "${1:-64}"; }
+
+build() {
+  if [[ -z "${CHARGERD:-}" && ! -x "$chargerd" ]] || [[ -z "${CHARGECTL:-}" && ! -x "$chargectl" ]]; then
+    echo "== building chargerd and chargectl (release)"
+    cargo build --release -q --bin chargerd --bin chargectl
+  fi
+}
+
+nodes_of() { cat "$dir/nodes" 2>/dev/null || echo 0; }
+pid_of() { cat "$dir/node$1/pid" 2>/dev/null || true; }
+alive() { local p; p=$(pid_of "$1"); [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+
+write_config() { # id nodes shards fsync
+  local id=$1 n=$2 shards=$3 fsync=$4 f="$dir/node$1/node.toml"
+  mkdir -p "$dir/node$id"
+  {
+    echo "node_id = $id"
+    echo "public_addr = \"127.0.0.$id:50051\""
+    echo "internal_addr = \"127.0.0.$id:51051\""
+    echo "metrics_addr = \"127.0.0.$id:9100\""
+    echo "data_dir = \"$dir/node$id/data\""
+    echo "shards = $shards"
+    echo "replication_factor = $n"
+    echo "fsync = \"$fsync\""
+    for p in $(seq 1 "$n"); do
+      printf '\n[[peers]]\nid = %s\npublic = "127.0.0.%s:50051"\ninternal = "127.0.0.%s:51051"\n' "$p" "$p" "$p"
+    done
+  } >"$f"
+}
+
+launch() { # id
+  local id=$1
+  if alive "$id"; then echo "node $id already running (pid $(pid_of "$id"))"; return; fi
+  "$chargerd" start --config "$dir/node$id/node.toml" >>"$dir/node$id/log" 2>&1 &
+  echo $! >"$dir/node$id/pid"
+  echo "node $id: pid $! api 127.0.0.$id:50051 metrics http://127.0.0.$id:9100/metrics log $dir/node$id/log"
+}
+
+wait_ready() { # waits until every shard has a leader, bounded
+  local deadline=$((SECONDS + ready_timeout)) n
+  n=$(nodes_of)
+  while ((SECONDS < deadline)); do
+    for id in $(seq 1 "$n"); do
+      alive "$id" || continue
+      if "$chargectl" --endpoint "http://127.0.0.$id:50051" status --json 2>/dev/null |
+        python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["shard_status"] and all(x.get("leader",0) for x in s["shard_status"]) else 1)' 2>/dev/null; then
+        echo "ready: every shard has a leader"
+        return 0
+      fi
+    done
+    sleep 0.5
+  done
+  echo "not ready after ${ready_timeout}s; see $dir/node*/log" >&2
+  return 1
+}
+
+cmd=${1:-}
+[[ -n "$cmd" ]] || usage
+shift
+case "$cmd" in
+  start)
+    n=3 shards=16 fsync=always
+    while (($#)); do
+      case "$1" in
+        --nodes) n=$2; shift 2 ;;
+        --shards) shards=$2; shift 2 ;;
+        --fsync) fsync=$2; shift 2 ;;
+        *) usage ;;
+      esac
+    done
+    build
+    mkdir -p "$dir"
+    if [[ -f "$dir/nodes" ]]; then
+      n=$(nodes_of)
+      echo "== restarting the existing $n-node cluster in $dir (scripts/cluster.sh wipe for a new one)"
+    else
+      echo "== new $n-node cluster in $dir: $shards shards, fsync $fsync"
+      echo "$n" >"$dir/nodes"
+      for id in $(seq 1 "$n"); do write_config "$id" "$n" "$shards" "$fsync"; done
+    fi
+    for id in $(seq 1 "$n"); do launch "$id"; done
+    wait_ready
+    ;;
+  status)
+    build
+    n=$(nodes_of)
+    for id in $(seq 1 "$n"); do
+      if alive "$id"; then echo "node $id: up (pid $(pid_of "$id"))"; else echo "node $id: down"; fi
+    done
+    for id in $(seq 1 "$n"); do
+      if alive "$id"; then exec "$chargectl" --endpoint "http://127.0.0.$id:50051" status; fi
+    done
+    ;;
+  stop)
+    n=$(nodes_of)
+    for id in $(seq 1 "$n"); do alive "$id" && kill -TERM "$(pid_of "$id")"; done
+    deadline=$((SECONDS + 20))
+    for id in $(seq 1 "$n"); do
+      while alive "$id" && ((SECONDS < deadline)); do sleep 0.1; done
+      if alive "$id"; then echo "node $id did not stop in time: kill -9"; kill -9 "$(pid_of "$id")"; fi
+      rm -f "$dir/node$id/pid"
+    done
+    echo "stopped"
+    ;;
+  kill)
+    id=${1:?node number}
+    if alive "$id"; then kill -9 "$(pid_of "$id")"; echo "node $id: killed (-9)"; else echo "node $id: not running"; fi
+    rm -f "$dir/node$id/pid"
+    ;;
+  restart)
+    id=${1:?node number}
+    build
+    if alive "$id"; then kill -TERM "$(pid_of "$id")"; while alive "$id"; do sleep 0.1; done; fi
+    launch "$id"
+    wait_ready
+    ;;
+  wipe)
+    "$0" stop || true
+    rm -rf "$dir"
+    echo "wiped $dir"
+    ;;
+  -h|--help) usage 0 ;;
+  *) usage ;;
+esac
