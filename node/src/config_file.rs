@@ -159,7 +159,7 @@ impl ProcessConfig {
             ));
         }
         let rf = f.replication_factor.unwrap_or(3);
-        if rf == 0 || rf % 2 == 0 {
+        if rf == 0 || rf.is_multiple_of(2) {
             return Err(format!(
                 "replication_factor: {rf} must be odd and >= 1 (a majority must survive a loss)"
             ));
