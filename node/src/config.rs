@@ -61,6 +61,9 @@ pub struct NodeConfig {
     /// Raft log entries since the last snapshot that trigger a new one (and
     /// past which a lagging follower is caught up by snapshot).
     pub snapshot_logs: u64,
+    /// How often a node hands the leadership of shards it leads to their
+    /// preferred node (leaders spread evenly); `None` = never.
+    pub leader_balance_period: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -78,6 +81,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_millis(500),
             rng_seed: 0x5eed,
             snapshot_logs: 20_000,
+            leader_balance_period: Some(Duration::from_secs(2)),
         }
     }
 

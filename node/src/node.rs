@@ -275,6 +275,15 @@ pub async fn start<L: LogEngine, I: Incoming>(
         }
     }));
 
+    if let Some(period) = config.leader_balance_period {
+        tasks.push(tokio::spawn(crate::raft::balance::run(
+            me,
+            shards.clone(),
+            period,
+            rx.clone(),
+        )));
+    }
+
     if config.bootstrap {
         let members: BTreeMap<NodeId, BasicNode> = config
             .members

@@ -9,6 +9,7 @@
 use crate::ledger::{Applied, Event};
 use serde::{Deserialize, Serialize};
 
+pub mod balance;
 pub mod log_store;
 pub mod network;
 pub mod service;
