@@ -16,6 +16,14 @@
 //!   leader. The retry then goes straight there, over a channel from a small
 //!   bounded cache ([`CHANNEL_CACHE_CAPACITY`] entries). An `UNAVAILABLE` without a
 //!   hint sends the next attempt back to the configured endpoint.
+//! - **Shard map.** With [`ClientConfig::direct_to_leader`] (the default), the
+//!   client fetches the cluster's shard map once ([`Client::shard_map`]), maps
+//!   each account to its shard with [`charging_proto::shard_of`], and sends the
+//!   call straight to that shard's leader: no forwarding hop. Leader hints keep
+//!   the cached map current; a leader the client cannot reach falls back to the
+//!   configured endpoint, which forwards. Node addresses in the map must be
+//!   reachable from the client (not so from outside a container network: set
+//!   `direct_to_leader: false` there, or just let the fallback happen).
 //!
 //! Responses are the prost types as-is; their `result` field is a
 //! [`proto::ResultCode`] as `i32`, which [`result_name`] turns into e.g. `"OK"`.
@@ -49,6 +57,10 @@ pub use error::Error;
 
 /// Metadata key of the leader hint on an `UNAVAILABLE` status.
 pub const LEADER_ADDR_HEADER: &str = "x-leader-addr";
+/// Metadata key telling a node not to forward the call to the shard leader
+/// but to answer `UNAVAILABLE` with a leader hint (the node's own marker of a
+/// forwarded call, so it never forwards twice).
+pub const NO_FORWARD_HEADER: &str = "x-charging-forwarded";
 /// The endpoint `chargectl` uses when none is given.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
 /// How many leader channels (by address) the client keeps open.
@@ -68,6 +80,8 @@ pub struct ClientConfig {
     pub max_retry_backoff_ms: u64,
     /// Timeout of establishing a connection, in ms.
     pub connect_timeout_ms: u64,
+    /// Send each call straight to its shard's leader using the cached shard map.
+    pub direct_to_leader: bool,
 }
 
 impl Default for ClientConfig {
@@ -78,6 +92,7 @@ impl Default for ClientConfig {
             retry_backoff_ms: 5,
             max_retry_backoff_ms: 200,
             connect_timeout_ms: 1000,
+            direct_to_leader: true,
         }
     }
 }
@@ -159,7 +174,22 @@ struct Shared {
     channel: Channel,
     endpoint: Option<String>,
     cache: Mutex<ChannelCache>,
+    routes: Mutex<Routes>,
 }
+
+/// The cached shard map: each shard's leader address (`http://host:port`).
+#[derive(Default)]
+struct Routes {
+    /// When the map was last asked for (`None` = never): asked once, then
+    /// kept current by leader hints.
+    fetched: Option<Instant>,
+    version: u64,
+    leaders: Vec<Option<String>>,
+}
+
+/// How long after a shard-map fetch the client asks again, if the map is
+/// missing or some shard's leader is unknown.
+const SHARD_MAP_RETRY: Duration = Duration::from_secs(5);
 
 /// A client of the charging cluster. Cheap to clone; clones share channels.
 #[derive(Clone)]
@@ -229,6 +259,7 @@ impl Client {
                     map: HashMap::new(),
                     order: VecDeque::new(),
                 }),
+                routes: Mutex::new(Routes::default()),
             }),
             config,
         }
@@ -300,16 +331,123 @@ impl Client {
             .len()
     }
 
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.shared.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached leader address of `account`'s shard, fetching the shard map
+    /// first if it was never fetched (bounded by `deadline`).
+    async fn leader_for(&self, account: &str, deadline: Instant) -> Option<(u32, String)> {
+        if !self.config.direct_to_leader {
+            return None;
+        }
+        let due = {
+            let r = self.routes();
+            match r.fetched {
+                None => true,
+                // Some leader unknown: ask again now and then.
+                Some(t) => {
+                    t.elapsed() > SHARD_MAP_RETRY
+                        && (r.leaders.is_empty() || r.leaders.iter().any(Option::is_none))
+                }
+            }
+        };
+        if due {
+            self.routes().fetched = Some(Instant::now());
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut req = tonic::Request::new(proto::ShardMapRequest {});
+            req.set_timeout(remaining.min(Duration::from_millis(500)));
+            if let Ok(Ok(m)) = tokio::time::timeout(
+                remaining.min(Duration::from_millis(500)),
+                AdminClient::new(self.channel()).shard_map(req),
+            )
+            .await
+            {
+                self.install_map(&m.into_inner());
+            }
+        }
+        let r = self.routes();
+        if r.leaders.is_empty() {
+            return None;
+        }
+        let shard = charging_proto::shard_of(account, r.leaders.len() as u32);
+        r.leaders[shard as usize].clone().map(|a| (shard, a))
+    }
+
+    fn install_map(&self, m: &proto::ShardMapResponse) {
+        let mut leaders = vec![None; m.shards as usize];
+        for route in &m.routes {
+            if let Some(slot) = leaders.get_mut(route.shard_id as usize) {
+                if !route.leader_addr.is_empty() {
+                    *slot = Some(format!("http://{}", route.leader_addr));
+                }
+            }
+        }
+        let mut r = self.routes();
+        r.version = m.version;
+        r.leaders = leaders;
+    }
+
+    /// Records what a call learnt about `shard`'s leader.
+    fn learn(&self, shard: Option<u32>, leader: Option<&str>) {
+        let Some(shard) = shard else { return };
+        let mut r = self.routes();
+        if let Some(slot) = r.leaders.get_mut(shard as usize) {
+            *slot = leader.map(str::to_string);
+        }
+    }
+
+    /// The shard map as cached by this client: its version and each shard's
+    /// leader address (`None` = unknown; calls go to the configured endpoint).
+    pub fn cached_shard_map(&self) -> (u64, Vec<Option<String>>) {
+        let r = self.routes();
+        (r.version, r.leaders.clone())
+    }
+
+    /// Fetches the shard map from the configured endpoint and caches it.
+    pub async fn shard_map(&self) -> Result<proto::ShardMapResponse, Error> {
+        let m = self
+            .call(
+                "shard_map",
+                None,
+                proto::ShardMapRequest {},
+                |ch, r| async move { AdminClient::new(ch).shard_map(r).await },
+            )
+            .await?;
+        self.routes().fetched = Some(Instant::now());
+        self.install_map(&m);
+        Ok(m)
+    }
+
     /// Runs one unary call with the retry policy. `msg` is cloned for each attempt,
-    /// so its request id is the same on every attempt.
-    async fn call<Req, Resp, F, Fut>(&self, op: &'static str, msg: Req, f: F) -> Result<Resp, Error>
+    /// so its request id is the same on every attempt. Calls on an account
+    /// (`account` set) go to its shard's leader when the shard map knows it.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        op: &'static str,
+        account: Option<&str>,
+        msg: Req,
+        f: F,
+    ) -> Result<Resp, Error>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let deadline = Instant::now() + Duration::from_millis(self.config.deadline_ms);
-        let mut target: Option<String> = None;
+        let (shard, mut target) = match account {
+            Some(a) => match self.leader_for(a, deadline).await {
+                Some((s, addr)) => (Some(s), Some(addr)),
+                None => (None, None),
+            },
+            None => (None, None),
+        };
+        let shard = shard.or_else(|| {
+            let r = self.routes();
+            account
+                .filter(|_| !r.leaders.is_empty())
+                .map(|a| charging_proto::shard_of(a, r.leaders.len() as u32))
+        });
         let mut retries = 0u32;
         let mut backoffs = 0u32;
         loop {
@@ -319,6 +457,15 @@ impl Client {
             }
             let mut req = tonic::Request::new(msg.clone());
             req.set_timeout(remaining);
+            if target.is_some() {
+                // Aimed at a leader: a node that no longer leads answers
+                // UNAVAILABLE with a hint (which updates the cached map)
+                // instead of forwarding on our behalf.
+                req.metadata_mut().insert(
+                    NO_FORWARD_HEADER,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+            }
             let attempt = f(self.channel_for(target.as_deref()), req);
             let status = match tokio::time::timeout(remaining, attempt).await {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
@@ -332,13 +479,21 @@ impl Client {
             match leader_hint(&status) {
                 // A new leader: go there at once.
                 Some(hint) if target.as_deref() != Some(hint.as_str()) => {
+                    self.learn(shard, Some(&hint));
                     target = Some(hint);
                     continue;
                 }
                 // Same leader again: back off, then retry it.
                 Some(_) => {}
-                // No hint: back to the configured endpoint, which forwards.
-                None => target = None,
+                // No hint (the leader is unknown or unreachable): back to the
+                // configured endpoint, which forwards.
+                None => {
+                    if target.is_some() {
+                        self.learn(shard, None);
+                        target = None;
+                        continue;
+                    }
+                }
             }
             let pause = self.config.backoff(backoffs);
             backoffs += 1;
@@ -391,7 +546,8 @@ impl Client {
             initial_balance,
             buckets,
         };
-        self.call("create_account", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("create_account", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).create_account(r).await
         })
         .await
@@ -419,7 +575,8 @@ impl Client {
             request_id: request_id_bytes(request_id),
             bucket: Some(bucket),
         };
-        self.call("add_bucket", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("add_bucket", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).add_bucket(r).await
         })
         .await
@@ -450,7 +607,8 @@ impl Client {
             bucket_id,
             amount,
         };
-        self.call("top_up", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("top_up", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).top_up(r).await
         })
         .await
@@ -494,7 +652,8 @@ impl Client {
             rating_group,
             requested: Some(requested),
         };
-        self.call("reserve", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("reserve", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).reserve(r).await
         })
         .await
@@ -528,7 +687,8 @@ impl Client {
             seq,
             reports,
         };
-        self.call("update", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("update", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).update(r).await
         })
         .await
@@ -562,7 +722,8 @@ impl Client {
             seq,
             reports,
         };
-        self.call("terminate", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("terminate", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).terminate(r).await
         })
         .await
@@ -596,7 +757,8 @@ impl Client {
             used: Some(used),
             r#final: final_,
         };
-        self.call("commit", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("commit", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).commit(r).await
         })
         .await
@@ -624,7 +786,8 @@ impl Client {
             request_id: request_id_bytes(request_id),
             reservation_id,
         };
-        self.call("release", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("release", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).release(r).await
         })
         .await
@@ -655,7 +818,8 @@ impl Client {
             original_request_id: request_id_bytes(original_request_id),
             amount,
         };
-        self.call("refund", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("refund", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).refund(r).await
         })
         .await
@@ -686,7 +850,8 @@ impl Client {
             rating_group,
             units: Some(units),
         };
-        self.call("debit", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("debit", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).debit(r).await
         })
         .await
@@ -697,7 +862,8 @@ impl Client {
         let msg = BalanceRequest {
             account_id: account.into(),
         };
-        self.call("balance", msg, |ch, r| async move {
+        let account = msg.account_id.clone();
+        self.call("balance", Some(&account), msg, |ch, r| async move {
             ChargingClient::new(ch).balance(r).await
         })
         .await
@@ -725,9 +891,13 @@ impl Client {
             request_id: request_id_bytes(request_id),
             state: state as i32,
         };
-        self.call("set_account_state", msg, |ch, r| async move {
-            ChargingClient::new(ch).set_account_state(r).await
-        })
+        let account = msg.account_id.clone();
+        self.call(
+            "set_account_state",
+            Some(&account),
+            msg,
+            |ch, r| async move { ChargingClient::new(ch).set_account_state(r).await },
+        )
         .await
     }
 
@@ -746,7 +916,7 @@ impl Client {
             request_id: request_id_bytes(request_id),
             tariff: Some(tariff),
         };
-        self.call("set_tariff", msg, |ch, r| async move {
+        self.call("set_tariff", None, msg, |ch, r| async move {
             ChargingClient::new(ch).set_tariff(r).await
         })
         .await
@@ -754,9 +924,12 @@ impl Client {
 
     /// Lists all tariffs.
     pub async fn get_tariffs(&self) -> Result<GetTariffsResponse, Error> {
-        self.call("get_tariffs", GetTariffsRequest {}, |ch, r| async move {
-            ChargingClient::new(ch).get_tariffs(r).await
-        })
+        self.call(
+            "get_tariffs",
+            None,
+            GetTariffsRequest {},
+            |ch, r| async move { ChargingClient::new(ch).get_tariffs(r).await },
+        )
         .await
     }
 
@@ -764,7 +937,7 @@ impl Client {
 
     /// Cluster status as seen by the node the client is connected to.
     pub async fn status(&self) -> Result<StatusResponse, Error> {
-        self.call("status", StatusRequest {}, |ch, r| async move {
+        self.call("status", None, StatusRequest {}, |ch, r| async move {
             AdminClient::new(ch).status(r).await
         })
         .await

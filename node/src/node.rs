@@ -218,7 +218,18 @@ pub async fn start<L: LogEngine, I: Incoming>(
         .iter()
         .map(|(id, a)| (*id, a.public.clone()))
         .collect();
-    let front_door = FrontDoor::new(me, shards.clone(), public_addrs, config.front_door.clone());
+    let internal_addrs: BTreeMap<NodeId, String> = config
+        .members
+        .iter()
+        .map(|(id, a)| (*id, a.internal.clone()))
+        .collect();
+    let front_door = FrontDoor::new(
+        me,
+        shards.clone(),
+        public_addrs,
+        internal_addrs,
+        config.front_door.clone(),
+    );
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
 

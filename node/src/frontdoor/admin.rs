@@ -10,23 +10,68 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct AdminService(pub Arc<FrontDoor>);
 
+fn nodes(fd: &FrontDoor) -> Vec<pb::NodeStatus> {
+    fd.public_addrs
+        .iter()
+        .map(|(id, addr)| pb::NodeStatus {
+            node_id: *id,
+            public_addr: addr.clone(),
+            internal_addr: fd.internal_addrs.get(id).cloned().unwrap_or_default(),
+            reachable: true,
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn shard_map(
+        &self,
+        _r: Request<pb::ShardMapRequest>,
+    ) -> Result<Response<pb::ShardMapResponse>, Status> {
+        let fd = &self.0;
+        let mut version = 0u64;
+        let routes = fd
+            .shards
+            .iter()
+            .map(|h| {
+                let (leader, term, voters, membership_index) = {
+                    let m = h.raft.metrics();
+                    let m = m.borrow_watched();
+                    (
+                        m.current_leader.map(node_of).unwrap_or(0),
+                        m.current_term,
+                        m.membership_config
+                            .membership()
+                            .voter_ids()
+                            .map(node_of)
+                            .collect::<Vec<_>>(),
+                        m.membership_config.log_id().map(|l| l.index).unwrap_or(0),
+                    )
+                };
+                version += term + membership_index;
+                pb::ShardRoute {
+                    shard_id: h.shard,
+                    leader,
+                    leader_addr: fd.public_addrs.get(&leader).cloned().unwrap_or_default(),
+                    term,
+                    voters,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ShardMapResponse {
+            version,
+            shards: fd.shards.len() as u32,
+            routes,
+            nodes: nodes(fd),
+        }))
+    }
+
     async fn status(
         &self,
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let fd = &self.0;
-        let nodes = fd
-            .public_addrs
-            .iter()
-            .map(|(id, addr)| pb::NodeStatus {
-                node_id: *id,
-                public_addr: addr.clone(),
-                internal_addr: String::new(),
-                reachable: true,
-            })
-            .collect();
+        let nodes = nodes(fd);
         let shard_status = fd
             .shards
             .iter()

@@ -44,18 +44,7 @@ pub const LEADER_NODE: &str = "x-leader-node";
 pub const LEADER_ADDR: &str = "x-leader-addr";
 
 /// The fixed, documented account → shard hash: FNV-1a 64 over the id bytes.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-pub fn shard_of(account: &str, shards: u32) -> ShardId {
-    (fnv1a64(account.as_bytes()) % shards as u64) as ShardId
-}
+pub use charging_proto::{fnv1a64, shard_of};
 
 /// One local shard replica as the front door sees it.
 #[derive(Clone)]
@@ -99,6 +88,8 @@ pub struct FrontDoor {
     pub shards: Vec<ShardHandle>,
     /// Public (client-facing) address of every node, by id.
     pub public_addrs: BTreeMap<NodeId, String>,
+    /// Internal (Raft) address of every node, for status.
+    pub internal_addrs: BTreeMap<NodeId, String>,
     pub limits: FrontDoorLimits,
     admission: Semaphore,
     forward: DashMap<NodeId, ChargingClient<Channel>>,
@@ -117,12 +108,14 @@ impl FrontDoor {
         node: NodeId,
         shards: Vec<ShardHandle>,
         public_addrs: BTreeMap<NodeId, String>,
+        internal_addrs: BTreeMap<NodeId, String>,
         limits: FrontDoorLimits,
     ) -> Arc<Self> {
         Arc::new(FrontDoor {
             node,
             shards,
             public_addrs,
+            internal_addrs,
             admission: Semaphore::new(limits.max_inflight_requests),
             limits,
             forward: DashMap::new(),

@@ -6,6 +6,7 @@ use charging_client::proto::{
     DebitRequest, RefundRequest, ReserveRequest, ResultCode, SetAccountStateRequest, TopUpRequest,
     Units,
 };
+use charging_client::{Client, ClientConfig};
 use std::time::Duration;
 
 fn money_bucket(amount: i64, priority: u32, rating_groups: Vec<u32>) -> BucketSpec {
@@ -699,10 +700,17 @@ async fn every_node_serves_every_shard() {
         .await
         .expect("leaders");
     set_standard_tariffs(&env.client).await;
+    // Clients that always call their own node: the front doors forward.
+    let forwarding = |c: Client| {
+        c.with_config(ClientConfig {
+            direct_to_leader: false,
+            ..client_config()
+        })
+    };
     let clients = [
-        env.client_on(1).await,
-        env.client_on(2).await,
-        env.client_on(3).await,
+        forwarding(env.client_on(1).await),
+        forwarding(env.client_on(2).await),
+        forwarding(env.client_on(3).await),
     ];
     let accounts = account_per_shard("route");
     // Create each account through a different node.
@@ -746,5 +754,63 @@ async fn every_node_serves_every_shard() {
         })
         .await;
     }
+    env.shutdown().await;
+}
+
+/// The smart client: it fetches the shard map, calls each shard's leader
+/// directly, and follows leader hints when leadership moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_goes_straight_to_the_leader() {
+    let env = start().await;
+    env.cluster
+        .spread_leaders(Duration::from_secs(10))
+        .await
+        .expect("leaders");
+    let c = env.client_on(1).await;
+    let m = c.shard_map().await.expect("shard map");
+    assert_eq!(m.shards, SHARDS);
+    assert!(m.version > 0, "map version {}", m.version);
+    for r in &m.routes {
+        assert_eq!(
+            Some(r.leader),
+            env.cluster.deciding_leader(r.shard_id),
+            "route of shard {}",
+            r.shard_id
+        );
+        assert_eq!(r.voters, vec![1, 2, 3]);
+    }
+    let expect = |s: u32| {
+        env.cluster
+            .deciding_leader(s)
+            .map(|l| env.cluster.public_url(l))
+    };
+    let (_, leaders) = c.cached_shard_map();
+    for s in 0..SHARDS {
+        assert_eq!(leaders[s as usize], expect(s), "cached leader of shard {s}");
+    }
+    // Move one shard's leadership: the next call on it learns the new leader
+    // from the old one's hint and caches it.
+    let accounts = account_per_shard("direct");
+    for a in &accounts {
+        create(&c, a, 100).await;
+    }
+    let moved = 0u32;
+    let old = env.cluster.deciding_leader(moved).expect("leader");
+    let new = if old == 3 { 1 } else { old + 1 };
+    let raft = env.cluster.nodes[&old].raft(moved);
+    let to = charging_node::raft::replica_of(raft, new).expect("replica");
+    raft.trigger().transfer_leader(to).await.expect("transfer");
+    poll(Duration::from_secs(10), "new leader decides", || async {
+        (env.cluster.deciding_leader(moved) == Some(new)).then_some(())
+    })
+    .await;
+    let b = balance(&c, &accounts[moved as usize]).await;
+    assert_money(&b, 100, 0);
+    let (_, leaders) = c.cached_shard_map();
+    assert_eq!(
+        leaders[moved as usize],
+        Some(env.cluster.public_url(new)),
+        "the hint updated the cached leader"
+    );
     env.shutdown().await;
 }
