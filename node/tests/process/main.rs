@@ -1,0 +1,12 @@
+//! Real processes: three `chargerd start` processes on loopback, each with
+//! its own config file and data dir (the shared WAL and snapshot files on
+//! real disk), killed with SIGKILL and restarted. The client library drives
+//! them over gRPC. These tests check what operators rely on:
+//! - every operation works from any node (`t10`);
+//! - after `kill -9` of a node leading shards mid-load, service resumes
+//!   (the gap is measured and printed) and the node catches up on restart;
+//! - after a crash of all three, every acknowledged operation is present,
+//!   and retrying the unknown ones with their request ids settles them
+//!   exactly once.
+mod support;
+mod t10_processes;
