@@ -3,7 +3,8 @@
 //! flush, as a leader waits for its own log before it can commit.
 //!
 //! Rows:
-//! - the shared WAL (one file, one writer thread, group commit), fsync always;
+//! - the shared WAL (one file, one writer thread, group commit), fsync always,
+//!   with one fdatasync in flight at a time, then with up to 4;
 //! - the design's rejected alternative: a file per group, each fdatasync'ed by
 //!   its own thread per append (raft-log style), fsync always;
 //! - the shared WAL with fsync never, for reference.
@@ -13,7 +14,7 @@
 use charging_node::codec;
 use charging_node::config::FsyncPolicy;
 use charging_node::ledger::{BucketKind, Event, Price, RequestId, Tariff};
-use charging_node::raft::wal::{Wal, WalLog};
+use charging_node::raft::wal::{Wal, WalLog, WalOptions};
 use charging_node::raft::{Batch, TypeConfig};
 use hdrhistogram::Histogram;
 use openraft::alias::EntryOf;
@@ -104,9 +105,13 @@ where
     (n, hist, start.elapsed().as_secs_f64())
 }
 
-async fn shared_wal(name: &'static str, policy: FsyncPolicy, run: Duration) -> Row {
+async fn shared_wal(name: &'static str, policy: FsyncPolicy, syncs: usize, run: Duration) -> Row {
     let dir = tempfile::tempdir().expect("temp dir");
-    let wal = Wal::open(dir.path(), policy).expect("open wal");
+    let opts = WalOptions {
+        syncs_in_flight_max: syncs,
+        ..WalOptions::default()
+    };
+    let wal = Wal::open_with(dir.path(), policy, opts).expect("open wal");
     let logs: Arc<Vec<WalLog>> = Arc::new((0..GROUPS).map(|g| wal.log(g)).collect());
     let (appends, hist, secs) = drive(run, move |g, i| {
         let mut log = logs[g as usize].clone();
@@ -205,24 +210,32 @@ fn main() {
     );
     let rows = [
         rt.block_on(shared_wal(
-            "shared wal, fsync always",
+            "shared wal, 1 fsync at a time",
             FsyncPolicy::Always,
+            1,
+            run,
+        )),
+        rt.block_on(shared_wal(
+            "shared wal, <=4 fsyncs at once",
+            FsyncPolicy::Always,
+            4,
             run,
         )),
         rt.block_on(file_per_group(run)),
         rt.block_on(shared_wal(
             "shared wal, fsync never",
             FsyncPolicy::Never,
+            1,
             run,
         )),
     ];
     println!(
-        "{:<30} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9}",
+        "{:<32} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9}",
         "engine", "appends/s", "fsyncs/s", "appends/sync", "p50_us", "p99_us", "max_us"
     );
     for r in &rows {
         println!(
-            "{:<30} {:>10.0} {:>10.0} {:>12.1} {:>9} {:>9} {:>9}",
+            "{:<32} {:>10.0} {:>10.0} {:>12.1} {:>9} {:>9} {:>9}",
             r.name,
             r.appends as f64 / r.secs,
             r.fsyncs as f64 / r.secs,

@@ -17,7 +17,8 @@
 //!
 //! Recovery replays the segments in order. A short or corrupt frame at the
 //! end of the last segment is the unsynced tail of a crash: the file is cut
-//! there. Anywhere else it is an error naming the file and offset.
+//! there. Anywhere else it is an error naming the file and offset. Each open
+//! then writes to a new segment (headers first), never after a cut tail.
 mod record;
 mod state;
 mod writer;
@@ -35,14 +36,14 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Done, Req, Writer};
+use writer::{Done, Meters, Req, Writer};
 
 /// Tuning of a [`Wal`]; the defaults suit a node.
 #[derive(Debug, Clone)]
@@ -54,6 +55,11 @@ pub struct WalOptions {
     pub queue_depth: usize,
     /// Bytes of records the writer takes into one write at most.
     pub batch_bytes_max: usize,
+    /// With fsync `always`: fdatasyncs of the log in flight at once, each
+    /// covering everything written before it began. 1 is strictly one at a
+    /// time (still overlapping the next write); more helps on disks that
+    /// serve overlapping flushes faster (see benches/wal.rs).
+    pub syncs_in_flight_max: usize,
     /// `node` label of the metrics, if any.
     pub node_label: Option<metrics::SharedString>,
 }
@@ -64,6 +70,7 @@ impl Default for WalOptions {
             segment_bytes: 64 << 20,
             queue_depth: 1024,
             batch_bytes_max: 4 << 20,
+            syncs_in_flight_max: 4,
             node_label: None,
         }
     }
@@ -144,29 +151,29 @@ impl Wal {
     /// off the last one and starts the writer thread.
     pub fn open_with(dir: &Path, policy: FsyncPolicy, opts: WalOptions) -> io::Result<Wal> {
         assert!(opts.segment_bytes > 0 && opts.queue_depth > 0 && opts.batch_bytes_max > 0);
+        assert!(opts.syncs_in_flight_max > 0);
         std::fs::create_dir_all(dir)?;
         let Recovered {
             groups,
             mut tracker,
             last,
         } = replay(dir)?;
-        let (file, active_seq, active_bytes) = match last {
-            Some((seq, len)) => {
-                let f = OpenOptions::new()
-                    .append(true)
-                    .open(segment_path(dir, seq))?;
-                (f, seq, len)
-            }
-            None => {
-                let f = OpenOptions::new()
-                    .create_new(true)
-                    .append(true)
-                    .open(segment_path(dir, 1))?;
-                sync_dir(dir)?;
-                tracker.add_segment(1);
-                (f, 1, 0)
-            }
-        };
+        // Writes go to a new segment that starts with every group's header:
+        // the last one may end in a cut torn write, or even in half-written
+        // headers, and older segments may only be deleted while a later
+        // segment holds a whole set of headers.
+        let active_seq = last.map_or(1, |(seq, _)| seq + 1);
+        let mut headers = Vec::new();
+        writer::header_frames(&tracker, &mut headers)?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(segment_path(dir, active_seq))?;
+        file.write_all(&headers)?;
+        file.sync_data()?;
+        sync_dir(dir)?;
+        tracker.add_segment(active_seq);
+        let active_bytes = headers.len() as u64;
         let counters = Arc::new(Counters::default());
         counters
             .segments
@@ -177,20 +184,22 @@ impl Wal {
             .map(|n| metrics::Label::new("node", n.clone()))
             .collect();
         let (tx, rx) = mpsc::channel(opts.queue_depth);
-        let mut writer = Writer {
-            dir: dir.to_path_buf(),
+        let meters = Meters {
+            counters: counters.clone(),
+            fsyncs_total: metrics::counter!("charging_wal_fsyncs_total", labels.clone()),
+            fsync_seconds: metrics::histogram!("charging_wal_fsync_seconds", labels.clone()),
+            batch_records: metrics::histogram!("charging_wal_batch_records", labels),
+        };
+        let mut writer = Writer::new(
+            dir.to_path_buf(),
             policy,
             opts,
             file,
             active_seq,
             active_bytes,
             tracker,
-            counters: counters.clone(),
-            failed: None,
-            fsyncs_total: metrics::counter!("charging_wal_fsyncs_total", labels.clone()),
-            fsync_seconds: metrics::histogram!("charging_wal_fsync_seconds", labels.clone()),
-            batch_records: metrics::histogram!("charging_wal_batch_records", labels),
-        };
+            meters,
+        );
         // Segments left over by a crash between a purge and their deletion.
         writer.collect_segments();
         let thread = std::thread::Builder::new()
