@@ -2,6 +2,7 @@
 //! - [`TypeConfig`]: an entry is a [`Batch`] of ledger events; its response is
 //!   one [`Applied`] per event.
 //! - [`log_store`]: the log-engine interface and the memory engine.
+//! - [`wal`]: the disk engine, one shared write-ahead log per node.
 //! - [`state_machine`]: applies batches to a [`ShardState`], publishes a frozen
 //!   view after every entry, builds snapshots from frozen views.
 //! - [`network`]: the client side of the internal transport (one tonic channel
