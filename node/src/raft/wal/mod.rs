@@ -57,8 +57,9 @@ pub struct WalOptions {
     pub batch_bytes_max: usize,
     /// With fsync `always`: fdatasyncs of the log in flight at once, each
     /// covering everything written before it began. 1 is strictly one at a
-    /// time (still overlapping the next write); more helps on disks that
-    /// serve overlapping flushes faster (see benches/wal.rs).
+    /// time (still overlapping the next write), the default: 4 did not beat
+    /// it on the dev VM (benches/wal.rs); more may help on disks that serve
+    /// overlapping flushes faster.
     pub syncs_in_flight_max: usize,
     /// `node` label of the metrics, if any.
     pub node_label: Option<metrics::SharedString>,
@@ -70,7 +71,7 @@ impl Default for WalOptions {
             segment_bytes: 64 << 20,
             queue_depth: 1024,
             batch_bytes_max: 4 << 20,
-            syncs_in_flight_max: 4,
+            syncs_in_flight_max: 1,
             node_label: None,
         }
     }
