@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The 3-node container cluster of compose.yaml (image chargerd:dev, FROM scratch).
+# Node i: api 127.0.0.1:5505i, metrics http://127.0.0.1:5910i/metrics.
+#
+#   scripts/compose.sh up            build the image if missing, start node1-3, wait for leaders
+#   scripts/compose.sh down [-v]     stop and remove the containers (-v: and the data volumes)
+#   scripts/compose.sh smoke         from the host: charge through all 3 nodes, kill the leader
+#                                    of the account's shard, charge again, restart it, catch-up
+#   scripts/compose.sh status        chargectl status through the first node that answers
+#   scripts/compose.sh ps | logs N
+#   scripts/compose.sh kill N | start N | stop N | pause N | unpause N
+#   scripts/compose.sh disconnect N | connect N   cut node N off the network / reattach it
+#
+# Environment: CHARGERD_IMAGE (chargerd:dev), COMPOSE_PROJECT (chargerd),
+# READY_TIMEOUT (s, 90), CHARGECTL (default target/release/chargectl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+project=${COMPOSE_PROJECT:-chargerd}
+image=${CHARGERD_IMAGE:-chargerd:dev}
+export CHARGERD_IMAGE=$image
+ready_timeout=${READY_TIMEOUT:-90}
+chargectl_given=${CHARGECTL:+1}
+chargectl=${CHARGECTL:-${CARGO_TARGET_DIR:-target}/release/chargectl}
+export CHARGECTL=$chargectl COMPOSE_PROJECT=$project
+
+usage() { sed -n '2,15p' "$0"; exit "${1:-64}"; }
+die() { echo "compose.sh: $*" >&2; exit 1; }
+
+# `docker compose` (v2 plugin) if present, else docker-compose (v1.28+ for profiles).
+if docker compose version >/dev/null 2>&1; then
+  dc=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  dc=(docker-compose)
+else
+  die "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+compose() { "${dc[@]}" -p "$project" -f compose.yaml "$@"; }
+
+node_arg() { # validates N, prints the service name
+  [[ "${1:-}" =~ ^[1-5]$ ]] || die "node number 1-5 expected, got '${1:-}'"
+  echo "node$1"
+}
+container() { # container id of service nodeN (running or not)
+  local id
+  id=$(docker ps -aq --filter "label=com.docker.compose.project=$project" \
+    --filter "label=com.docker.compose.service=$1")
+  [[ -n "$id" ]] || die "$1 has no container (scripts/compose.sh up first)"
+  echo "$id"
+}
+network() { echo "${project}_charging"; }
+
+ensure_chargectl() {
+  if [[ -z "$chargectl_given" && ! -x "$chargectl" ]]; then
+    echo "== building chargectl (release)"
+    cargo build --release -q --bin chargectl
+  fi
+  [[ -x "$chargectl" ]] || die "$chargectl is not executable"
+}
+
+ensure_image() {
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    [[ "$image" == chargerd:dev ]] || die "image $image is missing"
+    echo "== image $image missing: scripts/image.sh"
+    scripts/image.sh
+  fi
+}
+
+cmd=${1:-}
+[[ -n "$cmd" ]] || usage
+shift
+case "$cmd" in
+  up)
+    ensure_chargectl
+    ensure_image
+    t0=$SECONDS
+    compose up -d --no-build node1 node2 node3
+    if ! python3 deploy/smoke.py ready --timeout "$ready_timeout"; then
+      echo "compose.sh: not ready; see scripts/compose.sh logs N (down -v starts a fresh cluster)" >&2
+      exit 1
+    fi
+    echo "up in $((SECONDS - t0)) s: api 127.0.0.1:55051-55053, metrics 127.0.0.1:59101-59103"
+    ;;
+  down)
+    args=()
+    case "${1:-}" in
+      -v | --volumes) args=(--volumes) ;;
+      "") ;;
+      *) usage ;;
+    esac
+    # With the profile, so that node4/node5 (if started) go too.
+    compose --profile scale down --remove-orphans "${args[@]}"
+    ;;
+  smoke)
+    ensure_chargectl
+    python3 deploy/smoke.py run
+    ;;
+  status)
+    ensure_chargectl
+    for i in 1 2 3 4 5; do
+      if "$chargectl" --endpoint "http://127.0.0.1:5505$i" --deadline-ms 1000 --max-retries 0 status 2>/dev/null; then exit 0; fi
+    done
+    die "no node answers on 127.0.0.1:55051-55055"
+    ;;
+  ps) compose --profile scale ps ;;
+  logs) compose logs --no-color "$(node_arg "${1:-}")" ;;
+  kill)
+    s=$(node_arg "${1:-}")
+    docker kill "$(container "$s")" >/dev/null
+    echo "$s: killed (SIGKILL)"
+    ;;
+  start)
+    s=$(node_arg "${1:-}")
+    docker start "$(container "$s")" >/dev/null
+    echo "$s: started"
+    ;;
+  stop)
+    s=$(node_arg "${1:-}")
+    docker stop -t 20 "$(container "$s")" >/dev/null
+    echo "$s: stopped (SIGTERM)"
+    ;;
+  pause | unpause)
+    s=$(node_arg "${1:-}")
+    docker "$cmd" "$(container "$s")" >/dev/null
+    echo "$s: ${cmd}d"
+    ;;
+  disconnect)
+    s=$(node_arg "${1:-}")
+    docker network disconnect "$(network)" "$(container "$s")"
+    echo "$s: disconnected from $(network) (its published ports go dead too)"
+    ;;
+  connect)
+    n=${1:-}
+    s=$(node_arg "$n")
+    docker network connect --ip "172.28.0.1$n" "$(network)" "$(container "$s")"
+    echo "$s: reconnected to $(network) as 172.28.0.1$n"
+    ;;
+  -h | --help) usage 0 ;;
+  *) usage ;;
+esac
