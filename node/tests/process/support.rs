@@ -232,6 +232,7 @@ pub async fn top_up_load(
     accounts: Arc<Vec<String>>,
     max_ops: usize,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    acks: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Ledger {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let started = Instant::now();
@@ -240,6 +241,7 @@ pub async fn top_up_load(
         let accounts = accounts.clone();
         let ledger = ledger.clone();
         let stop = stop.clone();
+        let acks = acks.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..max_ops {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -252,6 +254,7 @@ pub async fn top_up_load(
                 match r {
                     Ok(r) if r.result == 0 || charging_client::is_ok(r.result) => {
                         l.acked.push((a, id, 1));
+                        acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         l.ack_times.push(started.elapsed());
                     }
                     Ok(r) => panic!("top-up refused: {}", charging_client::result_name(r.result)),
@@ -271,6 +274,18 @@ pub async fn top_up_load(
         .expect("workers done")
         .into_inner()
         .unwrap()
+}
+
+/// Waits until `acks` reaches `n` (bounded by `timeout`).
+pub async fn wait_acks(acks: &std::sync::atomic::AtomicUsize, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while acks.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} acknowledgements within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The longest pause between two consecutive acknowledgements.

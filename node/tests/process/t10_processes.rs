@@ -1,12 +1,12 @@
 use crate::support::*;
 use charging_client::{is_ok, Client, ClientConfig};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Small snapshot threshold: restarts exercise snapshot files + WAL replay.
-const LIMITS: &str = "snapshot_logs = 200";
+const LIMITS: &str = "snapshot_logs = 20";
 
 async fn create_all(c: &Client, accounts: &[String]) {
     for a in accounts {
@@ -101,7 +101,8 @@ async fn kill9_of_a_leading_node_mid_load_then_restart_catches_up() {
     let mut pre = Ledger::default();
     for a in accounts.iter() {
         for _ in 1..=3 {
-            pre.acked.push((a.clone(), charging_client::new_request_id(), 10));
+            pre.acked
+                .push((a.clone(), charging_client::new_request_id(), 10));
         }
     }
 
@@ -112,8 +113,15 @@ async fn kill9_of_a_leading_node_mid_load_then_restart_catches_up() {
     for id in [1, 2, 3, 1, 2, 3] {
         clients.push(connect(&c.url(id)).await);
     }
-    let load = tokio::spawn(top_up_load(clients, accounts.clone(), 50_000, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acks = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn(top_up_load(
+        clients,
+        accounts.clone(),
+        50_000,
+        stop.clone(),
+        acks.clone(),
+    ));
+    wait_acks(&acks, 100, Duration::from_secs(30)).await;
     let leaders = c.leaders(1).await;
     let mut per_node = [0; 4];
     for l in &leaders {
@@ -122,11 +130,12 @@ async fn kill9_of_a_leading_node_mid_load_then_restart_catches_up() {
     let victim = (1..=3u64).max_by_key(|n| per_node[*n as usize]).unwrap();
     let killed_at = Instant::now();
     c.kill9(victim);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let at_kill = acks.load(Ordering::Relaxed);
+    // Service resumes: 100 more acknowledgements after the kill.
+    wait_acks(&acks, at_kill + 100, Duration::from_secs(30)).await;
     stop.store(true, Ordering::Relaxed);
     let mut ledger = load.await.unwrap();
     let gap = longest_gap(&ledger.ack_times);
-    let after_kill = ledger.acked.len();
     println!(
         "kill -9 of node {victim} (led {} of {SHARDS} shards): {} ops acknowledged, {} unknown, \
          longest gap between acknowledgements {:?}",
@@ -135,12 +144,16 @@ async fn kill9_of_a_leading_node_mid_load_then_restart_catches_up() {
         ledger.unknown.len(),
         gap
     );
-    assert!(after_kill > 0);
-    assert!(gap < Duration::from_secs(8), "service resumed (gap {gap:?})");
-    // Work acknowledged after the kill: the survivors serve every shard.
+    assert!(
+        gap < Duration::from_secs(8),
+        "service resumed (gap {gap:?})"
+    );
     let survivor = if victim == 1 { 2 } else { 1 };
     c.wait_ready(survivor, Duration::from_secs(10)).await;
-    assert!(killed_at.elapsed() > Duration::from_secs(4));
+    println!(
+        "the survivors served 100 more operations {:?} after the kill",
+        killed_at.elapsed()
+    );
 
     // Restart: the node catches up with the leaders.
     c.launch(victim);
@@ -173,7 +186,7 @@ async fn crash_of_every_node_loses_no_acknowledged_operation() {
             Client::connect_with_config(
                 c.url(id),
                 ClientConfig {
-                    deadline_ms: 1_000,
+                    deadline_ms: 2_000,
                     ..client_config()
                 },
             )
@@ -181,8 +194,16 @@ async fn crash_of_every_node_loses_no_acknowledged_operation() {
             .unwrap(),
         );
     }
-    let load = tokio::spawn(top_up_load(clients, accounts.clone(), 50_000, stop.clone()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acks = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn(top_up_load(
+        clients,
+        accounts.clone(),
+        50_000,
+        stop.clone(),
+        acks.clone(),
+    ));
+    // Enough acknowledged work to pass the snapshot threshold.
+    wait_acks(&acks, 400, Duration::from_secs(60)).await;
     // Power cut, as far as the processes can tell: all three at once, mid-load.
     for id in 1..=3 {
         c.kill9(id);
@@ -194,12 +215,11 @@ async fn crash_of_every_node_loses_no_acknowledged_operation() {
         ledger.acked.len(),
         ledger.unknown.len()
     );
-    assert!(ledger.acked.len() > 50, "the load ran");
     for id in 1..=3 {
-        assert!(
-            c.data_dir(id).join("snapshots").exists(),
-            "node {id} keeps snapshots on disk"
-        );
+        let snaps = std::fs::read_dir(c.data_dir(id).join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!(snaps > 0, "node {id} keeps snapshots on disk");
     }
 
     for id in 1..=3 {
