@@ -400,6 +400,18 @@ impl Peers {
             .is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
+    /// Fault injection: closes every open `Append` stream (an idle session
+    /// would otherwise keep its stream open while isolated).
+    fn cut_streams(&self) {
+        for link in self.links.iter() {
+            if let Ok(slot) = link.stream.try_lock() {
+                if let Some(m) = slot.as_ref() {
+                    m.close("isolated (fault injection)");
+                }
+            }
+        }
+    }
+
     fn link(&self, addr: &str) -> Result<Arc<PeerLink>, CallError> {
         if let Some(l) = self.links.get(addr) {
             return Ok(l.clone());
@@ -873,6 +885,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let shard = self.shard;
         Box::pin(async move {
             if peers.is_isolated() {
+                peers.cut_streams();
                 let e = CallError::Unreachable("isolated (fault injection)".into());
                 return Err(e.into_rpc());
             }
