@@ -8,7 +8,9 @@ use crate::clock::SharedClock;
 use crate::config::NodeConfig;
 use crate::frontdoor::{admin::AdminService, FrontDoor, ShardHandle};
 use crate::raft::log_store::LogEngine;
-use crate::raft::network::{Connector, GroupNetworkFactory, Peers, MAX_INTERNAL_MESSAGE_BYTES};
+use crate::raft::network::{
+    Connector, GroupNetworkFactory, Peers, TransportOptions, MAX_INTERNAL_MESSAGE_BYTES,
+};
 use crate::raft::service::{Groups, RaftService};
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{raft_config, replica_id, NodeId, Raft, ShardId};
@@ -85,6 +87,7 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<()>>,
     sweeper: ActorRef<crate::shard::sweeper::SweepMsg>,
     isolated: Arc<AtomicBool>,
+    transport: Arc<Peers>,
 }
 
 impl NodeHandle {
@@ -96,6 +99,12 @@ impl NodeHandle {
     /// both directions. Client traffic still reaches its front door.
     pub fn set_isolated(&self, on: bool) {
         self.isolated.store(on, Ordering::SeqCst);
+    }
+
+    /// The client side of this node's internal transport: its counters, and
+    /// its options (which may be changed while running).
+    pub fn transport(&self) -> &Arc<Peers> {
+        &self.transport
     }
 
     /// Stops the node abruptly, like `kill -9` of a process: listeners and
@@ -141,7 +150,9 @@ pub async fn start<L: LogEngine, I: Incoming>(
         "one log engine per shard expected"
     );
     let me = config.node_id;
-    let peers = Peers::new(me, edges.connector, edges.clock.clone());
+    let transport = TransportOptions::default();
+    let max_snapshot_bytes = transport.snapshot_max_bytes;
+    let peers = Peers::new(me, edges.connector, edges.clock.clone(), transport);
     let groups: Groups = Arc::new(dashmap::DashMap::new());
     let raft_cfg = Arc::new(raft_config("charging", config.snapshot_logs).validate()?);
     let active = Arc::new(AtomicUsize::new(0));
@@ -238,14 +249,19 @@ pub async fn start<L: LogEngine, I: Incoming>(
         groups: groups.clone(),
         clock: edges.clock.clone(),
         isolated: isolated.clone(),
+        max_snapshot_bytes,
     })
     .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
     let mut rx1 = rx.clone();
     let internal = edges.internal;
     tasks.push(tokio::spawn(async move {
+        // Keepalive: a peer that vanished must not leave its Append stream
+        // (and the sessions on it) open here.
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
             .add_service(raft_svc)
             .serve_with_incoming_shutdown(internal, async move {
                 let _ = rx1.wait_for(|s| *s).await;
@@ -321,5 +337,6 @@ pub async fn start<L: LogEngine, I: Incoming>(
         tasks,
         sweeper,
         isolated,
+        transport: peers,
     })
 }

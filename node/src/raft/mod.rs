@@ -141,6 +141,10 @@ pub fn raft_config(cluster_name: &str, snapshot_logs: u64) -> openraft::Config {
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: (snapshot_logs / 20).min(1_000),
+        // A replica cut off from its peers asks before it campaigns, so it
+        // does not come back with an inflated term and depose a healthy
+        // leader (and stall its shard) on every partition heal.
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
 }

@@ -1,34 +1,101 @@
 //! Client side of the internal Raft transport.
 //!
-//! One lazily connected tonic channel per peer node ([`Peers`]), shared by
-//! every shard group; each RPC names its shard. Bodies are openraft messages
-//! encoded by [`crate::codec`]. Every call carries the deadline openraft gives
-//! (`RPCOption::hard_ttl`), since a lost RPC must never wait forever.
+//! Every group of this node reaches a peer node through one [`PeerLink`]
+//! (keyed by the peer's internal address, so every replica on that node shares
+//! it). A link has two HTTP/2 connections:
+//! - **main**: unary calls (vote, pre-vote, transfer-leader, one-off append)
+//!   and one long-lived bidirectional `Append` stream ([`AppendMux`]) that
+//!   carries the append sessions of every group. A session is one openraft
+//!   `stream_append` call: its requests go out as they arrive, up to
+//!   [`TransportOptions::append_window`] unanswered, and its replies come back
+//!   in request order. openraft's default `stream_append` waits a round trip
+//!   per request; this one does not.
+//! - **snapshots**: `InstallSnapshot` client streams of
+//!   [`TransportOptions::snapshot_chunk_bytes`] chunks, paced by one token
+//!   bucket per node, so a large snapshot never queues in front of another
+//!   group's heartbeat.
+//!
+//! Every wait has a deadline: unary calls and each append reply use openraft's
+//! `RPCOption::hard_ttl` (a session fails when it has requests out and nothing
+//! came back for that long); snapshots use the larger of it and
+//! [`TransportOptions::snapshot_progress_timeout`] per chunk and for the reply.
+//! When the `Append` stream breaks, every open session fails (openraft backs
+//! off and retries) and the next session opens a new stream.
+//!
+//! Fault injection ([`Peers::set_isolation`]): while set, new calls fail as
+//! unreachable and an open stream is torn down on its next frame either way.
 use super::{NodeId, ShardId, TypeConfig};
 use crate::clock::SharedClock;
 use crate::codec;
-use charging_proto::internal::{raft_internal_client::RaftInternalClient, RaftKind, RaftRequest};
+use charging_proto::internal::{
+    raft_internal_client::RaftInternalClient, AppendFrame, AppendReply, RaftKind, RaftRequest,
+    SnapshotChunk,
+};
 use dashmap::DashMap;
-use openraft::alias::{SnapshotOf, VoteOf};
+use futures::{Stream, StreamExt};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::{Channel, Endpoint};
 
-/// Largest internal message (a whole snapshot travels in one today).
-pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest internal gRPC message. Snapshots travel in chunks, so this bounds
+/// one AppendEntries request (at most `max_payload_entries` batches).
+pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The shortest wait for the `Append` stream to open: it is shared by every
+/// group, so opening it is worth more than one heartbeat interval.
+const STREAM_OPEN_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+
+/// Limits and pacing of the transport. Defaults suit a LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportOptions {
+    /// Unanswered appends one group may have in flight to one peer. Bounds
+    /// the memory a session holds on both sides; 64 matches openraft's own
+    /// receive-side pipeline buffer.
+    pub append_window: usize,
+    /// Bytes of snapshot data per chunk message.
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot bytes per second this node sends, over all peers and groups;
+    /// 0 = unlimited. Keeps snapshots from starving appends of bandwidth.
+    pub snapshot_rate_bytes_per_s: u64,
+    /// Largest snapshot the receiving side reassembles in memory.
+    pub snapshot_max_bytes: u64,
+    /// How long a snapshot transfer may go without progress (a chunk
+    /// accepted, or the install reply once every chunk is sent).
+    pub snapshot_progress_timeout: Duration,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            append_window: 64,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_rate_bytes_per_s: 64 * 1024 * 1024,
+            snapshot_max_bytes: 1024 * 1024 * 1024,
+            snapshot_progress_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Makes channels to peers. Injected so tests and the simulator can supply
-/// their own transport (DESIGN §4b).
+/// their own transport (DESIGN §4b). Each call must return a channel on its
+/// own connection: a peer gets one for Raft messages and one for snapshots.
 pub trait Connector: Send + Sync + 'static {
     fn channel(&self, addr: &str) -> Result<Channel, String>;
 }
@@ -51,61 +118,346 @@ impl Connector for TcpConnector {
     }
 }
 
-/// One channel per peer, shared by all groups of this node.
+/// Counters of this node's outgoing transport, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// `Append` streams opened (one per peer, plus one per reconnect).
+    pub streams_opened: u64,
+    /// `Append` streams open now.
+    pub streams_open: u64,
+    /// Append sessions started (one per openraft `stream_append` call that
+    /// sent something).
+    pub append_sessions: u64,
+    /// AppendEntries requests sent on `Append` streams.
+    pub append_frames: u64,
+    /// The most unanswered requests any one session has had at once.
+    pub append_max_in_flight: u64,
+    /// Snapshots fully sent and answered with success.
+    pub snapshots_sent: u64,
+    /// Snapshot chunks handed to the snapshot connection.
+    pub snapshot_chunks: u64,
+    /// Snapshot data bytes handed to the snapshot connection.
+    pub snapshot_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    streams_opened: AtomicU64,
+    streams_open: AtomicU64,
+    append_sessions: AtomicU64,
+    append_frames: AtomicU64,
+    append_max_in_flight: AtomicU64,
+    snapshots_sent: AtomicU64,
+    snapshot_chunks: AtomicU64,
+    snapshot_bytes: AtomicU64,
+}
+
+/// Token bucket pacing snapshot bytes. A sender reserves before it sends:
+/// the balance may go negative, and the debt is the reserving sender's wait,
+/// so concurrent snapshots share the rate in reservation order.
+#[derive(Debug)]
+struct TokenBucket {
+    state: Mutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    rate_per_s: u64,
+    burst: u64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate_per_s: u64, burst: u64, now: Instant) -> Self {
+        TokenBucket {
+            state: Mutex::new(BucketState {
+                rate_per_s,
+                burst,
+                tokens: burst as f64,
+                at: now,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BucketState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, rate_per_s: u64, burst: u64) {
+        let mut s = self.lock();
+        s.rate_per_s = rate_per_s;
+        s.burst = burst;
+        s.tokens = s.tokens.min(burst as f64);
+    }
+
+    /// Takes `n` bytes at `now`; returns how long to wait before sending them.
+    fn reserve(&self, n: u64, now: Instant) -> Duration {
+        let mut s = self.lock();
+        if s.rate_per_s == 0 {
+            return Duration::ZERO;
+        }
+        let rate = s.rate_per_s as f64;
+        let elapsed = now.saturating_duration_since(s.at).as_secs_f64();
+        s.at = s.at.max(now);
+        s.tokens = (s.tokens + elapsed * rate).min(s.burst as f64) - n as f64;
+        if s.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-s.tokens / rate)
+        }
+    }
+}
+
+/// One peer node: its two connections and its shared `Append` stream.
+struct PeerLink {
+    main: RaftInternalClient<Channel>,
+    snapshots: RaftInternalClient<Channel>,
+    /// The open `Append` stream; the lock serialises opening it.
+    stream: tokio::sync::Mutex<Option<Arc<AppendMux>>>,
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        if let Some(m) = self.stream.get_mut() {
+            m.close("peer link dropped");
+        }
+    }
+}
+
+/// Reply of one session, or why its stream failed.
+type SessionEvent = Result<AppendReply, String>;
+
+/// One `Append` stream to a peer, shared by the sessions of every group.
+struct AppendMux {
+    /// Frames to send; `None` once closed (dropping it ends the request side).
+    tx: Mutex<Option<mpsc::UnboundedSender<AppendFrame>>>,
+    /// Open sessions by id; `None` once closed, so none registers late.
+    sessions: Mutex<Option<HashMap<u64, mpsc::UnboundedSender<SessionEvent>>>>,
+    next_session: AtomicU64,
+    /// Wakes the reply reader to stop.
+    stop: Notify,
+    counters: Arc<Counters>,
+}
+
+impl AppendMux {
+    fn is_closed(&self) -> bool {
+        lock(&self.sessions).is_none()
+    }
+
+    /// Registers a new session; `None` if the stream is already closed.
+    fn register(&self) -> Option<(u64, mpsc::UnboundedReceiver<SessionEvent>)> {
+        let mut g = lock(&self.sessions);
+        let map = g.as_mut()?;
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        map.insert(id, tx);
+        Some((id, rx))
+    }
+
+    fn unregister(&self, id: u64) {
+        if let Some(map) = lock(&self.sessions).as_mut() {
+            map.remove(&id);
+        }
+    }
+
+    fn send(&self, frame: AppendFrame) -> Result<(), ()> {
+        match lock(&self.tx).as_ref() {
+            Some(tx) => tx.send(frame).map_err(|_| ()),
+            None => Err(()),
+        }
+    }
+
+    fn route(&self, reply: AppendReply) {
+        if let Some(tx) = lock(&self.sessions)
+            .as_ref()
+            .and_then(|m| m.get(&reply.session))
+        {
+            // A session that went away meanwhile no longer wants it.
+            let _ = tx.send(Ok(reply));
+        }
+    }
+
+    /// Fails every open session with `reason` and ends the stream. Idempotent.
+    fn close(&self, reason: &str) {
+        let sessions = lock(&self.sessions).take();
+        let Some(sessions) = sessions else { return };
+        lock(&self.tx).take();
+        for tx in sessions.into_values() {
+            let _ = tx.send(Err(reason.to_string()));
+        }
+        self.counters.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.stop.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads one `Append` stream's replies and routes them to their sessions
+/// until the stream ends, breaks, is closed locally, or isolation cuts it.
+async fn read_replies(
+    mux: Arc<AppendMux>,
+    mut inbound: tonic::Streaming<AppendReply>,
+    isolated: Option<Arc<AtomicBool>>,
+) {
+    let reason = loop {
+        tokio::select! {
+            _ = mux.stop.notified() => break "append stream closed locally".to_string(),
+            m = inbound.message() => match m {
+                Ok(Some(reply)) => {
+                    if isolated.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                        break "isolated (fault injection)".to_string();
+                    }
+                    mux.route(reply);
+                }
+                Ok(None) => break "append stream ended by the peer".to_string(),
+                Err(s) => break format!("append stream broke: {s}"),
+            },
+        }
+    };
+    tracing::debug!(%reason, "append stream closed");
+    mux.close(&reason);
+}
+
+/// The client side of the transport of one node: one [`PeerLink`] per peer,
+/// shared by all groups of this node.
 pub struct Peers {
     me: NodeId,
     connector: Box<dyn Connector>,
-    clients: DashMap<NodeId, RaftInternalClient<Channel>>,
+    links: DashMap<String, Arc<PeerLink>>,
     clock: SharedClock,
-    isolated: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
+    isolated: std::sync::OnceLock<Arc<AtomicBool>>,
+    options: RwLock<TransportOptions>,
+    bucket: TokenBucket,
+    counters: Arc<Counters>,
 }
 
 impl Peers {
-    pub fn new(me: NodeId, connector: Box<dyn Connector>, clock: SharedClock) -> Arc<Self> {
+    pub fn new(
+        me: NodeId,
+        connector: Box<dyn Connector>,
+        clock: SharedClock,
+        options: TransportOptions,
+    ) -> Arc<Self> {
+        let bucket = TokenBucket::new(
+            options.snapshot_rate_bytes_per_s,
+            options.snapshot_chunk_bytes as u64,
+            Instant::now(),
+        );
         Arc::new(Peers {
             me,
             connector,
-            clients: DashMap::new(),
+            links: DashMap::new(),
             clock,
             isolated: Default::default(),
+            options: RwLock::new(options),
+            bucket,
+            counters: Arc::default(),
         })
     }
 
     /// Fault-injection seam: while the flag is set, every call fails as unreachable.
-    pub fn set_isolation(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
+    pub fn set_isolation(&self, flag: Arc<AtomicBool>) {
         let _ = self.isolated.set(flag);
     }
 
-    fn client(&self, target: NodeId, addr: &str) -> Result<RaftInternalClient<Channel>, String> {
-        if let Some(c) = self.clients.get(&target) {
-            return Ok(c.clone());
+    /// Replaces the options; applies to sessions and snapshots started later.
+    pub fn set_options(&self, options: TransportOptions) {
+        self.bucket.set(
+            options.snapshot_rate_bytes_per_s,
+            options.snapshot_chunk_bytes as u64,
+        );
+        *self.options.write().unwrap_or_else(|p| p.into_inner()) = options;
+    }
+
+    pub fn options(&self) -> TransportOptions {
+        self.options
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransportStats {
+            streams_opened: get(&c.streams_opened),
+            streams_open: get(&c.streams_open),
+            append_sessions: get(&c.append_sessions),
+            append_frames: get(&c.append_frames),
+            append_max_in_flight: get(&c.append_max_in_flight),
+            snapshots_sent: get(&c.snapshots_sent),
+            snapshot_chunks: get(&c.snapshot_chunks),
+            snapshot_bytes: get(&c.snapshot_bytes),
         }
-        let ch = self.connector.channel(addr)?;
-        let c = RaftInternalClient::new(ch)
-            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
-        self.clients.insert(target, c.clone());
-        Ok(c)
+    }
+
+    fn is_isolated(&self) -> bool {
+        self.isolated
+            .get()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// Fault injection: closes every open `Append` stream (an idle session
+    /// would otherwise keep its stream open while isolated).
+    fn cut_streams(&self) {
+        for link in self.links.iter() {
+            if let Ok(slot) = link.stream.try_lock() {
+                if let Some(m) = slot.as_ref() {
+                    m.close("isolated (fault injection)");
+                }
+            }
+        }
+    }
+
+    fn link(&self, addr: &str) -> Result<Arc<PeerLink>, CallError> {
+        if let Some(l) = self.links.get(addr) {
+            return Ok(l.clone());
+        }
+        let client = |ch: Channel| {
+            RaftInternalClient::new(ch)
+                .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+        };
+        let main = client(
+            self.connector
+                .channel(addr)
+                .map_err(CallError::Unreachable)?,
+        );
+        let snapshots = client(
+            self.connector
+                .channel(addr)
+                .map_err(CallError::Unreachable)?,
+        );
+        let link = self
+            .links
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                Arc::new(PeerLink {
+                    main,
+                    snapshots,
+                    stream: tokio::sync::Mutex::new(None),
+                })
+            })
+            .clone();
+        Ok(link)
     }
 
     /// Sends one encoded request; decodes `Result<Resp, String>` from the peer.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        target: NodeId,
         addr: &str,
         shard: ShardId,
         kind: RaftKind,
         req: &Req,
         timeout: Duration,
     ) -> Result<Result<Resp, String>, CallError> {
-        if self
-            .isolated
-            .get()
-            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
-        {
+        if self.is_isolated() {
             return Err(CallError::Unreachable("isolated (fault injection)".into()));
         }
-        let mut client = self.client(target, addr).map_err(CallError::Unreachable)?;
+        let mut client = self.link(addr)?.main.clone();
         let body = codec::encode(req).map_err(|e| CallError::Network(e.to_string()))?;
         let mut request = tonic::Request::new(RaftRequest {
             shard,
@@ -117,13 +469,138 @@ impl Peers {
         request.set_timeout(timeout);
         let reply = match tokio::time::timeout(timeout, client.call(request)).await {
             Err(_) => return Err(CallError::Network(format!("deadline {timeout:?} exceeded"))),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(CallError::Unreachable(status.message().to_string()))
-            }
-            Ok(Err(status)) => return Err(CallError::Network(status.to_string())),
+            Ok(Err(status)) => return Err(CallError::from_status(status)),
             Ok(Ok(r)) => r.into_inner(),
         };
         codec::decode(&reply.body).map_err(|e| CallError::Network(e.to_string()))
+    }
+
+    /// The open `Append` stream to `addr`, opening one if there is none.
+    async fn mux(&self, addr: &str, ttl: Duration) -> Result<Arc<AppendMux>, CallError> {
+        let link = self.link(addr)?;
+        let mut slot = link.stream.lock().await;
+        if let Some(m) = slot.as_ref().filter(|m| !m.is_closed()) {
+            return Ok(m.clone());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut client = link.main.clone();
+        let open = ttl.max(STREAM_OPEN_TIMEOUT_MIN);
+        let inbound =
+            match tokio::time::timeout(open, client.append(UnboundedReceiverStream::new(rx))).await
+            {
+                Err(_) => {
+                    return Err(CallError::Network(format!(
+                        "append stream not open within {open:?}"
+                    )))
+                }
+                Ok(Err(status)) => return Err(CallError::from_status(status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+        let mux = Arc::new(AppendMux {
+            tx: Mutex::new(Some(tx)),
+            sessions: Mutex::new(Some(HashMap::new())),
+            next_session: AtomicU64::new(0),
+            stop: Notify::new(),
+            counters: self.counters.clone(),
+        });
+        self.counters.streams_opened.fetch_add(1, Ordering::Relaxed);
+        self.counters.streams_open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(read_replies(
+            mux.clone(),
+            inbound,
+            self.isolated.get().cloned(),
+        ));
+        *slot = Some(mux.clone());
+        Ok(mux)
+    }
+
+    /// Sends one snapshot in paced chunks on the snapshot connection and
+    /// waits for the install reply.
+    async fn send_snapshot(
+        &self,
+        addr: &str,
+        shard: ShardId,
+        header: (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>),
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        if self.is_isolated() {
+            return Err(CallError::Unreachable("isolated (fault injection)".into()).into());
+        }
+        let mut client = self.link(addr)?.snapshots.clone();
+        let opts = self.options();
+        let chunk_bytes = opts.snapshot_chunk_bytes.max(1);
+        let progress = opts.snapshot_progress_timeout.max(ttl);
+        let mut header = codec::encode(&header).map_err(|e| CallError::Network(e.to_string()))?;
+        let total = data.len();
+        let (tx, rx) = mpsc::channel::<SnapshotChunk>(1);
+        let call = client.install_snapshot(ReceiverStream::new(rx));
+        let send = async {
+            let tx = tx;
+            let mut off = 0;
+            loop {
+                let end = (off + chunk_bytes).min(total);
+                let wait = self.bucket.reserve((end - off) as u64, Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                if self.is_isolated() {
+                    return Err(CallError::Unreachable("isolated (fault injection)".into()));
+                }
+                let chunk = SnapshotChunk {
+                    shard,
+                    from_node: self.me,
+                    header: std::mem::take(&mut header),
+                    total_bytes: total as u64,
+                    data: data[off..end].to_vec(),
+                };
+                match tokio::time::timeout(progress, tx.send(chunk)).await {
+                    Err(_) => {
+                        return Err(CallError::Network(format!(
+                            "snapshot chunk not accepted within {progress:?}"
+                        )))
+                    }
+                    // The call ended early; its result says why.
+                    Ok(Err(_)) => return Ok(()),
+                    Ok(Ok(())) => {}
+                }
+                self.counters
+                    .snapshot_chunks
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .snapshot_bytes
+                    .fetch_add((end - off) as u64, Ordering::Relaxed);
+                off = end;
+                if off >= total {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::pin!(call, send);
+        let mut sent = false;
+        let mut reply_by = Instant::now() + progress;
+        let reply = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                r = &mut send, if !sent => {
+                    r?;
+                    sent = true;
+                    reply_by = Instant::now() + progress;
+                }
+                _ = tokio::time::sleep_until(reply_by), if sent => {
+                    return Err(CallError::Network(format!(
+                        "no snapshot install reply within {progress:?}"
+                    ))
+                    .into());
+                }
+            }
+        };
+        let reply = reply.map_err(CallError::from_status)?.into_inner();
+        let res: Result<SnapshotResponse<TypeConfig>, String> =
+            codec::decode(&reply.body).map_err(|e| CallError::Network(e.to_string()))?;
+        let resp = res.map_err(|m| CallError::Network(format!("remote: {m}")))?;
+        self.counters.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(resp)
     }
 }
 
@@ -134,6 +611,14 @@ enum CallError {
 }
 
 impl CallError {
+    fn from_status(status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::Unavailable {
+            CallError::Unreachable(status.message().to_string())
+        } else {
+            CallError::Network(status.to_string())
+        }
+    }
+
     fn into_rpc(self) -> RPCError<TypeConfig> {
         match self {
             CallError::Unreachable(m) => {
@@ -144,8 +629,195 @@ impl CallError {
     }
 }
 
+impl From<CallError> for StreamingError<TypeConfig> {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(m) => {
+                StreamingError::Unreachable(Unreachable::new(&AnyError::error(m)))
+            }
+            CallError::Network(m) => {
+                StreamingError::Network(NetworkError::new(&AnyError::error(m)))
+            }
+        }
+    }
+}
+
 fn remote_err(m: String) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&AnyError::error(format!("remote: {m}"))))
+}
+
+type SessionItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// One group's pipelined append session on a shared `Append` stream: the
+/// output stream of one `stream_append` call. Polling it sends requests from
+/// `input` while fewer than `window` are unanswered and yields the replies
+/// in order.
+struct Session<S> {
+    input: Option<S>,
+    mux: Arc<AppendMux>,
+    peers: Arc<Peers>,
+    id: u64,
+    shard: ShardId,
+    rx: mpsc::UnboundedReceiver<SessionEvent>,
+    /// Send times of the unanswered requests, oldest first.
+    pending: VecDeque<Instant>,
+    next_seq: u64,
+    next_reply_seq: u64,
+    last_reply: Instant,
+    window: usize,
+    ttl: Duration,
+    end_sent: bool,
+    done: bool,
+}
+
+impl<S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin> Session<S> {
+    fn finish(&mut self, item: SessionItem) -> Option<SessionItem> {
+        self.done = true;
+        Some(item)
+    }
+
+    fn send(&mut self, body: Vec<u8>, end: bool) -> Result<(), ()> {
+        let seq = self.next_seq;
+        if !end {
+            self.next_seq += 1;
+        }
+        self.mux.send(AppendFrame {
+            shard: self.shard,
+            session: self.id,
+            seq,
+            body,
+            end,
+            from_node: self.peers.me,
+        })
+    }
+
+    async fn next_item(&mut self) -> Option<SessionItem> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if self.peers.is_isolated() {
+                self.mux.close("isolated (fault injection)");
+                let e = CallError::Unreachable("isolated (fault injection)".into());
+                return self.finish(Err(e.into_rpc()));
+            }
+            if self.input.is_none() && self.pending.is_empty() {
+                self.done = true;
+                return None;
+            }
+            let can_send = self.input.is_some() && self.pending.len() < self.window;
+            let reply_by = self
+                .pending
+                .front()
+                .map(|sent| (*sent).max(self.last_reply) + self.ttl);
+            let input = &mut self.input;
+            let next_input = async {
+                match input {
+                    Some(s) if can_send => s.next().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let reply_deadline = async {
+                match reply_by {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                ev = self.rx.recv() => {
+                    let reply = match ev {
+                        Some(Ok(r)) => r,
+                        Some(Err(reason)) => {
+                            return self.finish(Err(CallError::Unreachable(reason).into_rpc()));
+                        }
+                        None => {
+                            let e = CallError::Unreachable("append stream closed".into());
+                            return self.finish(Err(e.into_rpc()));
+                        }
+                    };
+                    if reply.seq != self.next_reply_seq || self.pending.is_empty() {
+                        let e = CallError::Network(format!(
+                            "append reply out of order: seq {} expected {}",
+                            reply.seq, self.next_reply_seq
+                        ));
+                        return self.finish(Err(e.into_rpc()));
+                    }
+                    self.pending.pop_front();
+                    self.next_reply_seq += 1;
+                    self.last_reply = Instant::now();
+                    let res: Result<StreamAppendResult<TypeConfig>, String> =
+                        match codec::decode(&reply.body) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let e = CallError::Network(e.to_string());
+                                return self.finish(Err(e.into_rpc()));
+                            }
+                        };
+                    return match res {
+                        Ok(Ok(matching)) => Some(Ok(Ok(matching))),
+                        Ok(Err(append_err)) => self.finish(Ok(Err(append_err))),
+                        Err(m) => self.finish(Err(remote_err(m))),
+                    };
+                }
+                _ = reply_deadline => {
+                    let e = CallError::Network(format!(
+                        "no append reply within {:?}",
+                        self.ttl
+                    ));
+                    return self.finish(Err(e.into_rpc()));
+                }
+                req = next_input => match req {
+                    Some(req) => {
+                        let body = match codec::encode(&req) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let e = CallError::Network(e.to_string());
+                                return self.finish(Err(e.into_rpc()));
+                            }
+                        };
+                        if self.next_seq == 0 {
+                            self.peers.counters.append_sessions.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if self.send(body, false).is_err() {
+                            let e = CallError::Unreachable("append stream closed".into());
+                            return self.finish(Err(e.into_rpc()));
+                        }
+                        self.pending.push_back(Instant::now());
+                        let c = &self.peers.counters;
+                        c.append_frames.fetch_add(1, Ordering::Relaxed);
+                        c.append_max_in_flight
+                            .fetch_max(self.pending.len() as u64, Ordering::Relaxed);
+                    }
+                    None => {
+                        self.input = None;
+                        if self.next_seq > 0 {
+                            self.end_sent = true;
+                            // A closed stream fails this session on the next turn.
+                            let _ = self.send(Vec::new(), true);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        self.mux.unregister(self.id);
+        if self.next_seq > 0 && !self.end_sent {
+            // Let the peer drop its side of the session.
+            let _ = self.mux.send(AppendFrame {
+                shard: self.shard,
+                session: self.id,
+                seq: self.next_seq,
+                body: Vec::new(),
+                end: true,
+                from_node: self.peers.me,
+            });
+        }
+    }
 }
 
 /// Network factory of one shard group.
@@ -158,20 +830,18 @@ pub struct GroupNetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> Self::Network {
         GroupNetwork {
             shard: self.shard,
-            target,
             addr: node.addr.clone(),
             peers: self.peers.clone(),
         }
     }
 }
 
-/// A connection of one group to one peer (a view on the shared channel).
+/// A connection of one group to one peer replica (a view on the peer link).
 pub struct GroupNetwork {
     shard: ShardId,
-    target: NodeId,
     addr: String,
     peers: Arc<Peers>,
 }
@@ -184,14 +854,7 @@ impl GroupNetwork {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         self.peers
-            .call(
-                self.target,
-                &self.addr,
-                self.shard,
-                kind,
-                req,
-                option.hard_ttl(),
-            )
+            .call(&self.addr, self.shard, kind, req, option.hard_ttl())
             .await
             .map_err(CallError::into_rpc)?
             .map_err(remote_err)
@@ -209,6 +872,53 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         self.rpc(RaftKind::Append, &rpc, &option).await
     }
 
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, SessionItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let peers = self.peers.clone();
+        let addr = self.addr.clone();
+        let shard = self.shard;
+        Box::pin(async move {
+            if peers.is_isolated() {
+                peers.cut_streams();
+                let e = CallError::Unreachable("isolated (fault injection)".into());
+                return Err(e.into_rpc());
+            }
+            let ttl = option.hard_ttl();
+            let mux = peers.mux(&addr, ttl).await.map_err(CallError::into_rpc)?;
+            let (id, rx) = mux
+                .register()
+                .ok_or_else(|| CallError::Unreachable("append stream closed".into()).into_rpc())?;
+            let window = peers.options().append_window.max(1);
+            let session = Session {
+                input: Some(input),
+                mux,
+                peers,
+                id,
+                shard,
+                rx,
+                pending: VecDeque::with_capacity(window),
+                next_seq: 0,
+                next_reply_seq: 0,
+                last_reply: Instant::now(),
+                window,
+                ttl,
+                end_sent: false,
+                done: false,
+            };
+            let out = futures::stream::unfold(session, |mut s| async move {
+                let item = s.next_item().await?;
+                Some((item, s))
+            });
+            Ok(out.boxed())
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -217,36 +927,32 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         self.rpc(RaftKind::Vote, &rpc, &option).await
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(RaftKind::PreVote, &rpc, &option).await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
         snapshot: SnapshotOf<TypeConfig, Self::SnapshotData>,
-        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let req = (vote, snapshot.meta, snapshot.snapshot.into_inner());
-        // Snapshots may be large: allow them more time than an append.
-        let timeout = option.hard_ttl().max(Duration::from_secs(30));
-        let res: Result<SnapshotResponse<TypeConfig>, String> = self
-            .peers
-            .call(
-                self.target,
-                &self.addr,
-                self.shard,
-                RaftKind::Snapshot,
-                &req,
-                timeout,
-            )
-            .await
-            .map_err(|e| match e {
-                CallError::Unreachable(m) => {
-                    StreamingError::Unreachable(Unreachable::new(&AnyError::error(m)))
-                }
-                CallError::Network(m) => {
-                    StreamingError::Network(NetworkError::new(&AnyError::error(m)))
-                }
-            })?;
-        res.map_err(|m| StreamingError::Network(NetworkError::new(&AnyError::error(m))))
+        let send = self.peers.send_snapshot(
+            &self.addr,
+            self.shard,
+            (vote, snapshot.meta),
+            snapshot.snapshot.into_inner(),
+            option.hard_ttl(),
+        );
+        tokio::select! {
+            r = send => r,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
     }
 
     async fn transfer_leader(
@@ -255,5 +961,57 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(RaftKind::TransferLeader, &req, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn bucket_allows_a_burst_then_paces_at_the_rate() {
+        let t0 = Instant::now();
+        let b = TokenBucket::new(64 * MIB, MIB, t0);
+        assert_eq!(b.reserve(MIB, t0), Duration::ZERO, "one chunk of burst");
+        // The next chunk at once must wait 1/64 s.
+        let w = b.reserve(MIB, t0);
+        assert!(
+            (w.as_secs_f64() - 1.0 / 64.0).abs() < 1e-6,
+            "second chunk waits 1/64 s: {w:?}"
+        );
+        // A third reserved at the same instant queues behind the second.
+        let w = b.reserve(MIB, t0);
+        assert!((w.as_secs_f64() - 2.0 / 64.0).abs() < 1e-6, "{w:?}");
+        // 64 MiB sent back to back take about a second.
+        let t1 = t0 + Duration::from_secs(10);
+        let b = TokenBucket::new(64 * MIB, MIB, t1);
+        let last = (0..64).map(|_| b.reserve(MIB, t1)).last();
+        let last = last.expect("64 reservations");
+        assert!((last.as_secs_f64() - 63.0 / 64.0).abs() < 1e-6, "{last:?}");
+    }
+
+    #[test]
+    fn bucket_refills_over_time_up_to_the_burst_only() {
+        let t0 = Instant::now();
+        let b = TokenBucket::new(MIB, MIB, t0);
+        assert_eq!(b.reserve(MIB, t0), Duration::ZERO);
+        // Idle for 10 s: only one burst accrues, not ten.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(b.reserve(MIB, t1), Duration::ZERO);
+        assert!(b.reserve(MIB, t1) > Duration::from_millis(900));
+    }
+
+    #[test]
+    fn bucket_rate_zero_is_unlimited() {
+        let t0 = Instant::now();
+        let b = TokenBucket::new(0, MIB, t0);
+        for _ in 0..100 {
+            assert_eq!(b.reserve(100 * MIB, t0), Duration::ZERO);
+        }
+        b.set(MIB, MIB);
+        assert_eq!(b.reserve(MIB, t0), Duration::ZERO);
+        assert!(b.reserve(MIB, t0) > Duration::ZERO, "limited after set");
     }
 }

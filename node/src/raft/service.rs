@@ -1,26 +1,60 @@
-//! Server side of the internal Raft transport: decodes a request, hands it to
-//! the named shard group, encodes `Result<Resp, String>` back.
+//! Server side of the internal Raft transport (the client side is
+//! [`super::network`]):
+//! - `Call`: decodes one request, hands it to the named shard group, encodes
+//!   `Result<Resp, String>` back.
+//! - `Append`: one stream per peer node carrying the append sessions of every
+//!   group. Each session is fed to its group's `Raft::stream_append`, which
+//!   pipelines it; its results go back tagged with the session and seq.
+//! - `InstallSnapshot`: reassembles one snapshot's chunks (bounded by
+//!   `max_snapshot_bytes`) and installs it.
+//!
+//! Fault injection: while `isolated` is set, new calls are refused and an open
+//! `Append` stream fails on its next frame in either direction.
 use super::{Raft, ShardId, TypeConfig};
 use crate::codec;
 use charging_proto::internal::{
-    raft_internal_server::RaftInternal, RaftKind, RaftReply, RaftRequest,
+    raft_internal_server::RaftInternal, AppendFrame, AppendReply, RaftKind, RaftReply, RaftRequest,
+    SnapshotChunk,
 };
 use dashmap::DashMap;
+use futures::{Stream, StreamExt};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::io::Cursor;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 /// The groups this node hosts, by shard.
 pub type Groups = Arc<DashMap<ShardId, Raft>>;
+
+/// Requests one session may have queued before its group takes them. The
+/// sender keeps at most its window (64) unanswered, so a full queue means a
+/// misbehaving sender: its session fails instead of stalling the stream.
+const SESSION_QUEUE: usize = 128;
+
+/// Replies queued for one `Append` stream before sessions wait for the
+/// sender to read them.
+const REPLY_QUEUE: usize = 1024;
+
+/// Longest wait for the next snapshot chunk; the sender paces chunks at far
+/// shorter intervals.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RaftService {
     pub groups: Groups,
     pub clock: crate::clock::SharedClock,
     /// Fault-injection seam: while set, every incoming call is refused.
-    pub isolated: Arc<std::sync::atomic::AtomicBool>,
+    pub isolated: Arc<AtomicBool>,
+    /// Largest snapshot reassembled (`TransportOptions::snapshot_max_bytes`).
+    pub max_snapshot_bytes: u64,
 }
 
 fn reply<T: Serialize, E: Display>(r: Result<T, E>) -> Result<Vec<u8>, Status> {
@@ -32,35 +66,235 @@ fn body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
     codec::decode(b).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+fn isolated_status() -> Status {
+    Status::unavailable("isolated (fault injection)")
+}
+
+impl RaftService {
+    fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+
+    fn group(&self, shard: ShardId) -> Result<Raft, Status> {
+        self.groups
+            .get(&shard)
+            .map(|r| r.clone())
+            .ok_or_else(|| Status::not_found(format!("shard {shard} not hosted here")))
+    }
+}
+
+type Replies = mpsc::Sender<Result<AppendReply, Status>>;
+
+/// Encodes one session result as a reply body.
+fn session_reply(
+    session: u64,
+    seq: u64,
+    r: Result<StreamAppendResult<TypeConfig>, String>,
+) -> Result<AppendReply, Status> {
+    let body = codec::encode(&r).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(AppendReply { session, seq, body })
+}
+
+/// Reads one `Append` stream's frames and routes them to their sessions,
+/// starting a session task on each session's first frame.
+async fn demux(
+    groups: Groups,
+    isolated: Arc<AtomicBool>,
+    mut inbound: Streaming<AppendFrame>,
+    out: Replies,
+) {
+    let mut sessions: HashMap<u64, mpsc::Sender<AppendEntriesRequest<TypeConfig>>> = HashMap::new();
+    loop {
+        let frame = match inbound.message().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(s) => {
+                tracing::debug!(status = %s, "append stream from peer broke");
+                break;
+            }
+        };
+        if isolated.load(Ordering::SeqCst) {
+            let _ = out.send(Err(isolated_status())).await;
+            break;
+        }
+        if frame.end {
+            // Ends the session's input: its task answers what it has and stops.
+            sessions.remove(&frame.session);
+            continue;
+        }
+        let fail = |m: String| session_reply(frame.session, frame.seq, Err(m));
+        let req: AppendEntriesRequest<TypeConfig> = match codec::decode(&frame.body) {
+            Ok(r) => r,
+            Err(e) => {
+                sessions.remove(&frame.session);
+                let _ = out.send(fail(e.to_string())).await;
+                continue;
+            }
+        };
+        if let Some(tx) = sessions.get(&frame.session) {
+            match tx.try_send(req) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sessions.remove(&frame.session);
+                    let m =
+                        format!("session queue over {SESSION_QUEUE}: sender ignores its window");
+                    let _ = out.send(fail(m)).await;
+                }
+                // The session ended (an error reply went out): drop the rest.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    sessions.remove(&frame.session);
+                }
+            }
+        } else if frame.seq == 0 {
+            let Some(raft) = groups.get(&frame.shard).map(|r| r.clone()) else {
+                let m = format!("shard {} not hosted here", frame.shard);
+                let _ = out.send(fail(m)).await;
+                continue;
+            };
+            let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+            let _ = tx.try_send(req);
+            sessions.insert(frame.session, tx);
+            // `Raft::stream_append` spawns through openraft's seeded runtime,
+            // which needs a seed in scope; derive one from the session.
+            let seed = super::group_seed(frame.session, frame.from_node, frame.shard);
+            tokio::spawn(super::Runtime::scope(
+                seed,
+                serve_session(raft, rx, frame.session, out.clone(), isolated.clone()),
+            ));
+        }
+        // else: a frame of a session that already ended; dropped.
+    }
+}
+
+/// Feeds one session's requests to its group and sends each result back, in
+/// order, until the input ends or a result ends the session.
+async fn serve_session(
+    raft: Raft,
+    rx: mpsc::Receiver<AppendEntriesRequest<TypeConfig>>,
+    session: u64,
+    out: Replies,
+    isolated: Arc<AtomicBool>,
+) {
+    let results = raft.stream_append(ReceiverStream::new(rx));
+    let mut results = std::pin::pin!(results);
+    let mut seq = 0;
+    while let Some(r) = results.next().await {
+        if isolated.load(Ordering::SeqCst) {
+            let _ = out.send(Err(isolated_status())).await;
+            return;
+        }
+        let last = !matches!(r, Ok(Ok(_)));
+        let r = r.map_err(|fatal| fatal.to_string());
+        if out.send(session_reply(session, seq, r)).await.is_err() {
+            return;
+        }
+        if last {
+            return;
+        }
+        seq += 1;
+    }
+}
+
+/// The next snapshot chunk, or `None` at the end of the stream.
+async fn next_chunk(
+    chunks: &mut Streaming<SnapshotChunk>,
+) -> Result<Option<SnapshotChunk>, Status> {
+    tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, chunks.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no snapshot chunk within 30s"))?
+}
+
+type AppendReplies = Pin<Box<dyn Stream<Item = Result<AppendReply, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftInternal for RaftService {
     async fn call(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        if self.isolated.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Status::unavailable("isolated (fault injection)"));
+        if self.is_isolated() {
+            return Err(isolated_status());
         }
         let req = request.into_inner();
-        let raft = self
-            .groups
-            .get(&req.shard)
-            .map(|r| r.clone())
-            .ok_or_else(|| Status::not_found(format!("shard {} not hosted here", req.shard)))?;
+        let raft = self.group(req.shard)?;
         let out = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
             RaftKind::Vote => reply(raft.vote(body(&req.body)?).await)?,
+            RaftKind::PreVote => reply(raft.pre_vote(body(&req.body)?).await)?,
             RaftKind::Append => reply(raft.append_entries(body(&req.body)?).await)?,
-            RaftKind::Snapshot => {
-                let (vote, meta, data): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>) =
-                    body(&req.body)?;
-                let snap = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
-                    meta,
-                    snapshot: Cursor::new(data),
-                };
-                reply(raft.install_full_snapshot(vote, snap).await)?
-            }
             RaftKind::TransferLeader => reply(raft.handle_transfer_leader(body(&req.body)?).await)?,
             RaftKind::Unspecified => {
                 return Err(Status::invalid_argument("kind: unknown raft message kind"))
             }
         };
+        Ok(Response::new(RaftReply {
+            body: out,
+            receiver_clock_ms: self.clock.now_ms(),
+        }))
+    }
+
+    type AppendStream = AppendReplies;
+
+    async fn append(
+        &self,
+        request: Request<Streaming<AppendFrame>>,
+    ) -> Result<Response<Self::AppendStream>, Status> {
+        if self.is_isolated() {
+            return Err(isolated_status());
+        }
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        tokio::spawn(demux(
+            self.groups.clone(),
+            self.isolated.clone(),
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
+        if self.is_isolated() {
+            return Err(isolated_status());
+        }
+        let mut chunks = request.into_inner();
+        let first = next_chunk(&mut chunks)
+            .await?
+            .ok_or_else(|| Status::invalid_argument("snapshot: no chunk"))?;
+        let total = first.total_bytes;
+        if total > self.max_snapshot_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot: {total} bytes over the limit of {}",
+                self.max_snapshot_bytes
+            )));
+        }
+        let raft = self.group(first.shard)?;
+        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = body(&first.header)?;
+        let mut data = Vec::with_capacity(total as usize);
+        data.extend_from_slice(&first.data);
+        while (data.len() as u64) < total {
+            let Some(c) = next_chunk(&mut chunks).await? else {
+                break;
+            };
+            if self.is_isolated() {
+                return Err(isolated_status());
+            }
+            if data.len() as u64 + c.data.len() as u64 > total {
+                return Err(Status::invalid_argument(
+                    "snapshot: chunks exceed total_bytes",
+                ));
+            }
+            data.extend_from_slice(&c.data);
+        }
+        if data.len() as u64 != total {
+            return Err(Status::invalid_argument(format!(
+                "snapshot: stream ended at {} of {total} bytes",
+                data.len()
+            )));
+        }
+        let snap = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+            meta,
+            snapshot: Cursor::new(data),
+        };
+        let out = reply(raft.install_full_snapshot(vote, snap).await)?;
         Ok(Response::new(RaftReply {
             body: out,
             receiver_clock_ms: self.clock.now_ms(),
