@@ -64,6 +64,8 @@ pub struct NodeConfig {
     /// How often a node hands the leadership of shards it leads to their
     /// preferred node (leaders spread evenly); `None` = never.
     pub leader_balance_period: Option<Duration>,
+    /// Internal transport: append pipeline window, snapshot chunking and pacing.
+    pub transport: crate::raft::network::TransportOptions,
 }
 
 impl NodeConfig {
@@ -82,6 +84,7 @@ impl NodeConfig {
             rng_seed: 0x5eed,
             snapshot_logs: 20_000,
             leader_balance_period: Some(Duration::from_secs(2)),
+            transport: Default::default(),
         }
     }
 
@@ -131,6 +134,18 @@ impl NodeConfig {
         )?;
         check(!self.sweep_period.is_zero(), "sweep_period: must be > 0")?;
         check(self.snapshot_logs >= 10, "snapshot_logs: must be >= 10")?;
+        check(
+            (1..=4096).contains(&self.transport.append_window),
+            "append_window: must be 1..=4096",
+        )?;
+        check(
+            (4096..=64 << 20).contains(&self.transport.snapshot_chunk_bytes),
+            "snapshot_chunk_bytes: must be 4 KiB..=64 MiB",
+        )?;
+        check(
+            self.transport.snapshot_max_bytes >= self.transport.snapshot_chunk_bytes as u64,
+            "snapshot_max_bytes: must be >= snapshot_chunk_bytes",
+        )?;
         Ok(())
     }
 }

@@ -76,6 +76,11 @@ struct FileLimits {
     sweep_period_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     snapshot_logs: Option<u64>,
+    // internal transport
+    append_window: Option<usize>,
+    snapshot_chunk_bytes: Option<usize>,
+    snapshot_rate_bytes_per_s: Option<u64>,
+    snapshot_max_bytes: Option<u64>,
     // ledger
     dedup_window_ms: Option<u64>,
     clock_bound_ms: Option<u64>,
@@ -193,6 +198,10 @@ impl ProcessConfig {
             max_inflight_batches => node.shard.max_inflight_batches,
             max_active_accounts => node.max_active_accounts,
             snapshot_logs => node.snapshot_logs,
+            append_window => node.transport.append_window,
+            snapshot_chunk_bytes => node.transport.snapshot_chunk_bytes,
+            snapshot_rate_bytes_per_s => node.transport.snapshot_rate_bytes_per_s,
+            snapshot_max_bytes => node.transport.snapshot_max_bytes,
             dedup_window_ms => node.ledger.dedup_window_ms,
             clock_bound_ms => node.ledger.clock_bound_ms,
             reservation_validity_ms => node.ledger.reservation_validity_ms,
@@ -261,6 +270,10 @@ max_active_accounts = {maa}
 sweep_period_ms = {sp}
 connect_timeout_ms = {ct}
 snapshot_logs = {sl}
+append_window = {aw}
+snapshot_chunk_bytes = {scb}
+snapshot_rate_bytes_per_s = {srb}   # 0 = unpaced
+snapshot_max_bytes = {smb}
 dedup_window_ms = {dw}
 clock_bound_ms = {cb}
 reservation_validity_ms = {rv}
@@ -284,6 +297,10 @@ max_buckets_per_account = {mba}
         sp = d.sweep_period.as_millis(),
         ct = d.connect_timeout.as_millis(),
         sl = d.snapshot_logs,
+        aw = d.transport.append_window,
+        scb = d.transport.snapshot_chunk_bytes,
+        srb = d.transport.snapshot_rate_bytes_per_s,
+        smb = d.transport.snapshot_max_bytes,
         dw = d.ledger.dedup_window_ms,
         cb = d.ledger.clock_bound_ms,
         rv = d.ledger.reservation_validity_ms,

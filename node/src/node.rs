@@ -150,7 +150,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
         "one log engine per shard expected"
     );
     let me = config.node_id;
-    let transport = TransportOptions::default();
+    let transport: TransportOptions = config.transport.clone();
     let max_snapshot_bytes = transport.snapshot_max_bytes;
     let peers = Peers::new(me, edges.connector, edges.clock.clone(), transport);
     let groups: Groups = Arc::new(dashmap::DashMap::new());

@@ -5,7 +5,7 @@ use crate::clock::SystemClock;
 use crate::config_file::ProcessConfig;
 use crate::node::{self, Edges, NodeHandle};
 use crate::raft::network::TcpConnector;
-use crate::raft::wal::Wal;
+use crate::raft::wal::{Wal, WalOptions};
 use charging_proto::v1 as pb;
 use std::future::Future;
 use std::path::Path;
@@ -111,8 +111,15 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
         tokio::spawn(crate::metrics_http::serve(l, stop_rx));
     }
     let wal_dir = cfg.data_dir.join("wal");
-    let wal = Wal::open(&wal_dir, cfg.fsync)
-        .map_err(|e| anyhow::anyhow!("opening the log in {}: {e}", wal_dir.display()))?;
+    let wal = Wal::open_with(
+        &wal_dir,
+        cfg.fsync,
+        WalOptions {
+            node_label: Some(crate::metrics_http::label(me)),
+            ..WalOptions::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("opening the log in {}: {e}", wal_dir.display()))?;
     let snapshot_dir = cfg.data_dir.join("snapshots");
     std::fs::create_dir_all(&snapshot_dir)?;
 
