@@ -154,6 +154,15 @@ pub enum Baseline {
     Echo,
 }
 
+/// How ops reach the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Route {
+    /// Straight to each shard's leader (shard map).
+    Leader,
+    /// Spread over the given endpoints (they forward).
+    Any,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Public API endpoint of a node (repeatable; load is spread over all).
@@ -162,6 +171,12 @@ pub struct Common {
     /// Allow endpoints that are not on loopback.
     #[arg(long)]
     pub allow_remote: bool,
+    /// How ops reach the cluster: `leader` sends each op straight to its
+    /// shard's leader (the shard map is read from the first endpoint and
+    /// refreshed every second; connects to every node in it); `any` spreads
+    /// ops over the given endpoints, which forward to the leader.
+    #[arg(long, value_enum, default_value = "leader")]
+    pub route: Route,
     #[arg(long, value_enum, default_value = "reserve-commit")]
     pub workload: Workload,
     /// Accounts to preload and pick from.
@@ -358,9 +373,21 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
     let mut channels = Vec::new();
     let mut admin = Vec::new();
     for e in &endpoints {
-        let chs = connect(e, c.connections()).await?;
         admin.extend(connect(e, 1).await?);
-        channels.extend(chs);
+    }
+    // With leader routing, one group of connections per node of the map.
+    let router = match c.route {
+        Route::Leader => crate::exec::Router::open(&admin[0], c.allow_remote)
+            .await
+            .context("reading the shard map")?,
+        Route::Any => None,
+    };
+    let targets: Vec<String> = match &router {
+        Some(r) => r.nodes.clone(),
+        None => endpoints.clone(),
+    };
+    for e in &targets {
+        channels.extend(connect(e, c.connections()).await?);
     }
     let dims = cluster::tariff_dims(&admin[0])
         .await
@@ -415,7 +442,10 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
         base = cluster::read_balances(&admin, &cfg, (0..cfg.accounts).collect()).await?;
     }
     let expect = (!c.no_verify).then(|| Arc::new(Expect::new(cfg.accounts)));
-    let exec = make_exec(c, Target::Charging, &channels).await?;
+    let mut exec = make_exec(c, Target::Charging, &channels).await?;
+    if let Some(r) = router {
+        exec = exec.routed(r.start(admin[0].clone(), c.connections()));
+    }
     Ok(Setup {
         cfg,
         exec,

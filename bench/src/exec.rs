@@ -4,6 +4,7 @@
 
 use crate::echo_pb::echo_client::EchoClient;
 use charging_client::proto as pb;
+use charging_client::proto::admin_client::AdminClient;
 use charging_client::proto::charging_client::ChargingClient;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -66,9 +67,124 @@ pub fn is_mutating(op: &OpKind) -> bool {
     !matches!(op, OpKind::Balance(_))
 }
 
+/// Routes ops to their shard's leader: the shard map as read from a node,
+/// refreshed in the background.
+pub struct Router {
+    /// Public endpoints (`http://...`) of the map's nodes, in map order.
+    pub nodes: Vec<String>,
+    shards: u32,
+    /// Index into `nodes` of each shard's leader (`usize::MAX` = unknown).
+    leaders: Arc<Vec<std::sync::atomic::AtomicUsize>>,
+    node_ids: Vec<u64>,
+    /// Connections per node (set by [`Router::start`]).
+    per_node: usize,
+}
+
+impl Router {
+    /// Reads the shard map; `None` if the node has no map (an echo server, an old node).
+    pub async fn open(admin: &Channel, allow_remote: bool) -> anyhow::Result<Option<Router>> {
+        let m = match AdminClient::new(admin.clone())
+            .shard_map(pb::ShardMapRequest {})
+            .await
+        {
+            Ok(m) => m.into_inner(),
+            Err(s) if s.code() == Code::Unimplemented => return Ok(None),
+            Err(s) => anyhow::bail!("shard map: {s}"),
+        };
+        let mut nodes = Vec::new();
+        let mut node_ids = Vec::new();
+        for n in &m.nodes {
+            let url = format!("http://{}", n.public_addr);
+            if !allow_remote && !crate::cli::is_loopback(&url) {
+                anyhow::bail!("node {} at {url} is not on loopback; pass --allow-remote", n.node_id);
+            }
+            nodes.push(url);
+            node_ids.push(n.node_id);
+        }
+        let r = Router {
+            nodes,
+            shards: m.shards,
+            leaders: Arc::new(
+                (0..m.shards)
+                    .map(|_| std::sync::atomic::AtomicUsize::new(usize::MAX))
+                    .collect(),
+            ),
+            node_ids,
+            per_node: 1,
+        };
+        r.install(&m);
+        Ok(Some(r))
+    }
+
+    fn install(&self, m: &pb::ShardMapResponse) {
+        for route in &m.routes {
+            let idx = self
+                .node_ids
+                .iter()
+                .position(|n| *n == route.leader)
+                .unwrap_or(usize::MAX);
+            if let Some(slot) = self.leaders.get(route.shard_id as usize) {
+                slot.store(idx, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Starts refreshing the map every second (until the process ends; the
+    /// task holds only the leader table).
+    pub fn start(mut self, admin: Channel, per_node: usize) -> Arc<Router> {
+        self.per_node = per_node.max(1);
+        let me = Arc::new(self);
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(r) = weak.upgrade() else { return };
+                let mut req = tonic::Request::new(pb::ShardMapRequest {});
+                req.set_timeout(Duration::from_millis(500));
+                if let Ok(m) = AdminClient::new(admin.clone()).shard_map(req).await {
+                    r.install(&m.into_inner());
+                }
+            }
+        });
+        me
+    }
+
+    /// The connection for an op on `account`, given the caller's index.
+    fn conn(&self, account: &str, idx: usize, width: usize) -> usize {
+        let shard = charging_proto::shard_of(account, self.shards);
+        match self.leaders[shard as usize].load(Ordering::Relaxed) {
+            usize::MAX => idx % width,
+            node => (node * self.per_node + idx % self.per_node) % width,
+        }
+    }
+}
+
+/// The account an op is on.
+fn account_of(op: &OpKind) -> &str {
+    use OpKind as K;
+    match op {
+        K::Reserve(m) => &m.account_id,
+        K::Update(m) => &m.account_id,
+        K::Terminate(m) => &m.account_id,
+        K::Commit(m) => &m.account_id,
+        K::Release(m) => &m.account_id,
+        K::Refund(m) => &m.account_id,
+        K::Debit(m) => &m.account_id,
+        K::TopUp(m) => &m.account_id,
+        K::Balance(m) => &m.account_id,
+        K::CreateAccount(m) => &m.account_id,
+    }
+}
+
 /// A transport: cheap to clone.
 #[derive(Clone)]
-pub enum Exec {
+pub struct Exec {
+    kind: ExecKind,
+    router: Option<Arc<Router>>,
+}
+
+#[derive(Clone)]
+enum ExecKind {
     Charging(Arc<Vec<ChargingClient<Channel>>>),
     Echo(Arc<Vec<EchoClient<Channel>>>),
     Stream(Arc<Vec<StreamConn>>),
@@ -77,20 +193,27 @@ pub enum Exec {
 impl Exec {
     /// Unary calls over these channels.
     pub fn unary(target: Target, channels: &[Channel]) -> Exec {
-        match target {
-            Target::Charging => Exec::Charging(Arc::new(
+        let kind = match target {
+            Target::Charging => ExecKind::Charging(Arc::new(
                 channels
                     .iter()
                     .map(|c| ChargingClient::new(c.clone()).max_decoding_message_size(64 << 20))
                     .collect(),
             )),
-            Target::Echo => Exec::Echo(Arc::new(
+            Target::Echo => ExecKind::Echo(Arc::new(
                 channels
                     .iter()
                     .map(|c| EchoClient::new(c.clone()))
                     .collect(),
             )),
-        }
+        };
+        Exec { kind, router: None }
+    }
+
+    /// The same transport, sending each op to its shard leader's connections.
+    pub fn routed(mut self, router: Arc<Router>) -> Exec {
+        self.router = Some(router);
+        self
     }
 
     /// One multiplexed stream per channel.
@@ -104,21 +227,26 @@ impl Exec {
         for ch in channels {
             conns.push(StreamConn::open(target, ch.clone(), batch, pipeline).await?);
         }
-        Ok(Exec::Stream(Arc::new(conns)))
+        Ok(Exec {
+            kind: ExecKind::Stream(Arc::new(conns)),
+            router: None,
+        })
     }
 
     /// Number of connections / streams.
     pub fn width(&self) -> usize {
-        match self {
-            Exec::Charging(v) => v.len(),
-            Exec::Echo(v) => v.len(),
-            Exec::Stream(v) => v.len(),
+        match &self.kind {
+            ExecKind::Charging(v) => v.len(),
+            ExecKind::Echo(v) => v.len(),
+            ExecKind::Stream(v) => v.len(),
         }
     }
 
     /// Average ops per stream message so far (streams only).
     pub fn avg_batch(&self) -> Option<f64> {
-        let Exec::Stream(v) = self else { return None };
+        let ExecKind::Stream(v) = &self.kind else {
+            return None;
+        };
         let (ops, msgs) = v.iter().fold((0, 0), |(o, m), c| {
             (
                 o + c.sent_ops.load(Ordering::Relaxed),
@@ -130,12 +258,16 @@ impl Exec {
 
     /// One attempt of one op, over connection `idx % width`.
     pub async fn call(&self, idx: usize, op: OpKind) -> Result<OpOut, Code> {
-        match self {
-            Exec::Charging(v) => {
+        let idx = match &self.router {
+            Some(r) => r.conn(account_of(&op), idx, self.width()),
+            None => idx,
+        };
+        match &self.kind {
+            ExecKind::Charging(v) => {
                 let mut c = v[idx % v.len()].clone();
                 unary_charging(&mut c, op).await
             }
-            Exec::Echo(v) => {
+            ExecKind::Echo(v) => {
                 let mut c = v[idx % v.len()].clone();
                 let r = c
                     .unary(pb::Op {
@@ -146,7 +278,7 @@ impl Exec {
                     .map_err(|s| s.code())?;
                 r.into_inner().result.ok_or(Code::Internal)
             }
-            Exec::Stream(v) => v[idx % v.len()].call(op).await,
+            ExecKind::Stream(v) => v[idx % v.len()].call(op).await,
         }
     }
 }

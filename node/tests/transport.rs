@@ -193,10 +193,10 @@ async fn appends_are_pipelined_on_one_stream_per_peer() {
 /// Every acknowledged top-up is in the balance. Found while load-testing the
 /// transport: under concurrent load (here on a loaded 2-core machine) 1 to 7
 /// of 1600 acknowledged top-ups were missing from the balance on every node,
-/// also with openraft's sequential `stream_append` and without pre-vote, so
-/// the cause lies outside the transport (ledger / shard actor). Ignored until
-/// fixed there: `cargo test -p charging-node --test transport -- --ignored`.
-#[ignore = "acknowledged top-ups lost under concurrent load: not a transport bug"]
+/// also with openraft's sequential `stream_append` and without pre-vote. The
+/// cause was in the shard actor: a retry that arrived while its original was
+/// in flight was answered with the original's speculative result, even when
+/// the original then conflicted on apply (see `set_ready` in shard/mod.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_acknowledged_top_ups_all_apply() {
     let _serial = SERIAL.lock().await;

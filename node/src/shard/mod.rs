@@ -428,11 +428,30 @@ fn drain(st: &mut State, account: &AccountId) {
     }
 }
 
+/// Sets a waiter's outcome. An unknown outcome (its event failed to commit
+/// or conflicted on apply) also turns every later answer of the account that
+/// was decided on speculative state into "unknown": a duplicate answered with
+/// the original's speculative result, or a rejection decided against state
+/// that included the failed event. Without this, a retry that arrived while
+/// its original was in flight would be acknowledged OK although nothing was
+/// applied. (Later accepted events need no help: their expected version no
+/// longer matches, so they conflict on apply by themselves.)
 fn set_ready(st: &mut State, account: &AccountId, id: u64, outcome: Outcome) {
     if let Some(acct) = st.accounts.get_mut(account) {
         if let Some(idx) = id.checked_sub(acct.front_id) {
+            let unknown = matches!(outcome, Outcome::Unknown(_));
             if let Some(w) = acct.queue.get_mut(idx as usize) {
                 w.state = WaitState::Ready(outcome);
+            }
+            if unknown {
+                for w in acct.queue.iter_mut().skip(idx as usize + 1) {
+                    if matches!(w.state, WaitState::Read { .. } | WaitState::Ready(_)) {
+                        w.state = WaitState::Ready(Outcome::Unknown(
+                            "an earlier request on this account has an unknown outcome; \
+                             retry with the same request id",
+                        ));
+                    }
+                }
             }
         }
     }
