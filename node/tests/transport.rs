@@ -21,11 +21,19 @@ type NodeId = u64;
 /// measure the transport, not each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Starts 3 nodes. Leader spreading is off: these tests place leaders
+/// themselves, and a hand-over mid-test would change terms.
 async fn start(shards: u32, tweak: Option<ConfigTweak>) -> LocalCluster {
+    let tweak: ConfigTweak = Arc::new(move |cfg| {
+        cfg.leader_balance_period = None;
+        if let Some(t) = &tweak {
+            t(cfg);
+        }
+    });
     let c = LocalCluster::start(ClusterOptions {
         nodes: 3,
         shards,
-        tweak,
+        tweak: Some(tweak),
         ..Default::default()
     })
     .await

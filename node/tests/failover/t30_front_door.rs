@@ -61,8 +61,14 @@ async fn health_reflection_and_metrics_are_served() {
         );
     }
 
-    // A request shows up in /metrics with its node label.
-    let cl = client(url).await;
+    // A request through node 2 shows up in /metrics with node 2's label
+    // (a client that calls node 2 itself, not the shard leader).
+    let cl = client(url).await.with_config(ClientConfig {
+        deadline_ms: 3_000,
+        max_retries: 10,
+        direct_to_leader: false,
+        ..Default::default()
+    });
     let r = settle(|| cl.create_account("metrics-1", "EUR", 10, 0, vec![])).await;
     assert_eq!(r.result, ResultCode::Ok as i32);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
