@@ -247,6 +247,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     // Internal server: Raft traffic of every group.
     let raft_svc = RaftInternalServer::new(RaftService {
         groups: groups.clone(),
+        heard: front_door.heard.clone(),
         clock: edges.clock.clone(),
         isolated: isolated.clone(),
         max_snapshot_bytes,

@@ -17,7 +17,13 @@ fn nodes(fd: &FrontDoor) -> Vec<pb::NodeStatus> {
             node_id: *id,
             public_addr: addr.clone(),
             internal_addr: fd.internal_addrs.get(id).cloned().unwrap_or_default(),
-            reachable: true,
+            // This node, or a peer heard from within the last 3 s
+            // (heartbeats go out every 100 ms).
+            reachable: *id == fd.node
+                || fd
+                    .heard
+                    .get(id)
+                    .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3)),
         })
         .collect()
 }

@@ -90,6 +90,8 @@ pub struct FrontDoor {
     pub public_addrs: BTreeMap<NodeId, String>,
     /// Internal (Raft) address of every node, for status.
     pub internal_addrs: BTreeMap<NodeId, String>,
+    /// When a Raft message last came from each peer (status: reachable).
+    pub heard: crate::raft::service::PeerHealth,
     pub limits: FrontDoorLimits,
     admission: Semaphore,
     forward: DashMap<NodeId, ChargingClient<Channel>>,
@@ -116,6 +118,7 @@ impl FrontDoor {
             shards,
             public_addrs,
             internal_addrs,
+            heard: Default::default(),
             admission: Semaphore::new(limits.max_inflight_requests),
             limits,
             forward: DashMap::new(),

@@ -48,8 +48,13 @@ const REPLY_QUEUE: usize = 1024;
 /// shorter intervals.
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// When this node last heard from each peer node (any Raft message).
+pub type PeerHealth = Arc<dashmap::DashMap<u64, std::time::Instant>>;
+
 pub struct RaftService {
     pub groups: Groups,
+    /// Updated by every incoming call and append frame.
+    pub heard: PeerHealth,
     pub clock: crate::clock::SharedClock,
     /// Fault-injection seam: while set, every incoming call is refused.
     pub isolated: Arc<AtomicBool>,
@@ -100,13 +105,17 @@ fn session_reply(
 async fn demux(
     groups: Groups,
     isolated: Arc<AtomicBool>,
+    heard: PeerHealth,
     mut inbound: Streaming<AppendFrame>,
     out: Replies,
 ) {
     let mut sessions: HashMap<u64, mpsc::Sender<AppendEntriesRequest<TypeConfig>>> = HashMap::new();
     loop {
         let frame = match inbound.message().await {
-            Ok(Some(f)) => f,
+            Ok(Some(f)) => {
+                heard.insert(f.from_node, std::time::Instant::now());
+                f
+            }
             Ok(None) => break,
             Err(s) => {
                 tracing::debug!(status = %s, "append stream from peer broke");
@@ -213,6 +222,7 @@ impl RaftInternal for RaftService {
             return Err(isolated_status());
         }
         let req = request.into_inner();
+        self.heard.insert(req.from_node, std::time::Instant::now());
         let raft = self.group(req.shard)?;
         let out = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
             RaftKind::Vote => reply(raft.vote(body(&req.body)?).await)?,
@@ -242,6 +252,7 @@ impl RaftInternal for RaftService {
         tokio::spawn(demux(
             self.groups.clone(),
             self.isolated.clone(),
+            self.heard.clone(),
             request.into_inner(),
             tx,
         ));

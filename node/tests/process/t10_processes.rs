@@ -150,6 +150,19 @@ async fn kill9_of_a_leading_node_mid_load_then_restart_catches_up() {
     );
     let survivor = if victim == 1 { 2 } else { 1 };
     c.wait_ready(survivor, Duration::from_secs(10)).await;
+    // Status tells the dead node apart.
+    let cs = connect(&c.url(survivor)).await;
+    let reachable = |st: &charging_client::proto::StatusResponse, id: u64| {
+        st.nodes.iter().any(|n| n.node_id == id && n.reachable)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reachable(&cs.status().await.expect("status"), victim) {
+        assert!(
+            Instant::now() < deadline,
+            "killed node still shown reachable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     println!(
         "the survivors served 100 more operations {:?} after the kill",
         killed_at.elapsed()
@@ -159,8 +172,13 @@ async fn kill9_of_a_leading_node_mid_load_then_restart_catches_up() {
     c.launch(victim);
     c.wait_ready(victim, Duration::from_secs(30)).await;
     wait_caught_up(&c, victim, Duration::from_secs(30)).await;
+    let st = cs.status().await.expect("status");
+    assert!(
+        (1..=3).all(|id| reachable(&st, id)),
+        "every node reachable again: {:?}",
+        st.nodes
+    );
 
-    let cs = connect(&c.url(survivor)).await;
     settle(&cs, &mut ledger).await;
     ledger.acked.extend(pre.acked);
     assert_exact(&cs, &accounts, &ledger).await;
