@@ -145,9 +145,12 @@ impl EchoServer {
                     let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                         return;
                     };
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    // tonic's tcp_nodelay covers only listeners it binds:
+                    // set it per connection, as the nodes do.
+                    use futures::StreamExt;
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+                        .map(|s| s.and_then(|s| s.set_nodelay(true).map(|_| s)));
                     let _ = tonic::transport::Server::builder()
-                        .tcp_nodelay(true)
                         .initial_connection_window_size(Some(8 << 20))
                         .initial_stream_window_size(Some(4 << 20))
                         .add_service(EchoSvc::new(Svc).max_decoding_message_size(256 << 20))

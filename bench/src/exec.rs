@@ -96,7 +96,10 @@ impl Router {
         for n in &m.nodes {
             let url = format!("http://{}", n.public_addr);
             if !allow_remote && !crate::cli::is_loopback(&url) {
-                anyhow::bail!("node {} at {url} is not on loopback; pass --allow-remote", n.node_id);
+                anyhow::bail!(
+                    "node {} at {url} is not on loopback; pass --allow-remote",
+                    n.node_id
+                );
             }
             nodes.push(url);
             node_ids.push(n.node_id);
