@@ -147,9 +147,10 @@ impl EchoServer {
                     };
                     // tonic's tcp_nodelay covers only listeners it binds:
                     // set it per connection, as the nodes do.
-                    use futures::StreamExt;
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
-                        .map(|s| s.and_then(|s| s.set_nodelay(true).map(|_| s)));
+                    let incoming = futures::StreamExt::map(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        |s| s.and_then(|s| s.set_nodelay(true).map(|_| s)),
+                    );
                     let _ = tonic::transport::Server::builder()
                         .initial_connection_window_size(Some(8 << 20))
                         .initial_stream_window_size(Some(4 << 20))
