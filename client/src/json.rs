@@ -253,6 +253,8 @@ impl ToJson for StatusResponse {
         json!({
             "node_id": self.node_id,
             "shards": self.shards,
+            "map_version": self.map_version,
+            "meta_leader": self.meta_leader,
             "nodes": self.nodes.iter().map(ToJson::to_json).collect::<Vec<_>>(),
             "shard_status": self.shard_status.iter().map(ToJson::to_json).collect::<Vec<_>>(),
         })
@@ -313,6 +315,7 @@ mod tests {
                 lag: [(2, 0), (3, 7)].into_iter().collect(),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let v = s.to_json();
         assert_eq!(v["shard_status"][0]["lag"]["3"], 7);

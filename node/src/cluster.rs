@@ -88,6 +88,7 @@ impl LocalCluster {
                 }),
                 clock: opts.clock.clone(),
                 logs: (0..opts.shards).map(|_| MemLog::new(id)).collect(),
+                meta_log: MemLog::new(id),
                 snapshot_dir: None,
             };
             nodes.insert(id, node::start(cfg, edges).await?);

@@ -18,6 +18,7 @@ pub mod config;
 pub mod config_file;
 pub mod frontdoor;
 pub mod ledger;
+pub mod meta;
 pub mod metrics_http;
 pub mod node;
 pub mod process;

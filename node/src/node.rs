@@ -18,6 +18,7 @@ use crate::raft::{raft_config, replica_id, NodeId, Raft, ShardId};
 /// Incarnation of the replicas a cluster is created with. Scale-out (issue 5)
 /// gives a replica that returns to a node a higher one.
 pub const INITIAL_INCARNATION: u32 = 1;
+use crate::meta::{ClusterMap, META_GROUP};
 use crate::shard::sweeper::{Sweeper, SweeperArgs};
 use crate::shard::{ShardActor, ShardArgs, ShardMsg};
 use charging_proto::internal::raft_internal_server::RaftInternalServer;
@@ -87,6 +88,8 @@ pub struct Edges<L: LogEngine, I: Incoming> {
     pub clock: SharedClock,
     /// Log engine per shard (kept by the caller to survive a restart).
     pub logs: Vec<L>,
+    /// Log engine of the metadata group ([`crate::meta::META_GROUP`]).
+    pub meta_log: L,
     /// Folder of the shards' snapshot files; `None` keeps snapshots in memory.
     pub snapshot_dir: Option<std::path::PathBuf>,
 }
@@ -94,6 +97,8 @@ pub struct Edges<L: LogEngine, I: Incoming> {
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     pub id: NodeId,
+    /// The metadata group's replica on this node.
+    pub meta: Raft,
     pub front_door: Arc<FrontDoor>,
     pub shards: Vec<ShardHandle>,
     shutdown: watch::Sender<bool>,
@@ -132,6 +137,8 @@ impl NodeHandle {
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
         }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.meta.shutdown()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.meta.shutdown()).await;
     }
 
     /// Stops servers, actors and Raft groups; waits for the servers to close.
@@ -247,15 +254,44 @@ pub async fn start<L: LogEngine, I: Incoming>(
         .iter()
         .map(|(id, a)| (*id, a.internal.clone()))
         .collect();
+    // The metadata group: the replicated cluster map, on every initial member.
+    let meta_store = match &edges.snapshot_dir {
+        Some(dir) => ShardStore::open(config.ledger.clone(), dir.join("meta.snap"))?,
+        None => ShardStore::new(config.ledger.clone()),
+    };
+    let meta_raft = crate::raft::Runtime::scope(
+        crate::raft::group_seed(config.rng_seed, me, META_GROUP),
+        Raft::new(
+            replica_id(me, INITIAL_INCARNATION),
+            raft_cfg.clone(),
+            GroupNetworkFactory {
+                shard: META_GROUP,
+                peers: peers.clone(),
+            },
+            edges.meta_log,
+            meta_store.clone(),
+        ),
+    )
+    .await?;
+    groups.insert(META_GROUP, meta_raft.clone());
     let front_door = FrontDoor::new(
         me,
         shards.clone(),
         public_addrs,
         internal_addrs,
+        Some((meta_raft.clone(), meta_store.clone())),
         config.front_door.clone(),
     );
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
+
+    tasks.push(tokio::spawn(crate::meta::run_writer(
+        meta_raft.clone(),
+        meta_store.clone(),
+        ClusterMap::initial(&config, INITIAL_INCARNATION),
+        edges.clock.clone(),
+        rx.clone(),
+    )));
 
     // Internal server: Raft traffic of every group.
     let raft_svc = RaftInternalServer::new(RaftService {
@@ -341,6 +377,9 @@ pub async fn start<L: LogEngine, I: Incoming>(
                 tracing::debug!(shard = h.shard, error = %e, "initialize skipped");
             }
         }
+        if let Err(e) = meta_raft.initialize(members.clone()).await {
+            tracing::debug!(error = %e, "metadata group: initialize skipped");
+        }
     }
 
     Ok(NodeHandle {
@@ -352,5 +391,6 @@ pub async fn start<L: LogEngine, I: Incoming>(
         sweeper,
         isolated,
         transport: peers,
+        meta: meta_raft,
     })
 }

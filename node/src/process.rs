@@ -141,6 +141,7 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
         }),
         clock: Arc::new(SystemClock),
         logs: (0..node_cfg.shards).map(|s| wal.log(s)).collect(),
+        meta_log: wal.log(crate::meta::META_GROUP),
         snapshot_dir: Some(snapshot_dir),
     };
     let node = node::start(node_cfg, edges).await?;

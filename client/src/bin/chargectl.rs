@@ -936,10 +936,16 @@ fn status_text(s: &StatusResponse) -> String {
             ]
         })
         .collect();
+    let meta = if s.meta_leader == 0 {
+        "-".to_string()
+    } else {
+        format!("node {}", s.meta_leader)
+    };
     format!(
-        "answered by node {}; {} shards\n\n{}\n\n{}",
+        "answered by node {}; {} shards; cluster map version {} (metadata group led by {meta})\n\n{}\n\n{}",
         s.node_id,
         s.shards,
+        s.map_version,
         table(&["NODE", "PUBLIC", "INTERNAL", "REACHABLE"], &nodes),
         table(
             &[

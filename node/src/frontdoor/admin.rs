@@ -35,12 +35,15 @@ impl Admin for AdminService {
         _r: Request<pb::ShardMapRequest>,
     ) -> Result<Response<pb::ShardMapResponse>, Status> {
         let fd = &self.0;
-        let mut version = 0u64;
+        let map = fd.meta.as_ref().map(|(_, store)| store.view());
+        let map = map
+            .as_ref()
+            .and_then(|v| crate::meta::map_of(&v.state).cloned());
         let routes = fd
             .shards
             .iter()
             .map(|h| {
-                let (leader, term, voters, membership_index) = {
+                let (leader, term, voters) = {
                     let m = h.raft.metrics();
                     let m = m.borrow_watched();
                     (
@@ -51,11 +54,15 @@ impl Admin for AdminService {
                             .voter_ids()
                             .map(node_of)
                             .collect::<Vec<_>>(),
-                        m.membership_config.log_id().map(|l| l.index).unwrap_or(0),
                     )
                 };
-                version += term + membership_index;
+                let intended = map
+                    .as_ref()
+                    .and_then(|m| m.placement.get(&h.shard))
+                    .map(|r| r.iter().map(|r| node_of(*r)).collect())
+                    .unwrap_or_default();
                 pb::ShardRoute {
+                    intended,
                     shard_id: h.shard,
                     leader,
                     leader_addr: fd.public_addrs.get(&leader).cloned().unwrap_or_default(),
@@ -65,7 +72,7 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::ShardMapResponse {
-            version,
+            version: map.as_ref().map(|m| m.version).unwrap_or(0),
             shards: fd.shards.len() as u32,
             routes,
             nodes: nodes(fd),
@@ -117,7 +124,22 @@ impl Admin for AdminService {
                 }
             })
             .collect();
+        let (map_version, meta_leader) = match &fd.meta {
+            Some((raft, store)) => (
+                crate::meta::map_of(&store.view().state)
+                    .map(|m| m.version)
+                    .unwrap_or(0),
+                raft.metrics()
+                    .borrow_watched()
+                    .current_leader
+                    .map(node_of)
+                    .unwrap_or(0),
+            ),
+            None => (0, 0),
+        };
         Ok(Response::new(pb::StatusResponse {
+            map_version,
+            meta_leader,
             node_id: fd.node,
             shards: fd.shards.len() as u32,
             nodes,

@@ -90,6 +90,8 @@ pub struct FrontDoor {
     pub public_addrs: BTreeMap<NodeId, String>,
     /// Internal (Raft) address of every node, for status.
     pub internal_addrs: BTreeMap<NodeId, String>,
+    /// This node's replica of the metadata group (the replicated shard map).
+    pub meta: Option<(Raft, crate::raft::state_machine::ShardStore)>,
     /// When a Raft message last came from each peer (status: reachable).
     pub heard: crate::raft::service::PeerHealth,
     pub limits: FrontDoorLimits,
@@ -111,6 +113,7 @@ impl FrontDoor {
         shards: Vec<ShardHandle>,
         public_addrs: BTreeMap<NodeId, String>,
         internal_addrs: BTreeMap<NodeId, String>,
+        meta: Option<(Raft, crate::raft::state_machine::ShardStore)>,
         limits: FrontDoorLimits,
     ) -> Arc<Self> {
         Arc::new(FrontDoor {
@@ -118,6 +121,7 @@ impl FrontDoor {
             shards,
             public_addrs,
             internal_addrs,
+            meta,
             heard: Default::default(),
             admission: Semaphore::new(limits.max_inflight_requests),
             limits,

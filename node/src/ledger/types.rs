@@ -229,6 +229,10 @@ pub enum Reply {
     TariffSet {
         version: u64,
     },
+    /// The cluster map was replaced; its new version.
+    ClusterMapSet {
+        version: u64,
+    },
     Expired,
 }
 

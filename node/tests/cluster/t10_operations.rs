@@ -767,9 +767,16 @@ async fn client_goes_straight_to_the_leader() {
         .await
         .expect("leaders");
     let c = env.client_on(1).await;
-    let m = c.shard_map().await.expect("shard map");
+    // The replicated cluster map is written once the metadata group elects.
+    let m = poll(Duration::from_secs(10), "cluster map written", || async {
+        let m = c.shard_map().await.expect("shard map");
+        (m.version == 1).then_some(m)
+    })
+    .await;
     assert_eq!(m.shards, SHARDS);
-    assert!(m.version > 0, "map version {}", m.version);
+    let st = c.status().await.expect("status");
+    assert_eq!(st.map_version, 1);
+    assert!(st.meta_leader != 0, "metadata group has a leader");
     for r in &m.routes {
         assert_eq!(
             Some(r.leader),
@@ -778,6 +785,7 @@ async fn client_goes_straight_to_the_leader() {
             r.shard_id
         );
         assert_eq!(r.voters, vec![1, 2, 3]);
+        assert_eq!(r.intended, vec![1, 2, 3], "placement in the cluster map");
     }
     let expect = |s: u32| {
         env.cluster

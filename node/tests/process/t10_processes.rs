@@ -281,4 +281,18 @@ async fn crash_of_every_node_loses_no_acknowledged_operation() {
     }
     let c3 = connect(&c.url(3)).await;
     assert_exact(&c3, &accounts, &ledger).await;
+    // The replicated cluster map survived both restarts, unchanged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c3.status().await.expect("status");
+        if st.map_version == 1 {
+            break;
+        }
+        assert!(
+            st.map_version == 0 && Instant::now() < deadline,
+            "cluster map version after restarts: {}",
+            st.map_version
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
