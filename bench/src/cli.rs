@@ -222,7 +222,7 @@ pub struct Common {
     #[arg(long, default_value_t = 2000)]
     pub preload_batch: usize,
     /// Preload messages in flight per stream.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 4)]
     pub preload_pipeline: usize,
     /// Skip the preload (the accounts of --prefix exist already).
     #[arg(long)]

@@ -87,7 +87,7 @@ pub async fn preload(
         Bulk {
             batch,
             pipeline,
-            passes: 6,
+            passes: 12,
         },
         move |id| {
             OpKind::CreateAccount(pb::CreateAccountRequest {
@@ -185,7 +185,7 @@ pub async fn read_balances(
         Bulk {
             batch: 1000,
             pipeline: 16,
-            passes: 6,
+            passes: 12,
         },
         move |id| {
             OpKind::Balance(pb::BalanceRequest {
@@ -256,7 +256,7 @@ pub async fn verify(
         Bulk {
             batch: 1000,
             pipeline: 16,
-            passes: 6,
+            passes: 12,
         },
         move |id| {
             OpKind::Balance(pb::BalanceRequest {
