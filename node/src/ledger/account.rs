@@ -203,7 +203,7 @@ pub struct Account {
     /// Expired reservations, kept `tombstone_ttl_ms` for late commits.
     pub tombstones: BTreeMap<ReservationId, Reservation>,
     /// Request-id dedup of non-session operations.
-    pub dedup: BTreeMap<RequestId, DedupEntry>,
+    pub dedup: super::smallmap::SmallMap<RequestId, DedupEntry>,
     /// Refundable charges by the request id that charged them.
     pub charges: BTreeMap<RequestId, ChargeEntry>,
 }

@@ -21,6 +21,7 @@ pub mod decide;
 pub mod hash;
 mod overlay;
 pub mod rating;
+pub mod smallmap;
 pub mod state;
 pub mod types;
 
