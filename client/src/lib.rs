@@ -185,7 +185,46 @@ struct Routes {
     fetched: Option<Instant>,
     version: u64,
     leaders: Vec<Option<String>>,
+    /// Shards in `leaders` whose leader is unknown.
+    unknown: usize,
 }
+
+impl Routes {
+    fn set(&mut self, shard: usize, leader: Option<String>) {
+        if let Some(slot) = self.leaders.get_mut(shard) {
+            self.unknown = self.unknown + leader.is_none() as usize - slot.is_none() as usize;
+            *slot = leader;
+        }
+    }
+}
+
+/// The account a request is on (`None`: not an account operation), so
+/// [`Client::call`] can send it straight to that account's shard leader.
+trait OnAccount {
+    fn account(&self) -> Option<&str>;
+}
+
+macro_rules! on_account {
+    ($($t:ty),* ; $($none:ty),*) => {
+        $(impl OnAccount for $t {
+            fn account(&self) -> Option<&str> {
+                Some(&self.account_id)
+            }
+        })*
+        $(impl OnAccount for $none {
+            fn account(&self) -> Option<&str> {
+                None
+            }
+        })*
+    };
+}
+
+on_account!(
+    CreateAccountRequest, AddBucketRequest, TopUpRequest, ReserveRequest, UpdateRequest,
+    TerminateRequest, CommitRequest, ReleaseRequest, RefundRequest, DebitRequest,
+    BalanceRequest, SetAccountStateRequest;
+    SetTariffRequest, GetTariffsRequest, StatusRequest, proto::ShardMapRequest
+);
 
 /// How long after a shard-map fetch the client asks again, if the map is
 /// missing or some shard's leader is unknown.
@@ -335,43 +374,43 @@ impl Client {
         self.shared.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached leader address of `account`'s shard, fetching the shard map
-    /// first if it was never fetched (bounded by `deadline`).
-    async fn leader_for(&self, account: &str, deadline: Instant) -> Option<(u32, String)> {
+    /// The shard of `account` and its cached leader address, fetching the
+    /// shard map first when it was never fetched, or when some leader is
+    /// unknown and the last fetch is old (bounded by `deadline`). One fetch
+    /// at a time: the check and the mark happen under one lock.
+    async fn route(&self, account: &str, deadline: Instant) -> (Option<u32>, Option<String>) {
         if !self.config.direct_to_leader {
-            return None;
+            return (None, None);
         }
         let due = {
-            let r = self.routes();
-            match r.fetched {
+            let mut r = self.routes();
+            let due = match r.fetched {
                 None => true,
-                // Some leader unknown: ask again now and then.
-                Some(t) => {
-                    t.elapsed() > SHARD_MAP_RETRY
-                        && (r.leaders.is_empty() || r.leaders.iter().any(Option::is_none))
-                }
+                Some(t) => (r.leaders.is_empty() || r.unknown > 0) && t.elapsed() > SHARD_MAP_RETRY,
+            };
+            if due {
+                r.fetched = Some(Instant::now());
             }
+            due
         };
         if due {
-            self.routes().fetched = Some(Instant::now());
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500));
             let mut req = tonic::Request::new(proto::ShardMapRequest {});
-            req.set_timeout(remaining.min(Duration::from_millis(500)));
-            if let Ok(Ok(m)) = tokio::time::timeout(
-                remaining.min(Duration::from_millis(500)),
-                AdminClient::new(self.channel()).shard_map(req),
-            )
-            .await
+            req.set_timeout(wait);
+            if let Ok(Ok(m)) =
+                tokio::time::timeout(wait, AdminClient::new(self.channel()).shard_map(req)).await
             {
                 self.install_map(&m.into_inner());
             }
         }
         let r = self.routes();
         if r.leaders.is_empty() {
-            return None;
+            return (None, None);
         }
         let shard = charging_proto::shard_of(account, r.leaders.len() as u32);
-        r.leaders[shard as usize].clone().map(|a| (shard, a))
+        (Some(shard), r.leaders[shard as usize].clone())
     }
 
     fn install_map(&self, m: &proto::ShardMapResponse) {
@@ -385,16 +424,15 @@ impl Client {
         }
         let mut r = self.routes();
         r.version = m.version;
+        r.unknown = leaders.iter().filter(|l| l.is_none()).count();
         r.leaders = leaders;
     }
 
     /// Records what a call learnt about `shard`'s leader.
     fn learn(&self, shard: Option<u32>, leader: Option<&str>) {
         let Some(shard) = shard else { return };
-        let mut r = self.routes();
-        if let Some(slot) = r.leaders.get_mut(shard as usize) {
-            *slot = leader.map(str::to_string);
-        }
+        self.routes()
+            .set(shard as usize, leader.map(str::to_string));
     }
 
     /// The shard map as cached by this client: its version and each shard's
@@ -407,12 +445,9 @@ impl Client {
     /// Fetches the shard map from the configured endpoint and caches it.
     pub async fn shard_map(&self) -> Result<proto::ShardMapResponse, Error> {
         let m = self
-            .call(
-                "shard_map",
-                None,
-                proto::ShardMapRequest {},
-                |ch, r| async move { AdminClient::new(ch).shard_map(r).await },
-            )
+            .call("shard_map", proto::ShardMapRequest {}, |ch, r| async move {
+                AdminClient::new(ch).shard_map(r).await
+            })
             .await?;
         self.routes().fetched = Some(Instant::now());
         self.install_map(&m);
@@ -421,33 +456,18 @@ impl Client {
 
     /// Runs one unary call with the retry policy. `msg` is cloned for each attempt,
     /// so its request id is the same on every attempt. Calls on an account
-    /// (`account` set) go to its shard's leader when the shard map knows it.
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        op: &'static str,
-        account: Option<&str>,
-        msg: Req,
-        f: F,
-    ) -> Result<Resp, Error>
+    /// go to its shard's leader when the shard map knows it.
+    async fn call<Req, Resp, F, Fut>(&self, op: &'static str, msg: Req, f: F) -> Result<Resp, Error>
     where
-        Req: Clone,
+        Req: Clone + OnAccount,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let deadline = Instant::now() + Duration::from_millis(self.config.deadline_ms);
-        let (shard, mut target) = match account {
-            Some(a) => match self.leader_for(a, deadline).await {
-                Some((s, addr)) => (Some(s), Some(addr)),
-                None => (None, None),
-            },
+        let (shard, mut target) = match msg.account() {
+            Some(a) => self.route(a, deadline).await,
             None => (None, None),
         };
-        let shard = shard.or_else(|| {
-            let r = self.routes();
-            account
-                .filter(|_| !r.leaders.is_empty())
-                .map(|a| charging_proto::shard_of(a, r.leaders.len() as u32))
-        });
         let mut retries = 0u32;
         let mut backoffs = 0u32;
         loop {
@@ -546,8 +566,7 @@ impl Client {
             initial_balance,
             buckets,
         };
-        let account = msg.account_id.clone();
-        self.call("create_account", Some(&account), msg, |ch, r| async move {
+        self.call("create_account", msg, |ch, r| async move {
             ChargingClient::new(ch).create_account(r).await
         })
         .await
@@ -575,8 +594,7 @@ impl Client {
             request_id: request_id_bytes(request_id),
             bucket: Some(bucket),
         };
-        let account = msg.account_id.clone();
-        self.call("add_bucket", Some(&account), msg, |ch, r| async move {
+        self.call("add_bucket", msg, |ch, r| async move {
             ChargingClient::new(ch).add_bucket(r).await
         })
         .await
@@ -607,8 +625,7 @@ impl Client {
             bucket_id,
             amount,
         };
-        let account = msg.account_id.clone();
-        self.call("top_up", Some(&account), msg, |ch, r| async move {
+        self.call("top_up", msg, |ch, r| async move {
             ChargingClient::new(ch).top_up(r).await
         })
         .await
@@ -652,8 +669,7 @@ impl Client {
             rating_group,
             requested: Some(requested),
         };
-        let account = msg.account_id.clone();
-        self.call("reserve", Some(&account), msg, |ch, r| async move {
+        self.call("reserve", msg, |ch, r| async move {
             ChargingClient::new(ch).reserve(r).await
         })
         .await
@@ -687,8 +703,7 @@ impl Client {
             seq,
             reports,
         };
-        let account = msg.account_id.clone();
-        self.call("update", Some(&account), msg, |ch, r| async move {
+        self.call("update", msg, |ch, r| async move {
             ChargingClient::new(ch).update(r).await
         })
         .await
@@ -722,8 +737,7 @@ impl Client {
             seq,
             reports,
         };
-        let account = msg.account_id.clone();
-        self.call("terminate", Some(&account), msg, |ch, r| async move {
+        self.call("terminate", msg, |ch, r| async move {
             ChargingClient::new(ch).terminate(r).await
         })
         .await
@@ -757,8 +771,7 @@ impl Client {
             used: Some(used),
             r#final: final_,
         };
-        let account = msg.account_id.clone();
-        self.call("commit", Some(&account), msg, |ch, r| async move {
+        self.call("commit", msg, |ch, r| async move {
             ChargingClient::new(ch).commit(r).await
         })
         .await
@@ -786,8 +799,7 @@ impl Client {
             request_id: request_id_bytes(request_id),
             reservation_id,
         };
-        let account = msg.account_id.clone();
-        self.call("release", Some(&account), msg, |ch, r| async move {
+        self.call("release", msg, |ch, r| async move {
             ChargingClient::new(ch).release(r).await
         })
         .await
@@ -818,8 +830,7 @@ impl Client {
             original_request_id: request_id_bytes(original_request_id),
             amount,
         };
-        let account = msg.account_id.clone();
-        self.call("refund", Some(&account), msg, |ch, r| async move {
+        self.call("refund", msg, |ch, r| async move {
             ChargingClient::new(ch).refund(r).await
         })
         .await
@@ -850,8 +861,7 @@ impl Client {
             rating_group,
             units: Some(units),
         };
-        let account = msg.account_id.clone();
-        self.call("debit", Some(&account), msg, |ch, r| async move {
+        self.call("debit", msg, |ch, r| async move {
             ChargingClient::new(ch).debit(r).await
         })
         .await
@@ -862,8 +872,7 @@ impl Client {
         let msg = BalanceRequest {
             account_id: account.into(),
         };
-        let account = msg.account_id.clone();
-        self.call("balance", Some(&account), msg, |ch, r| async move {
+        self.call("balance", msg, |ch, r| async move {
             ChargingClient::new(ch).balance(r).await
         })
         .await
@@ -891,13 +900,9 @@ impl Client {
             request_id: request_id_bytes(request_id),
             state: state as i32,
         };
-        let account = msg.account_id.clone();
-        self.call(
-            "set_account_state",
-            Some(&account),
-            msg,
-            |ch, r| async move { ChargingClient::new(ch).set_account_state(r).await },
-        )
+        self.call("set_account_state", msg, |ch, r| async move {
+            ChargingClient::new(ch).set_account_state(r).await
+        })
         .await
     }
 
@@ -916,7 +921,7 @@ impl Client {
             request_id: request_id_bytes(request_id),
             tariff: Some(tariff),
         };
-        self.call("set_tariff", None, msg, |ch, r| async move {
+        self.call("set_tariff", msg, |ch, r| async move {
             ChargingClient::new(ch).set_tariff(r).await
         })
         .await
@@ -924,12 +929,9 @@ impl Client {
 
     /// Lists all tariffs.
     pub async fn get_tariffs(&self) -> Result<GetTariffsResponse, Error> {
-        self.call(
-            "get_tariffs",
-            None,
-            GetTariffsRequest {},
-            |ch, r| async move { ChargingClient::new(ch).get_tariffs(r).await },
-        )
+        self.call("get_tariffs", GetTariffsRequest {}, |ch, r| async move {
+            ChargingClient::new(ch).get_tariffs(r).await
+        })
         .await
     }
 
@@ -937,7 +939,7 @@ impl Client {
 
     /// Cluster status as seen by the node the client is connected to.
     pub async fn status(&self) -> Result<StatusResponse, Error> {
-        self.call("status", None, StatusRequest {}, |ch, r| async move {
+        self.call("status", StatusRequest {}, |ch, r| async move {
             AdminClient::new(ch).status(r).await
         })
         .await
