@@ -223,6 +223,9 @@ impl ToJson for NodeStatus {
             "public_addr": self.public_addr,
             "internal_addr": self.internal_addr,
             "reachable": self.reachable,
+            "draining": self.draining,
+            "replicas": self.replicas,
+            "leaders": self.leaders,
         })
     }
 }
@@ -244,7 +247,17 @@ impl ToJson for ShardStatus {
             "voters": self.voters,
             "accounts": self.accounts,
             "lag": lag,
+            "replica": self.replica,
+            "joint": self.joint,
+            "learner_replicas": self.learner_replicas,
+            "intended": self.intended,
         })
+    }
+}
+
+impl ToJson for charging_proto::v1::NodeChangeResponse {
+    fn to_json(&self) -> Value {
+        json!({ "map_version": self.map_version })
     }
 }
 
@@ -255,6 +268,8 @@ impl ToJson for StatusResponse {
             "shards": self.shards,
             "map_version": self.map_version,
             "meta_leader": self.meta_leader,
+            "moves_in_progress": self.moves_in_progress,
+            "moves_total": self.moves_total,
             "nodes": self.nodes.iter().map(ToJson::to_json).collect::<Vec<_>>(),
             "shard_status": self.shard_status.iter().map(ToJson::to_json).collect::<Vec<_>>(),
         })

@@ -223,7 +223,8 @@ on_account!(
     CreateAccountRequest, AddBucketRequest, TopUpRequest, ReserveRequest, UpdateRequest,
     TerminateRequest, CommitRequest, ReleaseRequest, RefundRequest, DebitRequest,
     BalanceRequest, SetAccountStateRequest;
-    SetTariffRequest, GetTariffsRequest, StatusRequest, proto::ShardMapRequest
+    SetTariffRequest, GetTariffsRequest, StatusRequest, proto::ShardMapRequest,
+    proto::AddNodeRequest, proto::NodeRequest, proto::RemoveNodeRequest
 );
 
 /// How long after a shard-map fetch the client asks again, if the map is
@@ -941,6 +942,49 @@ impl Client {
     pub async fn status(&self) -> Result<StatusResponse, Error> {
         self.call("status", StatusRequest {}, |ch, r| async move {
             AdminClient::new(ch).status(r).await
+        })
+        .await
+    }
+
+    /// Adds a node to the cluster map; the placement driver then moves
+    /// replicas onto it. Idempotent for the same id and addresses.
+    pub async fn add_node(
+        &self,
+        node_id: u64,
+        public_addr: &str,
+        internal_addr: &str,
+    ) -> Result<proto::NodeChangeResponse, Error> {
+        let req = proto::AddNodeRequest {
+            node_id,
+            public_addr: public_addr.to_string(),
+            internal_addr: internal_addr.to_string(),
+        };
+        self.call("add_node", req, |ch, r| async move {
+            AdminClient::new(ch).add_node(r).await
+        })
+        .await
+    }
+
+    /// Marks a node draining: every replica moves off it.
+    pub async fn drain_node(&self, node_id: u64) -> Result<proto::NodeChangeResponse, Error> {
+        self.call(
+            "drain_node",
+            proto::NodeRequest { node_id },
+            |ch, r| async move { AdminClient::new(ch).drain_node(r).await },
+        )
+        .await
+    }
+
+    /// Takes a node out of the cluster map (refused while it holds replicas,
+    /// unless `force`).
+    pub async fn remove_node(
+        &self,
+        node_id: u64,
+        force: bool,
+    ) -> Result<proto::NodeChangeResponse, Error> {
+        let req = proto::RemoveNodeRequest { node_id, force };
+        self.call("remove_node", req, |ch, r| async move {
+            AdminClient::new(ch).remove_node(r).await
         })
         .await
     }

@@ -41,6 +41,8 @@ pub struct LocalCluster {
     pub addrs: BTreeMap<NodeId, PeerAddrs>,
     pub nodes: BTreeMap<NodeId, NodeHandle>,
     pub shards: u32,
+    clock: SharedClock,
+    tweak: Option<ConfigTweak>,
 }
 
 async fn bind(port: u16) -> anyhow::Result<TcpListener> {
@@ -87,7 +89,9 @@ impl LocalCluster {
                     connect_timeout: Duration::from_millis(500),
                 }),
                 clock: opts.clock.clone(),
-                logs: (0..opts.shards).map(|_| MemLog::new(id)).collect(),
+                logs: Arc::new(move |_, _| MemLog::new(id)),
+                replicas: None,
+                replicas_file: None,
                 meta_log: MemLog::new(id),
                 snapshot_dir: None,
             };
@@ -97,7 +101,44 @@ impl LocalCluster {
             addrs,
             nodes,
             shards: opts.shards,
+            clock: opts.clock,
+            tweak: opts.tweak,
         })
+    }
+
+    /// Starts node `id` as a new member joining through node `via`'s public
+    /// address (scale-out): it hosts nothing until the placement driver
+    /// moves replicas onto it.
+    pub async fn add_node(&mut self, id: NodeId, via: NodeId) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.addrs.contains_key(&id), "node {id} exists");
+        let public = bind(0).await?;
+        let internal = bind(0).await?;
+        let me = PeerAddrs {
+            public: public.local_addr()?.to_string(),
+            internal: internal.local_addr()?.to_string(),
+        };
+        let mut cfg = NodeConfig::new(id, BTreeMap::from([(id, me.clone())]));
+        cfg.shards = self.shards;
+        cfg.join = Some(self.addrs[&via].public.clone());
+        if let Some(t) = &self.tweak {
+            t(&mut cfg);
+        }
+        let edges = Edges {
+            public: node::tcp_incoming(public),
+            internal: node::tcp_incoming(internal),
+            connector: Box::new(TcpConnector {
+                connect_timeout: Duration::from_millis(500),
+            }),
+            clock: self.clock.clone(),
+            logs: Arc::new(move |_, _| MemLog::new(id)),
+            replicas: None,
+            replicas_file: None,
+            meta_log: MemLog::new(id),
+            snapshot_dir: None,
+        };
+        self.nodes.insert(id, node::start(cfg, edges).await?);
+        self.addrs.insert(id, me);
+        Ok(())
     }
 
     pub fn public_url(&self, id: NodeId) -> String {
@@ -108,7 +149,7 @@ impl LocalCluster {
     pub fn deciding_leader(&self, shard: ShardId) -> Option<NodeId> {
         self.nodes
             .iter()
-            .find(|(_, n)| n.shards[shard as usize].is_deciding())
+            .find(|(_, n)| n.replica(shard).is_some_and(|h| h.is_deciding()))
             .map(|(id, _)| *id)
     }
 
@@ -135,8 +176,8 @@ impl LocalCluster {
             let want = ids[s as usize % ids.len()];
             if let Some(cur) = self.deciding_leader(s) {
                 if cur != want {
-                    let raft = &self.nodes[&cur].shards[s as usize].raft;
-                    if let Some(r) = crate::raft::replica_of(raft, want) {
+                    let raft = self.nodes[&cur].raft(s);
+                    if let Some(r) = crate::raft::replica_of(&raft, want) {
                         let _ = raft.trigger().transfer_leader(r).await;
                     }
                 }

@@ -66,6 +66,11 @@ pub struct NodeConfig {
     pub leader_balance_period: Option<Duration>,
     /// Internal transport: append pipeline window, snapshot chunking and pacing.
     pub transport: crate::raft::network::TransportOptions,
+    /// Public address of a cluster node to join through (a node added to a
+    /// running cluster); `None` for the initial members.
+    pub join: Option<String>,
+    /// Placement driver: concurrent moves, period, call deadlines.
+    pub placement: crate::placement::PlacementOptions,
 }
 
 impl NodeConfig {
@@ -85,6 +90,8 @@ impl NodeConfig {
             snapshot_logs: 20_000,
             leader_balance_period: Some(Duration::from_secs(2)),
             transport: Default::default(),
+            join: None,
+            placement: Default::default(),
         }
     }
 
@@ -134,6 +141,10 @@ impl NodeConfig {
         )?;
         check(!self.sweep_period.is_zero(), "sweep_period: must be > 0")?;
         check(self.snapshot_logs >= 10, "snapshot_logs: must be >= 10")?;
+        check(
+            (1..=64).contains(&self.placement.max_moves),
+            "max_moves: must be 1..=64",
+        )?;
         check(
             (1..=4096).contains(&self.transport.append_window),
             "append_window: must be 1..=4096",

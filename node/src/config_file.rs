@@ -14,7 +14,11 @@
 //! replication_factor = 3
 //! fsync = "always"                    # always | never
 //!
-//! [[peers]]                           # every member, this node included
+//! # join = "127.0.0.1:50051"          # a node added to a running cluster:
+//! #                                   # any member's public address; then
+//! #                                   # peers lists only this node (or nothing)
+//!
+//! [[peers]]                           # every initial member, this node included
 //! id = 1
 //! public = "127.0.0.1:50051"
 //! internal = "127.0.0.1:51051"
@@ -47,6 +51,10 @@ struct FileConfig {
     /// Seed of the election-timeout rng (mixed with node and shard ids).
     #[serde(default)]
     rng_seed: Option<u64>,
+    /// Public address of a running cluster's node to join through.
+    #[serde(default)]
+    join: Option<String>,
+    #[serde(default)]
     peers: Vec<FilePeer>,
     #[serde(default)]
     limits: FileLimits,
@@ -92,6 +100,8 @@ struct FileLimits {
     max_sessions_per_account: Option<u32>,
     max_reservations_per_account: Option<u32>,
     max_buckets_per_account: Option<u32>,
+    /// Placement driver: shards moving at once.
+    max_moves: Option<usize>,
 }
 
 /// A node's configuration as read from its file: the [`NodeConfig`] plus
@@ -133,7 +143,19 @@ impl ProcessConfig {
         if f.data_dir.as_os_str().is_empty() {
             return Err("data_dir: must not be empty".into());
         }
+        if let Some(j) = &f.join {
+            addr("join", j)?;
+        }
         let mut members = BTreeMap::new();
+        if f.join.is_some() && f.peers.is_empty() {
+            members.insert(
+                f.node_id,
+                PeerAddrs {
+                    public: f.public_addr.clone(),
+                    internal: f.internal_addr.clone(),
+                },
+            );
+        }
         for (i, p) in f.peers.iter().enumerate() {
             addr(&format!("peers[{i}].public"), &p.public)?;
             addr(&format!("peers[{i}].internal"), &p.internal)?;
@@ -169,7 +191,13 @@ impl ProcessConfig {
                 "replication_factor: {rf} must be odd and >= 1 (a majority must survive a loss)"
             ));
         }
-        if rf != members.len() {
+        if f.join.is_some() && members.len() != 1 {
+            return Err(
+                "join: a joining node lists only itself in peers (it learns the rest from the cluster)"
+                    .into(),
+            );
+        }
+        if f.join.is_none() && rf != members.len() {
             return Err(format!(
                 "replication_factor: {rf} must equal the number of peers ({}); \
                  placement over more nodes comes with scale-out (`chargectl node add`)",
@@ -177,6 +205,7 @@ impl ProcessConfig {
             ));
         }
         let mut node = NodeConfig::new(f.node_id, members);
+        node.join = f.join.clone();
         if let Some(s) = f.shards {
             node.shards = s;
         }
@@ -212,6 +241,7 @@ impl ProcessConfig {
             max_sessions_per_account => node.ledger.max_sessions_per_account,
             max_reservations_per_account => node.ledger.max_reservations_per_account,
             max_buckets_per_account => node.ledger.max_buckets_per_account,
+            max_moves => node.placement.max_moves,
         }
         if let Some(v) = l.request_deadline_ms {
             node.front_door.request_deadline = ms(v);
@@ -284,6 +314,7 @@ max_dedup_per_account = {mdd}
 max_sessions_per_account = {msa}
 max_reservations_per_account = {mra}
 max_buckets_per_account = {mba}
+max_moves = {mm}                      # shards the placement driver moves at once
 "#,
         shards = d.shards,
         seed = d.rng_seed,
@@ -311,6 +342,7 @@ max_buckets_per_account = {mba}
         msa = d.ledger.max_sessions_per_account,
         mra = d.ledger.max_reservations_per_account,
         mba = d.ledger.max_buckets_per_account,
+        mm = d.placement.max_moves,
     )
 }
 

@@ -10,6 +10,9 @@
 //! - [`ledger`]: pure, deterministic account logic (decide / apply).
 //! - [`node`]: assembles a node from injected edges; [`cluster`]: several
 //!   nodes in one process (the `dev` cluster and tests).
+//! - [`meta`]: the replicated cluster map; [`placement`]: scale-out (the
+//!   placement driver, membership reconciler, join); [`replicas`]: the shard
+//!   replicas a node hosts, created and dropped at run time.
 //! - [`config`], [`clock`], [`codec`], [`metrics_http`]: limits, time, bytes, metrics.
 pub mod clock;
 pub mod cluster;
@@ -21,6 +24,8 @@ pub mod ledger;
 pub mod meta;
 pub mod metrics_http;
 pub mod node;
+pub mod placement;
 pub mod process;
 pub mod raft;
+pub mod replicas;
 pub mod shard;

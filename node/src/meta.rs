@@ -21,11 +21,13 @@ use tokio::sync::watch;
 /// Group id of the metadata Raft group (beside shards `0..shards`).
 pub const META_GROUP: ShardId = u32::MAX;
 
-/// Addresses of a node, as recorded in the map.
+/// A node as recorded in the map.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeEntry {
     pub public: String,
     pub internal: String,
+    /// Set by `drain`: the placement driver moves every replica off it.
+    pub draining: bool,
 }
 
 /// The replicated shard map.
@@ -34,9 +36,20 @@ pub struct ClusterMap {
     /// 1 for the first map, +1 on every change.
     pub version: u64,
     pub shards: u32,
+    /// Replicas each shard should have.
+    pub replication_factor: u32,
     pub nodes: BTreeMap<u64, NodeEntry>,
     /// Intended replicas (member ids: node << 32 | incarnation) of each shard.
     pub placement: BTreeMap<ShardId, Vec<NodeId>>,
+    /// Preferred leader (node id) of each shard, spread evenly by the
+    /// placement driver; leaders hand over to it (raft::balance).
+    pub leaders: BTreeMap<ShardId, u64>,
+    /// Incarnation the next new replica gets (unique over the cluster's life,
+    /// so a replica returning to a node it left never reuses a member id).
+    pub next_incarnation: u32,
+    /// Node ids taken out with `remove`: never accepted again (their replica
+    /// ids may still sit in old logs).
+    pub removed: std::collections::BTreeSet<u64>,
 }
 
 impl ClusterMap {
@@ -48,9 +61,10 @@ impl ClusterMap {
             .keys()
             .map(|n| replica_id(*n, incarnation))
             .collect();
-        ClusterMap {
+        let mut map = ClusterMap {
             version: 1,
             shards: config.shards,
+            replication_factor: replicas.len() as u32,
             nodes: config
                 .members
                 .iter()
@@ -60,12 +74,35 @@ impl ClusterMap {
                         NodeEntry {
                             public: a.public.clone(),
                             internal: a.internal.clone(),
+                            draining: false,
                         },
                     )
                 })
                 .collect(),
             placement: (0..config.shards).map(|s| (s, replicas.clone())).collect(),
-        }
+            leaders: BTreeMap::new(),
+            next_incarnation: incarnation + 1,
+            removed: Default::default(),
+        };
+        map.leaders = crate::placement::spread_leaders(&map);
+        map
+    }
+
+    /// Node ids the map places `shard` on.
+    pub fn nodes_of(&self, shard: ShardId) -> Vec<u64> {
+        self.placement
+            .get(&shard)
+            .map(|r| r.iter().map(|r| crate::raft::node_of(*r)).collect())
+            .unwrap_or_default()
+    }
+
+    /// This node's intended replica of `shard`, if any.
+    pub fn replica_on(&self, shard: ShardId, node: u64) -> Option<NodeId> {
+        self.placement
+            .get(&shard)?
+            .iter()
+            .copied()
+            .find(|r| crate::raft::node_of(*r) == node)
     }
 }
 
@@ -108,4 +145,69 @@ pub async fn run_writer(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Why a map change did not happen.
+#[derive(Debug)]
+pub enum ChangeError {
+    /// This node does not lead the metadata group (the leader, if known).
+    NotLeader(Option<u64>),
+    /// The change is refused (bad request); the message says why.
+    Refused(String),
+    /// Not known to be written (timeout, leadership lost): retry.
+    Unavailable(String),
+}
+
+/// Changes the map on the metadata leader: `f` gets the current map and
+/// returns the next one (`Ok(None)`: nothing to change). Written with
+/// compare-and-set on the version, retried on a conflict. Returns the version
+/// that holds the change.
+pub async fn change(
+    raft: &Raft,
+    store: &ShardStore,
+    clock: &crate::clock::SharedClock,
+    f: impl Fn(&ClusterMap) -> Result<Option<ClusterMap>, String>,
+) -> Result<u64, ChangeError> {
+    for _ in 0..5 {
+        if let Err(fwd) = raft.as_leader() {
+            return Err(ChangeError::NotLeader(
+                fwd.leader_id.map(crate::raft::node_of),
+            ));
+        }
+        // Read our own writes: the view must include every committed map.
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+        )
+        .await;
+        if !matches!(read, Ok(Ok(_))) {
+            return Err(ChangeError::Unavailable(
+                "metadata read index not confirmed".into(),
+            ));
+        }
+        let Some(current) = store.view().state.cluster_map.clone() else {
+            return Err(ChangeError::Unavailable("no cluster map yet".into()));
+        };
+        let Some(next) = f(&current).map_err(ChangeError::Refused)? else {
+            return Ok(current.version);
+        };
+        let batch = Batch {
+            log_ts_ms: clock.now_ms(),
+            events: vec![Event::ClusterMap {
+                map: next,
+                expected_version: current.version,
+            }],
+        };
+        match tokio::time::timeout(Duration::from_secs(5), raft.client_write(batch)).await {
+            Ok(Ok(resp)) => match resp.data.0.first() {
+                Some(crate::ledger::Applied::Ok(crate::ledger::Reply::ClusterMapSet {
+                    version,
+                })) => return Ok(*version),
+                _ => continue, // a concurrent change won: decide again
+            },
+            Ok(Err(e)) => return Err(ChangeError::Unavailable(e.to_string())),
+            Err(_) => return Err(ChangeError::Unavailable("metadata write timed out".into())),
+        }
+    }
+    Err(ChangeError::Unavailable("cluster map kept changing".into()))
 }

@@ -19,15 +19,15 @@ use crate::raft::{raft_config, replica_id, NodeId, Raft, ShardId};
 /// gives a replica that returns to a node a higher one.
 pub const INITIAL_INCARNATION: u32 = 1;
 use crate::meta::{ClusterMap, META_GROUP};
+use crate::replicas::{Hosted, ReplicaSet};
 use crate::shard::sweeper::{Sweeper, SweeperArgs};
-use crate::shard::{ShardActor, ShardArgs, ShardMsg};
 use charging_proto::internal::raft_internal_server::RaftInternalServer;
 use charging_proto::v1::admin_server::AdminServer;
 use charging_proto::v1::charging_server::ChargingServer;
 use openraft::BasicNode;
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -86,8 +86,14 @@ pub struct Edges<L: LogEngine, I: Incoming> {
     pub internal: I,
     pub connector: Box<dyn Connector>,
     pub clock: SharedClock,
-    /// Log engine per shard (kept by the caller to survive a restart).
-    pub logs: Vec<L>,
+    /// Opens the log engine of a replica incarnation `(shard, incarnation)`
+    /// (the caller keeps what it returns to survive a restart).
+    pub logs: crate::replicas::LogFactory<L>,
+    /// Replicas to host at start, `(shard, incarnation)`. `None`: every
+    /// shard at [`INITIAL_INCARNATION`], or none when joining.
+    pub replicas: Option<Vec<(ShardId, u32)>>,
+    /// File that keeps the hosted replica list across restarts.
+    pub replicas_file: Option<std::path::PathBuf>,
     /// Log engine of the metadata group ([`crate::meta::META_GROUP`]).
     pub meta_log: L,
     /// Folder of the shards' snapshot files; `None` keeps snapshots in memory.
@@ -100,7 +106,8 @@ pub struct NodeHandle {
     /// The metadata group's replica on this node.
     pub meta: Raft,
     pub front_door: Arc<FrontDoor>,
-    pub shards: Vec<ShardHandle>,
+    /// The shard replicas this node hosts now (changes under scale-out).
+    pub hosted: Hosted,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     sweeper: ActorRef<crate::shard::sweeper::SweepMsg>,
@@ -109,8 +116,23 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    pub fn raft(&self, shard: ShardId) -> &Raft {
-        &self.shards[shard as usize].raft
+    /// This node's replica of `shard`. Panics if it hosts none (tests).
+    pub fn raft(&self, shard: ShardId) -> Raft {
+        self.replica(shard)
+            .unwrap_or_else(|| panic!("node {} hosts no replica of shard {shard}", self.id))
+            .raft
+    }
+
+    /// This node's replica of `shard`, if it hosts one.
+    pub fn replica(&self, shard: ShardId) -> Option<ShardHandle> {
+        self.hosted.get(&shard).map(|h| h.clone())
+    }
+
+    /// Every hosted replica, by shard.
+    pub fn shards(&self) -> Vec<ShardHandle> {
+        let mut v: Vec<ShardHandle> = self.hosted.iter().map(|h| h.clone()).collect();
+        v.sort_by_key(|h| h.shard);
+        v
     }
 
     /// Fault injection: cut (or restore) all of this node's Raft traffic,
@@ -132,12 +154,11 @@ impl NodeHandle {
             t.abort();
         }
         self.sweeper.stop(None);
-        for h in &self.shards {
+        for h in self.shards() {
             h.actor.stop(None);
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.meta.shutdown()).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.meta.shutdown()).await;
     }
 
@@ -145,7 +166,7 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.sweeper.stop(None);
-        for h in &self.shards {
+        for h in self.shards() {
             h.actor.stop(None);
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
@@ -165,79 +186,40 @@ pub async fn start<L: LogEngine, I: Incoming>(
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    anyhow::ensure!(
-        edges.logs.len() == config.shards as usize,
-        "one log engine per shard expected"
-    );
     let me = config.node_id;
     let transport: TransportOptions = config.transport.clone();
     let max_snapshot_bytes = transport.snapshot_max_bytes;
     let peers = Peers::new(me, edges.connector, edges.clock.clone(), transport);
     let groups: Groups = Arc::new(dashmap::DashMap::new());
     let raft_cfg = Arc::new(raft_config("charging", config.snapshot_logs).validate()?);
-    let active = Arc::new(AtomicUsize::new(0));
     let isolated = Arc::new(AtomicBool::new(false));
     peers.set_isolation(isolated.clone());
-    let mut shards = Vec::with_capacity(config.shards as usize);
-    for (shard, log) in (0..config.shards).zip(edges.logs) {
-        let store = match &edges.snapshot_dir {
-            Some(dir) => ShardStore::open(
-                config.ledger.clone(),
-                dir.join(format!("shard-{shard}.snap")),
-            )?,
-            None => ShardStore::new(config.ledger.clone()),
-        };
-        let deciding = Arc::new(AtomicBool::new(false));
-        let net = GroupNetworkFactory {
-            shard,
-            peers: peers.clone(),
-        };
-        let seed = crate::raft::group_seed(config.rng_seed, me, shard);
-        let raft = crate::raft::Runtime::scope(
-            seed,
-            Raft::new(
-                replica_id(me, INITIAL_INCARNATION),
-                raft_cfg.clone(),
-                net,
-                log,
-                store.clone(),
-            ),
-        )
-        .await?;
-        groups.insert(shard, raft.clone());
-        let (actor, _) = Actor::spawn(
-            None,
-            ShardActor,
-            ShardArgs {
-                node: me,
-                incarnation: INITIAL_INCARNATION,
-                shard,
-                raft: raft.clone(),
-                store: store.clone(),
-                clock: edges.clock.clone(),
-                limits: config.shard.clone(),
-                active_accounts: active.clone(),
-                max_active_accounts: config.max_active_accounts,
-                deciding: deciding.clone(),
-            },
-        )
-        .await?;
-        shards.push(ShardHandle {
-            shard,
-            raft,
-            store,
-            actor,
-            deciding,
-        });
+    let replicas = Arc::new(ReplicaSet::new(
+        config.clone(),
+        raft_cfg.clone(),
+        peers.clone(),
+        groups.clone(),
+        edges.clock.clone(),
+        edges.logs,
+        edges.snapshot_dir.clone(),
+        edges.replicas_file,
+    ));
+    let initial: Vec<(ShardId, u32)> = match edges.replicas {
+        Some(r) => r,
+        None if config.join.is_some() => Vec::new(),
+        None => (0..config.shards)
+            .map(|s| (s, INITIAL_INCARNATION))
+            .collect(),
+    };
+    for (shard, incarnation) in initial {
+        replicas.create(shard, incarnation).await?;
     }
+    let hosted = replicas.hosted.clone();
     let (sweeper, _) = Actor::spawn(
         None,
         Sweeper,
         SweeperArgs {
-            shards: shards
-                .iter()
-                .map(|h| (h.store.clone(), h.actor.clone()))
-                .collect::<Vec<(ShardStore, ActorRef<ShardMsg>)>>(),
+            hosted: hosted.clone(),
             clock: edges.clock.clone(),
             period: config.sweep_period,
         },
@@ -276,11 +258,14 @@ pub async fn start<L: LogEngine, I: Incoming>(
     groups.insert(META_GROUP, meta_raft.clone());
     let front_door = FrontDoor::new(
         me,
-        shards.clone(),
+        config.shards,
+        hosted.clone(),
+        replicas.clone(),
         public_addrs,
         internal_addrs,
-        Some((meta_raft.clone(), meta_store.clone())),
+        (meta_raft.clone(), meta_store.clone()),
         config.front_door.clone(),
+        edges.clock.clone(),
     );
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -355,8 +340,35 @@ pub async fn start<L: LogEngine, I: Incoming>(
     if let Some(period) = config.leader_balance_period {
         tasks.push(tokio::spawn(crate::raft::balance::run(
             me,
-            shards.clone(),
+            hosted.clone(),
+            meta_store.clone(),
             period,
+            rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::replicas::run_manager(
+        replicas.clone(),
+        meta_store.clone(),
+        rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::placement::run_reconciler(
+        me,
+        hosted.clone(),
+        meta_store.clone(),
+        config.placement.clone(),
+        rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::placement::run_driver(
+        front_door.clone(),
+        config.placement.clone(),
+        rx.clone(),
+    )));
+    if let Some(join) = config.join.clone() {
+        tasks.push(tokio::spawn(crate::placement::join(
+            me,
+            config.members[&me].clone(),
+            join,
+            meta_store.clone(),
             rx.clone(),
         )));
     }
@@ -372,7 +384,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
                 )
             })
             .collect();
-        for h in &shards {
+        for h in hosted.iter().map(|h| h.clone()).collect::<Vec<_>>() {
             if let Err(e) = h.raft.initialize(members.clone()).await {
                 tracing::debug!(shard = h.shard, error = %e, "initialize skipped");
             }
@@ -385,7 +397,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     Ok(NodeHandle {
         id: me,
         front_door,
-        shards,
+        hosted,
         shutdown,
         tasks,
         sweeper,

@@ -74,6 +74,16 @@ async fn cluster_exists(cfg: &ProcessConfig) -> bool {
     false
 }
 
+/// The WAL group of a replica incarnation: the shard itself for the first
+/// incarnation (shards < 4096), then `incarnation << 12 | shard`.
+fn wal_group(shard: crate::raft::ShardId, incarnation: u32) -> u32 {
+    if incarnation == node::INITIAL_INCARNATION {
+        shard
+    } else {
+        (incarnation << 12) | shard
+    }
+}
+
 /// A started node process.
 pub struct Running {
     pub node: NodeHandle,
@@ -125,7 +135,11 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
 
     let lowest = cfg.node.members.keys().next().copied() == Some(me);
     let mut node_cfg = cfg.node.clone();
-    node_cfg.bootstrap = fresh && lowest && !cluster_exists(&cfg).await;
+    node_cfg.bootstrap = fresh && lowest && node_cfg.join.is_none() && !cluster_exists(&cfg).await;
+    let replicas_file = cfg.data_dir.join("replicas");
+    // Replicas hosted at the last stop; on a fresh dir, every shard for an
+    // initial member and none for a joining node.
+    let replicas = crate::replicas::read_persisted(&replicas_file)?;
     if node_cfg.bootstrap {
         tracing::info!(
             node = me,
@@ -140,7 +154,12 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
             connect_timeout: node_cfg.connect_timeout,
         }),
         clock: Arc::new(SystemClock),
-        logs: (0..node_cfg.shards).map(|s| wal.log(s)).collect(),
+        logs: {
+            let wal = wal.clone();
+            Arc::new(move |shard, incarnation| wal.log(wal_group(shard, incarnation)))
+        },
+        replicas,
+        replicas_file: Some(replicas_file),
         meta_log: wal.log(crate::meta::META_GROUP),
         snapshot_dir: Some(snapshot_dir),
     };

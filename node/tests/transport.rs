@@ -414,7 +414,7 @@ async fn lagging_follower_catches_up_by_snapshot_without_slowing_other_shards() 
         .await
         .expect("follower applied the leader's entries");
     let hash = |n: NodeId| {
-        let v = cluster.nodes[&n].shards[HOT as usize].store.view();
+        let v = cluster.nodes[&n].replica(HOT).expect("hosted").store.view();
         (v.applied, v.state.state_hash())
     };
     assert_eq!(hash(FOLLOWER), hash(leader), "(applied, state hash)");

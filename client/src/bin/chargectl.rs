@@ -241,8 +241,38 @@ enum Command {
     },
     /// List the tariffs.
     Tariffs,
-    /// Cluster status: nodes, shards, leaders, applied index, lag.
+    /// Cluster status: nodes, shards, leaders, applied index, lag, moves.
     Status,
+    /// Cluster membership: list, add, drain, remove nodes.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Nodes with their state, replicas and preferred leaders.
+    List,
+    /// Add a node (a node started with `--join` adds itself).
+    Add {
+        node_id: u64,
+        /// Its public (client) address, host:port.
+        #[arg(long)]
+        public: String,
+        /// Its internal (Raft) address, host:port.
+        #[arg(long)]
+        internal: String,
+    },
+    /// Move every replica off a node (watch `chargectl node list`).
+    Drain { node_id: u64 },
+    /// Take a node out of the cluster (refused while it holds replicas).
+    Remove {
+        node_id: u64,
+        /// Remove even though replicas remain (they are re-created elsewhere).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Command {
@@ -262,7 +292,9 @@ impl Command {
             | Command::Debit { id, .. }
             | Command::SetState { id, .. }
             | Command::SetTariff { id, .. } => id,
-            Command::Balance { .. } | Command::Tariffs | Command::Status => return None,
+            Command::Balance { .. } | Command::Tariffs | Command::Status | Command::Node { .. } => {
+                return None
+            }
         };
         Some(id.request_id.unwrap_or_else(new_request_id))
     }
@@ -620,6 +652,30 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             let r = client.status().await?;
             Outcome::new(None, r.to_json(), vec![]).with_text(status_text(&r))
         }
+        Command::Node { cmd } => {
+            let r = match cmd {
+                NodeCmd::List => {
+                    let r = client.status().await?;
+                    let nodes: Vec<_> = r.nodes.iter().map(ToJson::to_json).collect();
+                    return Ok(
+                        Outcome::new(None, serde_json::json!({ "nodes": nodes }), vec![])
+                            .with_text(nodes_text(&r)),
+                    );
+                }
+                NodeCmd::Add {
+                    node_id,
+                    public,
+                    internal,
+                } => client.add_node(node_id, &public, &internal).await?,
+                NodeCmd::Drain { node_id } => client.drain_node(node_id).await?,
+                NodeCmd::Remove { node_id, force } => client.remove_node(node_id, force).await?,
+            };
+            Outcome::new(
+                None,
+                r.to_json(),
+                vec![("map-version", r.map_version.to_string())],
+            )
+        }
     })
 }
 
@@ -889,7 +945,8 @@ fn tariffs_text(tariffs: &[Tariff]) -> String {
     )
 }
 
-fn status_text(s: &StatusResponse) -> String {
+/// The node table: addresses, state, placement counts, reachability.
+fn nodes_text(s: &StatusResponse) -> String {
     let nodes: Vec<Vec<String>> = s
         .nodes
         .iter()
@@ -898,10 +955,28 @@ fn status_text(s: &StatusResponse) -> String {
                 n.node_id.to_string(),
                 n.public_addr.clone(),
                 n.internal_addr.clone(),
+                if n.draining { "draining" } else { "active" }.to_string(),
+                n.replicas.to_string(),
+                n.leaders.to_string(),
                 yes_no(n.reachable),
             ]
         })
         .collect();
+    table(
+        &[
+            "NODE",
+            "PUBLIC",
+            "INTERNAL",
+            "STATE",
+            "REPLICAS",
+            "LEADERS",
+            "REACHABLE",
+        ],
+        &nodes,
+    )
+}
+
+fn status_text(s: &StatusResponse) -> String {
     let shards: Vec<Vec<String>> = s
         .shard_status
         .iter()
@@ -942,11 +1017,13 @@ fn status_text(s: &StatusResponse) -> String {
         format!("node {}", s.meta_leader)
     };
     format!(
-        "answered by node {}; {} shards; cluster map version {} (metadata group led by {meta})\n\n{}\n\n{}",
+        "answered by node {}; {} shards; cluster map version {} (metadata group led by {meta}); \
+         replica moves in progress: {}\n\n{}\n\n{}",
         s.node_id,
         s.shards,
         s.map_version,
-        table(&["NODE", "PUBLIC", "INTERNAL", "REACHABLE"], &nodes),
+        s.moves_in_progress,
+        nodes_text(s),
         table(
             &[
                 "SHARD",

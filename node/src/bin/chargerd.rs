@@ -28,6 +28,10 @@ enum Cmd {
         /// The node's config file (see `chargerd config-example`).
         #[arg(long, short)]
         config: std::path::PathBuf,
+        /// Join a running cluster through this node's public address
+        /// (overrides `join` in the file).
+        #[arg(long)]
+        join: Option<String>,
     },
     /// Print a commented config for node N of a local 3-node cluster.
     ConfigExample {
@@ -212,9 +216,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().cmd {
-        Cmd::Start { config } => {
-            let cfg = charging_node::config_file::ProcessConfig::load(&config)
+        Cmd::Start { config, join } => {
+            let mut cfg = charging_node::config_file::ProcessConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!(e))?;
+            if join.is_some() {
+                cfg.node.join = join;
+            }
             let id = cfg.node.node_id;
             println!(
                 "chargerd node {id}: api {} raft {} data {} fsync {:?}",

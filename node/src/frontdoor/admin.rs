@@ -1,5 +1,6 @@
 //! The Admin service: cluster status as this node sees it.
-use super::FrontDoor;
+use super::{FrontDoor, ShardHandle};
+use crate::meta::{ChangeError, ClusterMap};
 use crate::raft::node_of;
 use charging_proto::v1 as pb;
 use charging_proto::v1::admin_server::Admin;
@@ -10,22 +11,127 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct AdminService(pub Arc<FrontDoor>);
 
-fn nodes(fd: &FrontDoor) -> Vec<pb::NodeStatus> {
-    fd.public_addrs
+fn reachable(fd: &FrontDoor, id: u64) -> bool {
+    // This node, or a peer heard from within the last 3 s (heartbeats go
+    // out every 100 ms).
+    id == fd.node
+        || fd
+            .heard
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3))
+}
+
+/// Every node: from the cluster map (with its placement counts), else from
+/// this node's config.
+fn nodes(fd: &FrontDoor, map: Option<&ClusterMap>) -> Vec<pb::NodeStatus> {
+    let Some(map) = map else {
+        return fd
+            .public_addrs
+            .iter()
+            .map(|(id, addr)| pb::NodeStatus {
+                node_id: *id,
+                public_addr: addr.clone(),
+                internal_addr: fd.internal_addrs.get(id).cloned().unwrap_or_default(),
+                reachable: reachable(fd, *id),
+                ..Default::default()
+            })
+            .collect();
+    };
+    map.nodes
         .iter()
-        .map(|(id, addr)| pb::NodeStatus {
+        .map(|(id, e)| pb::NodeStatus {
             node_id: *id,
-            public_addr: addr.clone(),
-            internal_addr: fd.internal_addrs.get(id).cloned().unwrap_or_default(),
-            // This node, or a peer heard from within the last 3 s
-            // (heartbeats go out every 100 ms).
-            reachable: *id == fd.node
-                || fd
-                    .heard
-                    .get(id)
-                    .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3)),
+            public_addr: e.public.clone(),
+            internal_addr: e.internal.clone(),
+            reachable: reachable(fd, *id),
+            draining: e.draining,
+            replicas: map
+                .placement
+                .values()
+                .filter(|r| r.iter().any(|r| node_of(*r) == *id))
+                .count() as u32,
+            leaders: map.leaders.values().filter(|n| **n == *id).count() as u32,
         })
         .collect()
+}
+
+/// Membership of a local replica: (leader node, term, voters, learners, joint).
+fn membership(h: &ShardHandle) -> (u64, u64, Vec<u64>, Vec<u64>, bool) {
+    let m = h.raft.metrics();
+    let m = m.borrow_watched();
+    let mem = m.membership_config.membership();
+    (
+        m.current_leader.map(node_of).unwrap_or(0),
+        m.current_term,
+        mem.voter_ids().collect(),
+        mem.learner_ids().collect(),
+        mem.get_joint_config().len() > 1,
+    )
+}
+
+fn not_leader(fd: &FrontDoor, leader: Option<u64>) -> Status {
+    let mut s = Status::unavailable("not the metadata leader; retry");
+    if let Some(addr) = leader.and_then(|l| fd.public_addr(l)) {
+        if let Ok(v) = format!("http://{addr}").parse() {
+            s.metadata_mut().insert(super::LEADER_ADDR, v);
+        }
+    }
+    s
+}
+
+/// Result of a map change attempted here.
+enum Changed {
+    Done(u64),
+    /// Another node leads the metadata group: send the request there.
+    Forward(AdminClient),
+}
+
+impl AdminService {
+    /// Applies a map change on the metadata leader, or names the leader to
+    /// forward to (one hop: a forwarded request is never forwarded again).
+    async fn change(
+        &self,
+        forwarded: bool,
+        f: impl Fn(&ClusterMap) -> Result<Option<ClusterMap>, String>,
+    ) -> Result<Changed, Status> {
+        let fd = &self.0;
+        let (raft, store) = &fd.meta;
+        match crate::meta::change(raft, store, &fd.clock, f).await {
+            Ok(v) => Ok(Changed::Done(v)),
+            Err(ChangeError::Refused(why)) => Err(Status::failed_precondition(why)),
+            Err(ChangeError::Unavailable(why)) => Err(Status::unavailable(why)),
+            Err(ChangeError::NotLeader(Some(l))) if !forwarded && l != fd.node => {
+                let addr = fd.public_addr(l).ok_or_else(|| not_leader(fd, None))?;
+                let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .connect_timeout(std::time::Duration::from_secs(1))
+                    .timeout(std::time::Duration::from_secs(10))
+                    .connect_lazy();
+                Ok(Changed::Forward(AdminClient::new(ch)))
+            }
+            Err(ChangeError::NotLeader(l)) => Err(not_leader(fd, l)),
+        }
+    }
+}
+
+/// The request, marked as forwarded.
+fn marked<M>(m: M) -> Request<M> {
+    let mut r = Request::new(m);
+    r.metadata_mut()
+        .insert(super::FORWARDED, "1".parse().expect("ascii"));
+    r
+}
+
+fn done(v: u64) -> Result<Response<pb::NodeChangeResponse>, Status> {
+    Ok(Response::new(pb::NodeChangeResponse { map_version: v }))
+}
+
+type AdminClient = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+fn node_entry(map: &ClusterMap, id: u64) -> Result<&crate::meta::NodeEntry, String> {
+    map.nodes
+        .get(&id)
+        .ok_or_else(|| format!("node {id} is not in the cluster map"))
 }
 
 #[tonic::async_trait]
@@ -35,47 +141,58 @@ impl Admin for AdminService {
         _r: Request<pb::ShardMapRequest>,
     ) -> Result<Response<pb::ShardMapResponse>, Status> {
         let fd = &self.0;
-        let map = fd.meta.as_ref().map(|(_, store)| store.view());
-        let map = map
-            .as_ref()
-            .and_then(|v| crate::meta::map_of(&v.state).cloned());
-        let routes = fd
-            .shards
-            .iter()
-            .map(|h| {
-                let (leader, term, voters) = {
-                    let m = h.raft.metrics();
-                    let m = m.borrow_watched();
-                    (
-                        m.current_leader.map(node_of).unwrap_or(0),
-                        m.current_term,
-                        m.membership_config
-                            .membership()
-                            .voter_ids()
-                            .map(node_of)
-                            .collect::<Vec<_>>(),
-                    )
-                };
-                let intended = map
+        let map = fd.map();
+        let routes = (0..fd.shard_count)
+            .map(|shard| {
+                let intended_replicas = map
                     .as_ref()
-                    .and_then(|m| m.placement.get(&h.shard))
-                    .map(|r| r.iter().map(|r| node_of(*r)).collect())
+                    .and_then(|m| m.placement.get(&shard).cloned())
                     .unwrap_or_default();
+                let intended: Vec<u64> = intended_replicas.iter().map(|r| node_of(*r)).collect();
+                let (leader, term, voters, moving) = match fd.local(shard) {
+                    Some(h) => {
+                        let (leader, term, voters, learners, joint) = membership(&h);
+                        let mut v = voters.clone();
+                        v.sort_unstable();
+                        let mut want = intended_replicas.clone();
+                        want.sort_unstable();
+                        let moving = joint || !learners.is_empty() || (map.is_some() && v != want);
+                        (
+                            leader,
+                            term,
+                            voters.into_iter().map(node_of).collect(),
+                            moving,
+                        )
+                    }
+                    // Not hosted here: the last leader seen, else the map's
+                    // preferred one (a hint: the client follows redirects).
+                    None => (
+                        fd.hints
+                            .get(&shard)
+                            .map(|h| *h)
+                            .or_else(|| map.as_ref().and_then(|m| m.leaders.get(&shard).copied()))
+                            .unwrap_or(0),
+                        0,
+                        intended.clone(),
+                        false,
+                    ),
+                };
                 pb::ShardRoute {
                     intended,
-                    shard_id: h.shard,
+                    shard_id: shard,
                     leader,
-                    leader_addr: fd.public_addrs.get(&leader).cloned().unwrap_or_default(),
+                    leader_addr: fd.public_addr(leader).unwrap_or_default(),
                     term,
                     voters,
+                    moving,
                 }
             })
             .collect();
         Ok(Response::new(pb::ShardMapResponse {
             version: map.as_ref().map(|m| m.version).unwrap_or(0),
-            shards: fd.shards.len() as u32,
+            shards: fd.shard_count,
             routes,
-            nodes: nodes(fd),
+            nodes: nodes(fd, map.as_deref()),
         }))
     }
 
@@ -84,9 +201,11 @@ impl Admin for AdminService {
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let fd = &self.0;
-        let nodes = nodes(fd);
-        let shard_status = fd
-            .shards
+        let map = fd.map();
+        let mut hosted: Vec<ShardHandle> = fd.hosted.iter().map(|h| h.clone()).collect();
+        hosted.sort_by_key(|h| h.shard);
+        let mut led_moving = 0;
+        let shard_status = hosted
             .iter()
             .map(|h| {
                 let m = h.raft.metrics().borrow_watched().clone();
@@ -108,42 +227,227 @@ impl Admin for AdminService {
                             .collect()
                     })
                     .unwrap_or_default();
+                let mem = m.membership_config.membership();
+                let voter_replicas: Vec<u64> = mem.voter_ids().collect();
+                let learner_replicas: Vec<u64> = mem.learner_ids().collect();
+                let joint = mem.get_joint_config().len() > 1;
+                let intended = map
+                    .as_ref()
+                    .and_then(|m| m.placement.get(&h.shard).cloned())
+                    .unwrap_or_default();
+                let leader = m.current_leader.map(node_of).unwrap_or(0);
+                if leader == fd.node {
+                    let mut v = voter_replicas.clone();
+                    v.sort_unstable();
+                    let mut want = intended.clone();
+                    want.sort_unstable();
+                    if joint || !learner_replicas.is_empty() || v != want {
+                        led_moving += 1;
+                    }
+                }
                 pb::ShardStatus {
                     shard_id: h.shard,
-                    leader: m.current_leader.map(node_of).unwrap_or(0),
+                    leader,
                     term: m.current_term,
                     applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-                    voters: m
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .map(node_of)
-                        .collect(),
+                    voters: voter_replicas.iter().map(|r| node_of(*r)).collect(),
                     accounts: view.state.accounts.len() as u64,
                     lag,
+                    replica: h.replica,
+                    voter_replicas,
+                    learner_replicas,
+                    joint,
+                    intended,
                 }
             })
             .collect();
-        let (map_version, meta_leader) = match &fd.meta {
-            Some((raft, store)) => (
-                crate::meta::map_of(&store.view().state)
-                    .map(|m| m.version)
-                    .unwrap_or(0),
-                raft.metrics()
-                    .borrow_watched()
-                    .current_leader
-                    .map(node_of)
-                    .unwrap_or(0),
-            ),
-            None => (0, 0),
-        };
+        let (raft, _) = &fd.meta;
+        let meta_leader = raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .map(node_of)
+            .unwrap_or(0);
+        let driver = fd
+            .placement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Ok(Response::new(pb::StatusResponse {
-            map_version,
+            map_version: map.as_ref().map(|m| m.version).unwrap_or(0),
             meta_leader,
             node_id: fd.node,
-            shards: fd.shards.len() as u32,
-            nodes,
+            shards: fd.shard_count,
+            nodes: nodes(fd, map.as_deref()),
             shard_status,
+            moves_in_progress: if meta_leader == fd.node {
+                driver.moves_in_progress
+            } else {
+                led_moving
+            },
+            moves_total: driver.moves_total,
         }))
+    }
+
+    async fn add_node(
+        &self,
+        r: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::NodeChangeResponse>, Status> {
+        let forwarded = r.metadata().contains_key(super::FORWARDED);
+        let m = r.into_inner();
+        if m.node_id == 0 || m.node_id >= 1 << 31 {
+            return Err(Status::invalid_argument("node_id: must be 1..2^31"));
+        }
+        for (what, a) in [
+            ("public_addr", &m.public_addr),
+            ("internal_addr", &m.internal_addr),
+        ] {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "{what}: `{a}` is not host:port"
+                )));
+            }
+        }
+        let changed = self
+            .change(forwarded, |map| {
+                if map.removed.contains(&m.node_id) {
+                    return Err(format!(
+                        "node {} was removed; a removed id never rejoins (use a new id)",
+                        m.node_id
+                    ));
+                }
+                let entry = crate::meta::NodeEntry {
+                    public: m.public_addr.clone(),
+                    internal: m.internal_addr.clone(),
+                    draining: false,
+                };
+                match map.nodes.get(&m.node_id) {
+                    Some(e) if e.public == entry.public && e.internal == entry.internal => Ok(None),
+                    Some(_) => Err(format!(
+                        "node {} is already in the map with other addresses",
+                        m.node_id
+                    )),
+                    None => {
+                        if let Some((id, _)) = map
+                            .nodes
+                            .iter()
+                            .find(|(_, e)| e.public == entry.public || e.internal == entry.internal)
+                        {
+                            return Err(format!("node {id} already uses one of these addresses"));
+                        }
+                        let mut next = map.clone();
+                        next.nodes.insert(m.node_id, entry);
+                        Ok(Some(next))
+                    }
+                }
+            })
+            .await?;
+        match changed {
+            Changed::Done(v) => done(v),
+            Changed::Forward(mut c) => c.add_node(marked(m)).await,
+        }
+    }
+
+    async fn drain_node(
+        &self,
+        r: Request<pb::NodeRequest>,
+    ) -> Result<Response<pb::NodeChangeResponse>, Status> {
+        let forwarded = r.metadata().contains_key(super::FORWARDED);
+        let m = r.into_inner();
+        let id = m.node_id;
+        let changed = self
+            .change(forwarded, |map| {
+                let e = node_entry(map, id)?;
+                if e.draining {
+                    return Ok(None);
+                }
+                let active = map.nodes.values().filter(|e| !e.draining).count();
+                if active <= map.replication_factor as usize {
+                    return Err(format!(
+                        "draining node {id} would leave {} active nodes, fewer than the replication factor {}",
+                        active - 1,
+                        map.replication_factor
+                    ));
+                }
+                let mut next = map.clone();
+                next.nodes.get_mut(&id).expect("checked").draining = true;
+                next.leaders = crate::placement::spread_leaders(&next);
+                Ok(Some(next))
+            })
+            .await?;
+        match changed {
+            Changed::Done(v) => done(v),
+            Changed::Forward(mut c) => c.drain_node(marked(m)).await,
+        }
+    }
+
+    async fn remove_node(
+        &self,
+        r: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::NodeChangeResponse>, Status> {
+        let forwarded = r.metadata().contains_key(super::FORWARDED);
+        let m = r.into_inner();
+        let (id, force) = (m.node_id, m.force);
+        let changed = self
+            .change(forwarded, |map| {
+                if map.removed.contains(&id) {
+                    return Ok(None);
+                }
+                node_entry(map, id)?;
+                let holds = map
+                    .placement
+                    .values()
+                    .filter(|r| r.iter().any(|r| node_of(*r) == id))
+                    .count();
+                if holds > 0 && !force {
+                    return Err(format!(
+                        "node {id} still holds {holds} shard replicas; drain it first (or force)"
+                    ));
+                }
+                if map.nodes.len() <= map.replication_factor as usize {
+                    return Err(format!(
+                        "removing node {id} would leave fewer nodes than the replication factor {}",
+                        map.replication_factor
+                    ));
+                }
+                let mut next = map.clone();
+                next.nodes.remove(&id);
+                next.removed.insert(id);
+                // Forced: its replicas leave the intent; the driver replaces them.
+                for reps in next.placement.values_mut() {
+                    reps.retain(|r| node_of(*r) != id);
+                }
+                next.leaders = crate::placement::spread_leaders(&next);
+                Ok(Some(next))
+            })
+            .await?;
+        match changed {
+            Changed::Done(v) => done(v),
+            Changed::Forward(mut c) => c.remove_node(marked(m)).await,
+        }
+    }
+
+    async fn drop_replica(
+        &self,
+        r: Request<pb::DropReplicaRequest>,
+    ) -> Result<Response<pb::DropReplicaResponse>, Status> {
+        let fd = &self.0;
+        let m = r.into_inner();
+        if fd.map().is_some_and(|map| {
+            map.placement
+                .get(&m.shard_id)
+                .is_some_and(|r| r.contains(&m.replica))
+        }) {
+            return Err(Status::failed_precondition(format!(
+                "the cluster map still places replica {} of shard {} here",
+                m.replica, m.shard_id
+            )));
+        }
+        let dropped = fd
+            .replicas
+            .drop_replica(m.shard_id, m.replica)
+            .await
+            .map_err(Status::internal)?;
+        Ok(Response::new(pb::DropReplicaResponse { dropped }))
     }
 }

@@ -12,8 +12,10 @@
 //! Admission: at most `max_inflight_requests` requests are in the node at
 //! once; beyond that, `RESOURCE_EXHAUSTED` at once rather than a queue.
 use crate::ledger::{AccountId, Rejection, Reply, Request};
+use crate::meta::ClusterMap;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{NodeId, Raft, ShardId};
+use crate::replicas::{Hosted, ReplicaControl};
 use crate::shard::{Outcome, ShardMsg};
 use charging_proto::v1 as pb;
 use charging_proto::v1::charging_client::ChargingClient;
@@ -50,6 +52,8 @@ pub use charging_proto::{fnv1a64, shard_of};
 #[derive(Clone)]
 pub struct ShardHandle {
     pub shard: ShardId,
+    /// Its Raft member id (node << 32 | incarnation).
+    pub replica: NodeId,
     pub raft: Raft,
     pub store: ShardStore,
     pub actor: ActorRef<ShardMsg>,
@@ -85,16 +89,25 @@ impl Default for FrontDoorLimits {
 
 pub struct FrontDoor {
     pub node: NodeId,
-    pub shards: Vec<ShardHandle>,
-    /// Public (client-facing) address of every node, by id.
+    /// Logical shards of the cluster (fixed at creation).
+    pub shard_count: u32,
+    /// The shard replicas this node hosts now.
+    pub hosted: Hosted,
+    pub replicas: Arc<dyn ReplicaControl>,
+    /// Addresses from this node's config; the cluster map's win (see
+    /// [`FrontDoor::public_addr`]).
     pub public_addrs: BTreeMap<NodeId, String>,
-    /// Internal (Raft) address of every node, for status.
     pub internal_addrs: BTreeMap<NodeId, String>,
     /// This node's replica of the metadata group (the replicated shard map).
-    pub meta: Option<(Raft, crate::raft::state_machine::ShardStore)>,
+    pub meta: (Raft, ShardStore),
+    /// Last leader seen for shards this node does not host.
+    pub hints: DashMap<ShardId, NodeId>,
     /// When a Raft message last came from each peer (status: reachable).
     pub heard: crate::raft::service::PeerHealth,
+    /// What the placement driver last saw (meaningful on the metadata leader).
+    pub placement: std::sync::Mutex<crate::placement::DriverStatus>,
     pub limits: FrontDoorLimits,
+    pub clock: crate::clock::SharedClock,
     admission: Semaphore,
     forward: DashMap<NodeId, ChargingClient<Channel>>,
     /// Shared string: labelling a request's metrics copies no bytes.
@@ -107,31 +120,87 @@ enum Routed {
     Remote(Option<NodeId>),
 }
 
+/// The leader hint (`x-leader-node`) a status carries, if any.
+fn hint_of(s: &Status) -> Option<NodeId> {
+    s.metadata().get(LEADER_NODE)?.to_str().ok()?.parse().ok()
+}
+
 impl FrontDoor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: NodeId,
-        shards: Vec<ShardHandle>,
+        shard_count: u32,
+        hosted: Hosted,
+        replicas: Arc<dyn ReplicaControl>,
         public_addrs: BTreeMap<NodeId, String>,
         internal_addrs: BTreeMap<NodeId, String>,
-        meta: Option<(Raft, crate::raft::state_machine::ShardStore)>,
+        meta: (Raft, ShardStore),
         limits: FrontDoorLimits,
+        clock: crate::clock::SharedClock,
     ) -> Arc<Self> {
         Arc::new(FrontDoor {
             node,
-            shards,
+            shard_count,
+            hosted,
+            replicas,
             public_addrs,
             internal_addrs,
             meta,
+            hints: DashMap::new(),
             heard: Default::default(),
+            placement: Default::default(),
             admission: Semaphore::new(limits.max_inflight_requests),
             limits,
+            clock,
             forward: DashMap::new(),
             node_label: crate::metrics_http::label(node),
         })
     }
 
-    fn shard(&self, account: &AccountId) -> &ShardHandle {
-        &self.shards[shard_of(&account.0, self.shards.len() as u32) as usize]
+    /// The current cluster map, if one was written.
+    pub fn map(&self) -> Option<Arc<ClusterMap>> {
+        self.meta.1.view().state.cluster_map.clone()
+    }
+
+    /// Public address of a node: from the cluster map, else from the config.
+    pub fn public_addr(&self, node: NodeId) -> Option<String> {
+        if let Some(e) = self.map().and_then(|m| m.nodes.get(&node).cloned()) {
+            return Some(e.public);
+        }
+        self.public_addrs.get(&node).cloned()
+    }
+
+    pub fn shard_id(&self, account: &AccountId) -> ShardId {
+        shard_of(&account.0, self.shard_count)
+    }
+
+    /// This node's replica of `shard`, if it hosts one.
+    pub fn local(&self, shard: ShardId) -> Option<ShardHandle> {
+        self.hosted.get(&shard).map(|h| h.clone())
+    }
+
+    /// Where to send a request for `shard` that this node cannot serve:
+    /// the leader named by a local replica, else the last leader seen, else
+    /// the map's preferred leader, else any node the map places it on.
+    fn remote_target(&self, shard: ShardId, leader: Option<NodeId>) -> Option<NodeId> {
+        if let Some(l) = leader.filter(|l| *l != self.node) {
+            return Some(l);
+        }
+        if let Some(h) = self
+            .hints
+            .get(&shard)
+            .map(|h| *h)
+            .filter(|h| *h != self.node)
+        {
+            return Some(h);
+        }
+        let map = self.map()?;
+        map.leaders
+            .get(&shard)
+            .copied()
+            .into_iter()
+            .chain(map.nodes_of(shard))
+            .find(|n| *n != self.node)
     }
 
     fn overloaded() -> Status {
@@ -139,15 +208,16 @@ impl FrontDoor {
     }
 
     /// Sends one request to its local shard actor and waits (bounded) for the outcome.
-    async fn submit(&self, req: Request) -> Result<Routed, Status> {
+    async fn submit(&self, shard: ShardId, req: Request) -> Result<Routed, Status> {
         let _permit = self
             .admission
             .try_acquire()
             .map_err(|_| Self::overloaded())?;
-        let handle = self.shard(&req.account);
+        let Some(handle) = self.hosted.get(&shard).map(|h| h.actor.clone()) else {
+            return Ok(Routed::Remote(self.remote_target(shard, None)));
+        };
         let (tx, rx) = oneshot::channel();
         handle
-            .actor
             .cast(ShardMsg::Request { req, reply: tx })
             .map_err(|_| Status::unavailable("shard actor stopped"))?;
         let outcome = match tokio::time::timeout(self.limits.request_deadline, rx).await {
@@ -156,7 +226,9 @@ impl FrontDoor {
             Ok(Ok(o)) => o,
         };
         Ok(match outcome {
-            Outcome::NotLeader { leader } if leader != Some(self.node) => Routed::Remote(leader),
+            Outcome::NotLeader { leader } if leader != Some(self.node) => {
+                Routed::Remote(self.remote_target(shard, leader))
+            }
             Outcome::NotLeader { .. } => Routed::Local(Outcome::Unknown("leader is changing")),
             o => Routed::Local(o),
         })
@@ -168,7 +240,7 @@ impl FrontDoor {
             if let Ok(v) = l.to_string().parse() {
                 s.metadata_mut().insert(LEADER_NODE, v);
             }
-            if let Some(addr) = self.public_addrs.get(&l) {
+            if let Some(addr) = self.public_addr(l) {
                 if let Ok(v) = format!("http://{addr}").parse() {
                     s.metadata_mut().insert(LEADER_ADDR, v);
                 }
@@ -197,8 +269,7 @@ impl FrontDoor {
             return Ok(c.clone());
         }
         let addr = self
-            .public_addrs
-            .get(&leader)
+            .public_addr(leader)
             .ok_or_else(|| self.unavailable(None, "leader address unknown"))?;
         if self.forward.len() >= self.limits.max_forward_peers {
             self.forward.clear();
@@ -256,6 +327,58 @@ impl FrontDoor {
         }
     }
 
+    /// Forwards `msg` for `shard` to `target`'s front door (marked, so it
+    /// never hops on). If the target answers `UNAVAILABLE` naming another
+    /// leader, tries that one once: during a move the first guess may be a
+    /// replica that just left, and the request id makes the retry safe.
+    async fn forward_to<M, R, F, Fut>(
+        &self,
+        shard: ShardId,
+        target: NodeId,
+        msg: M,
+        only_shard: bool,
+        call: F,
+    ) -> Result<R, Status>
+    where
+        M: Clone,
+        F: Fn(ChargingClient<Channel>, TReq<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let mut target = target;
+        let mut attempts = 2;
+        loop {
+            attempts -= 1;
+            let c = self.forward_client(target)?;
+            let mut req = TReq::new(msg.clone());
+            req.metadata_mut()
+                .insert(FORWARDED, "1".parse().expect("ascii"));
+            if only_shard {
+                req.metadata_mut()
+                    .insert(ONLY_SHARD, shard.to_string().parse().expect("ascii"));
+            }
+            req.set_timeout(self.limits.request_deadline);
+            match call(c, req).await {
+                Ok(r) => {
+                    if !self.hosted.contains_key(&shard) {
+                        self.hints.insert(shard, target);
+                    }
+                    return Ok(r.into_inner());
+                }
+                Err(s) => {
+                    let next = hint_of(&s).filter(|h| *h != target && *h != self.node);
+                    if let Some(h) = next {
+                        self.hints.insert(shard, h);
+                        if attempts > 0 && s.code() == Code::Unavailable {
+                            target = h;
+                            continue;
+                        }
+                    }
+                    return Err(self.forward_failed(target, s));
+                }
+            }
+        }
+    }
+
     /// Balance: a linearizable read of published applied state (read index
     /// first), never of speculative state, never behind apply.
     pub async fn balance(
@@ -269,39 +392,37 @@ impl FrontDoor {
             .admission
             .try_acquire()
             .map_err(|_| Self::overloaded())?;
-        let h = self.shard(&account);
-        match h.raft.as_leader() {
-            Ok(_) => {
-                let read = tokio::time::timeout(
-                    self.limits.request_deadline,
-                    h.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-                )
-                .await;
-                if !matches!(read, Ok(Ok(_))) {
-                    self.record("balance", "unknown", started);
-                    return Err(self.unavailable(None, "read index not confirmed"));
-                }
-                let view = h.store.view();
-                self.record("balance", "ok", started);
-                Ok(convert::balance(
-                    view.state.account(&account).map(|a| a.view(view.log_ts_ms)),
-                ))
-            }
-            Err(fwd) => {
-                let leader = fwd.leader_id.map(crate::raft::node_of);
-                match leader {
-                    Some(l) if !forwarded && l != self.node => {
-                        let mut c = self.forward_client(l)?;
-                        let mut req = TReq::new(msg);
-                        req.metadata_mut()
-                            .insert(FORWARDED, "1".parse().expect("ascii"));
-                        req.set_timeout(self.limits.request_deadline);
-                        let r = c.balance(req).await;
-                        Ok(r.map_err(|s| self.forward_failed(l, s))?.into_inner())
+        let shard = self.shard_id(&account);
+        let mut leader = None;
+        if let Some(h) = self.local(shard) {
+            match h.raft.as_leader() {
+                Ok(_) => {
+                    let read = tokio::time::timeout(
+                        self.limits.request_deadline,
+                        h.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+                    )
+                    .await;
+                    if !matches!(read, Ok(Ok(_))) {
+                        self.record("balance", "unknown", started);
+                        return Err(self.unavailable(None, "read index not confirmed"));
                     }
-                    _ => Err(self.unavailable(leader, "not the shard leader")),
+                    let view = h.store.view();
+                    self.record("balance", "ok", started);
+                    return Ok(convert::balance(
+                        view.state.account(&account).map(|a| a.view(view.log_ts_ms)),
+                    ));
                 }
+                Err(fwd) => leader = fwd.leader_id.map(crate::raft::node_of),
             }
+        }
+        match self.remote_target(shard, leader) {
+            Some(l) if !forwarded => {
+                self.forward_to(shard, l, msg, false, |mut c, req| async move {
+                    c.balance(req).await
+                })
+                .await
+            }
+            l => Err(self.unavailable(l, "not the shard leader")),
         }
     }
 
@@ -313,39 +434,45 @@ impl FrontDoor {
     ) -> Result<pb::SetTariffResponse, Status> {
         let (request_id, tariff) = validate::tariff(&msg)?;
         let mut version = 0;
-        for h in &self.shards {
-            if only.is_some_and(|s| s != h.shard) {
+        for shard in 0..self.shard_count {
+            if only.is_some_and(|s| s != shard) {
                 continue;
             }
-            let (tx, rx) = oneshot::channel();
-            h.actor
-                .cast(ShardMsg::SetTariff {
-                    tariff: tariff.clone(),
-                    request_id,
-                    reply: tx,
-                })
-                .map_err(|_| Status::unavailable("shard actor stopped"))?;
-            let outcome = tokio::time::timeout(self.limits.request_deadline, rx)
-                .await
-                .map_err(|_| self.unavailable(None, "deadline exceeded setting tariff"))?
-                .map_err(|_| self.unavailable(None, "shard actor dropped the request"))?;
+            let outcome = match self.local(shard) {
+                Some(h) => {
+                    let (tx, rx) = oneshot::channel();
+                    h.actor
+                        .cast(ShardMsg::SetTariff {
+                            tariff: tariff.clone(),
+                            request_id,
+                            reply: tx,
+                        })
+                        .map_err(|_| Status::unavailable("shard actor stopped"))?;
+                    tokio::time::timeout(self.limits.request_deadline, rx)
+                        .await
+                        .map_err(|_| self.unavailable(None, "deadline exceeded setting tariff"))?
+                        .map_err(|_| self.unavailable(None, "shard actor dropped the request"))?
+                }
+                None => Outcome::NotLeader { leader: None },
+            };
             match outcome {
                 Outcome::Done(Ok(reply)) => {
                     if let crate::ledger::Reply::TariffSet { version: v } = reply {
                         version = version.max(v);
                     }
                 }
-                Outcome::NotLeader { leader: Some(l) } if only.is_none() && l != self.node => {
-                    let mut c = self.forward_client(l)?;
-                    let mut req = TReq::new(msg.clone());
-                    req.metadata_mut()
-                        .insert(ONLY_SHARD, h.shard.to_string().parse().expect("ascii"));
-                    req.set_timeout(self.limits.request_deadline);
-                    let r = c
-                        .set_tariff(req)
-                        .await
-                        .map_err(|s| self.forward_failed(l, s))?
-                        .into_inner();
+                Outcome::NotLeader { leader } if only.is_none() => {
+                    let Some(l) = self.remote_target(shard, leader) else {
+                        return Err(self.unavailable(None, "shard leader unknown"));
+                    };
+                    let r = self
+                        .forward_to(shard, l, msg.clone(), true, |mut c, req| async move {
+                            c.set_tariff(req).await
+                        })
+                        .await?;
+                    if r.result != pb::ResultCode::Ok as i32 {
+                        return Ok(r);
+                    }
                     version = version.max(r.version);
                 }
                 Outcome::NotLeader { leader } => {
@@ -379,16 +506,15 @@ macro_rules! mutating_ops {
             pub async fn $op(&self, msg: $req, forwarded: bool) -> Result<$resp, Status> {
                 let started = Instant::now();
                 let (account, request_id, cmd) = $validate(&msg)?;
-                match self.submit(Request { account, request_id, cmd }).await? {
+                let shard = self.shard_id(&account);
+                match self.submit(shard, Request { account, request_id, cmd }).await? {
                     Routed::Local(outcome) => self.finish(stringify!($op), started, outcome, $to_resp),
                     Routed::Remote(Some(leader)) if !forwarded => {
-                        let mut c = self.forward_client(leader)?;
-                        let mut req = TReq::new(msg);
-                        req.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
-                        req.set_timeout(self.limits.request_deadline);
-                        let r = c.$op(req).await;
+                        let r = self
+                            .forward_to(shard, leader, msg, false, |mut c, req| async move { c.$op(req).await })
+                            .await;
                         self.record(stringify!($op), if r.is_ok() { "forwarded" } else { "forward_failed" }, started);
-                        Ok(r.map_err(|s| self.forward_failed(leader, s))?.into_inner())
+                        r
                     }
                     Routed::Remote(leader) => {
                         self.record(stringify!($op), "not_leader", started);
@@ -400,7 +526,6 @@ macro_rules! mutating_ops {
         }
     };
 }
-
 mutating_ops! {
     create_account: pb::CreateAccountRequest => pb::CreateAccountResponse, validate::create_account, convert::create_account;
     add_bucket: pb::AddBucketRequest => pb::AddBucketResponse, validate::add_bucket, convert::add_bucket;

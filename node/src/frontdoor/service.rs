@@ -185,8 +185,13 @@ impl Charging for ChargingService {
         &self,
         _r: Request<pb::GetTariffsRequest>,
     ) -> Result<Response<pb::GetTariffsResponse>, Status> {
-        // Every shard holds the same tariffs; shard 0's applied view answers.
-        let view = self.0.shards[0].store.view();
+        // Every shard holds the same tariffs; any hosted shard's applied
+        // view answers.
+        let Some(view) = self.0.hosted.iter().next().map(|h| h.store.view()) else {
+            return Err(Status::unavailable(
+                "this node hosts no shard yet; ask another node",
+            ));
+        };
         Ok(Response::new(pb::GetTariffsResponse {
             tariffs: view.state.tariffs.values().map(convert::tariff).collect(),
         }))

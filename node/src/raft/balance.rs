@@ -1,5 +1,6 @@
-//! Leader spreading: each shard has a preferred leader, the voter at position
-//! `shard mod voters` in node order, so leaders spread evenly over the nodes.
+//! Leader spreading: each shard has a preferred leader node, chosen by the
+//! placement driver so leaders spread evenly (the cluster map's `leaders`);
+//! without one, the voter at position `shard mod voters` in node order.
 //! Every node runs [`run`]: it hands leadership of the shards it leads to
 //! their preferred node once that replica is caught up. Only the current
 //! leader acts, so nodes never fight; if the preferred node is down, the
@@ -22,7 +23,11 @@ pub fn preferred_leader(shard: ShardId, voters: &[NodeId]) -> Option<NodeId> {
 
 /// One pass: transfers leadership of each shard this node leads to its
 /// preferred replica, if that one is caught up. Returns the transfers made.
-pub async fn rebalance_once(me: u64, shards: &[ShardHandle]) -> usize {
+pub async fn rebalance_once(
+    me: u64,
+    shards: &[ShardHandle],
+    map: Option<&crate::meta::ClusterMap>,
+) -> usize {
     let mut moved = 0;
     for h in shards {
         // Copy what we need and drop the borrow before calling into Raft.
@@ -50,7 +55,10 @@ pub async fn rebalance_once(me: u64, shards: &[ShardHandle]) -> usize {
         if node_of(leader) != me || !h.is_deciding() {
             continue;
         }
-        let Some(want) = preferred_leader(h.shard, &voters) else {
+        let from_map = map
+            .and_then(|m| m.leaders.get(&h.shard))
+            .and_then(|n| voters.iter().copied().find(|r| node_of(*r) == *n));
+        let Some(want) = from_map.or_else(|| preferred_leader(h.shard, &voters)) else {
             continue;
         };
         if want == leader {
@@ -74,7 +82,8 @@ pub async fn rebalance_once(me: u64, shards: &[ShardHandle]) -> usize {
 /// Runs [`rebalance_once`] every `period` until `stop` is set.
 pub async fn run(
     me: u64,
-    shards: Vec<ShardHandle>,
+    hosted: crate::replicas::Hosted,
+    meta: crate::raft::state_machine::ShardStore,
     period: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -83,7 +92,9 @@ pub async fn run(
             _ = tokio::time::sleep(period) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        rebalance_once(me, &shards).await;
+        let shards: Vec<ShardHandle> = hosted.iter().map(|h| h.clone()).collect();
+        let map = meta.view().state.cluster_map.clone();
+        rebalance_once(me, &shards, map.as_deref()).await;
     }
 }
 

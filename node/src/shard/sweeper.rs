@@ -4,7 +4,7 @@
 //! the account's actor; apply re-checks `log_ts >= expires_at + grace`.
 use super::ShardMsg;
 use crate::clock::SharedClock;
-use crate::raft::state_machine::ShardStore;
+use crate::replicas::Hosted;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ pub const EXPIRIES_PER_TICK: usize = 256;
 pub struct Sweeper;
 
 pub struct SweeperArgs {
-    pub shards: Vec<(ShardStore, ActorRef<ShardMsg>)>,
+    /// The node's replicas (they come and go under scale-out).
+    pub hosted: Hosted,
     pub clock: SharedClock,
     pub period: Duration,
 }
@@ -44,8 +45,12 @@ impl Actor for Sweeper {
         st: &mut SweeperArgs,
     ) -> Result<(), ActorProcessingErr> {
         let now = st.clock.now_ms();
-        for (store, actor) in &st.shards {
-            let view = store.view();
+        let shards: Vec<_> = st
+            .hosted
+            .iter()
+            .map(|h| (h.store.view(), h.actor.clone()))
+            .collect();
+        for (view, actor) in shards {
             for (account, reservation) in view.state.due_expiries(now, EXPIRIES_PER_TICK) {
                 let _ = actor.cast(ShardMsg::Expire {
                     account,

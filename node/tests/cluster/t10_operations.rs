@@ -806,7 +806,7 @@ async fn client_goes_straight_to_the_leader() {
     let old = env.cluster.deciding_leader(moved).expect("leader");
     let new = if old == 3 { 1 } else { old + 1 };
     let raft = env.cluster.nodes[&old].raft(moved);
-    let to = charging_node::raft::replica_of(raft, new).expect("replica");
+    let to = charging_node::raft::replica_of(&raft, new).expect("replica");
     raft.trigger().transfer_leader(to).await.expect("transfer");
     poll(Duration::from_secs(10), "new leader decides", || async {
         (env.cluster.deciding_leader(moved) == Some(new)).then_some(())

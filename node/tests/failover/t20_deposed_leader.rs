@@ -25,7 +25,9 @@ async fn an_isolated_leader_does_not_reject_from_stale_state() {
         let leaders: Vec<_> = c
             .nodes
             .iter()
-            .filter(|(id, n)| **id != old && n.shards[shard(&account) as usize].is_deciding())
+            .filter(|(id, n)| {
+                **id != old && n.replica(shard(&account)).is_some_and(|h| h.is_deciding())
+            })
             .collect();
         if !leaders.is_empty() {
             break;
