@@ -7,6 +7,9 @@
 #   scripts/cluster.sh stop              graceful stop of every node (SIGTERM)
 #   scripts/cluster.sh kill N            kill -9 node N
 #   scripts/cluster.sh restart N         (re)start node N with its data kept
+#   scripts/cluster.sh add               start node N+1; it joins and replicas move onto it
+#   scripts/cluster.sh drain N           move every replica off node N (waits, bounded)
+#   scripts/cluster.sh remove N          take drained node N out of the cluster and stop it
 #   scripts/cluster.sh wipe              stop, then delete the data folder
 #
 # Environment: CLUSTER_DIR (default .cluster), CHARGERD / CHARGECTL (binaries;
@@ -19,7 +22,7 @@ ready_timeout=${CLUSTER_READY_TIMEOUT:-60}
 chargerd=${CHARGERD:-target/release/chargerd}
 chargectl=${CHARGECTL:-target/release/chargectl}
 
-usage() { sed -n '2,13p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,16p' "$0"; exit "${1:-64}"; }
 
 build() {
   if [[ -z "${CHARGERD:-}" && ! -x "$chargerd" ]] || [[ -z "${CHARGECTL:-}" && ! -x "$chargectl" ]]; then
@@ -48,6 +51,49 @@ write_config() { # id nodes shards fsync
       printf '\n[[peers]]\nid = %s\npublic = "127.0.0.%s:50051"\ninternal = "127.0.0.%s:51051"\n' "$p" "$p" "$p"
     done
   } >"$f"
+}
+
+write_join_config() { # id shards fsync via
+  local id=$1 shards=$2 fsync=$3 via=$4 f="$dir/node$1/node.toml"
+  mkdir -p "$dir/node$id"
+  {
+    echo "node_id = $id"
+    echo "public_addr = \"127.0.0.$id:50051\""
+    echo "internal_addr = \"127.0.0.$id:51051\""
+    echo "metrics_addr = \"127.0.0.$id:9100\""
+    echo "data_dir = \"$dir/node$id/data\""
+    echo "shards = $shards"
+    echo "fsync = \"$fsync\""
+    echo "join = \"$via\""
+  } >"$f"
+}
+
+# A live node's public address (to send admin calls and joins through).
+any_live() {
+  local n id
+  n=$(nodes_of)
+  for id in $(seq 1 "$n"); do
+    if alive "$id"; then echo "127.0.0.$id:50051"; return 0; fi
+  done
+  echo "no live node" >&2
+  return 1
+}
+
+# Polls `chargectl node list --json` until the python predicate (given the
+# list of nodes as `nodes`) holds; bounded by ready_timeout.
+wait_nodes() { # predicate description
+  local deadline=$((SECONDS + ready_timeout)) via
+  while ((SECONDS < deadline)); do
+    via=$(any_live) || return 1
+    if "$chargectl" --endpoint "http://$via" node list --json 2>/dev/null |
+      python3 -c "import json,sys; nodes=json.load(sys.stdin)['nodes']; sys.exit(0 if ($1) else 1)" 2>/dev/null; then
+      echo "$2"
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "timed out after ${ready_timeout}s waiting: $2" >&2
+  return 1
 }
 
 launch() { # id
@@ -135,6 +181,34 @@ case "$cmd" in
     if alive "$id"; then kill -TERM "$(pid_of "$id")"; while alive "$id"; do sleep 0.1; done; fi
     launch "$id"
     wait_ready
+    ;;
+  add)
+    build
+    n=$(nodes_of)
+    ((n > 0)) || { echo "no cluster in $dir: scripts/cluster.sh start first" >&2; exit 1; }
+    id=$((n + 1))
+    via=$(any_live)
+    shards=$(sed -n 's/^shards = //p' "$dir/node1/node.toml")
+    fsync=$(sed -n 's/^fsync = "\(.*\)"/\1/p' "$dir/node1/node.toml")
+    write_join_config "$id" "$shards" "$fsync" "$via"
+    echo "$id" >"$dir/nodes"
+    launch "$id"
+    wait_nodes "any(x['node_id'] == $id and x['replicas'] > 0 for x in nodes)" \
+      "node $id joined; the placement driver is moving replicas onto it (chargectl node list)"
+    ;;
+  drain)
+    id=${1:?node number}
+    build
+    "$chargectl" --endpoint "http://$(any_live)" node drain "$id"
+    wait_nodes "all(x['replicas'] == 0 for x in nodes if x['node_id'] == $id)" \
+      "node $id drained: it holds no replica"
+    ;;
+  remove)
+    id=${1:?node number}
+    build
+    "$chargectl" --endpoint "http://$(any_live)" node remove "$id"
+    if alive "$id"; then kill -TERM "$(pid_of "$id")"; fi
+    echo "node $id removed from the cluster (its id is retired)"
     ;;
   wipe)
     "$0" stop || true

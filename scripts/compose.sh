@@ -10,6 +10,8 @@
 #   scripts/compose.sh ps | logs N
 #   scripts/compose.sh kill N | start N | stop N | pause N | unpause N
 #   scripts/compose.sh disconnect N | connect N   cut node N off the network / reattach it
+#   scripts/compose.sh add N         start node4 or node5 (profile scale): it joins, replicas move
+#   scripts/compose.sh drain N       move every replica off node N (waits)
 #
 # Environment: CHARGERD_IMAGE (chargerd:dev), COMPOSE_PROJECT (chargerd),
 # READY_TIMEOUT (s, 90), CHARGECTL (default target/release/chargectl).
@@ -24,7 +26,7 @@ chargectl_given=${CHARGECTL:+1}
 chargectl=${CHARGECTL:-${CARGO_TARGET_DIR:-target}/release/chargectl}
 export CHARGECTL=$chargectl COMPOSE_PROJECT=$project
 
-usage() { sed -n '2,15p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,17p' "$0"; exit "${1:-64}"; }
 die() { echo "compose.sh: $*" >&2; exit 1; }
 
 # `docker compose` (v2 plugin) if present, else docker-compose (v1.28+ for profiles).
@@ -64,6 +66,32 @@ ensure_image() {
     echo "== image $image missing: scripts/image.sh"
     scripts/image.sh
   fi
+}
+
+# The first node whose published API answers.
+any_endpoint() {
+  local i
+  for i in 1 2 3 4 5; do
+    if "$chargectl" --endpoint "http://127.0.0.1:5505$i" status >/dev/null 2>&1; then
+      echo "http://127.0.0.1:5505$i"
+      return 0
+    fi
+  done
+  die "no node answers on 127.0.0.1:55051-5"
+}
+
+# Polls `chargectl node list --json` until the python predicate over `nodes` holds.
+wait_node() { # predicate description
+  local deadline=$((SECONDS + ready_timeout))
+  while ((SECONDS < deadline)); do
+    if "$chargectl" --endpoint "$(any_endpoint)" node list --json 2>/dev/null |
+      python3 -c "import json,sys; nodes=json.load(sys.stdin)['nodes']; sys.exit(0 if ($1) else 1)" 2>/dev/null; then
+      echo "$2"
+      return 0
+    fi
+    sleep 1
+  done
+  die "timed out after ${ready_timeout}s waiting: $2"
 }
 
 cmd=${1:-}
@@ -134,6 +162,23 @@ case "$cmd" in
     s=$(node_arg "$n")
     docker network connect --ip "172.28.0.1$n" "$(network)" "$(container "$s")"
     echo "$s: reconnected to $(network) as 172.28.0.1$n"
+    ;;
+  add)
+    n=${1:-}
+    [[ "$n" =~ ^[45]$ ]] || die "add: node 4 or 5 (profile scale), got '$n'"
+    ensure_image
+    ensure_chargectl
+    compose --profile scale up -d "node$n"
+    wait_node "any(x['node_id'] == $n and x['replicas'] > 0 for x in nodes)" \
+      "node$n joined; replicas are moving onto it ($0 status)"
+    ;;
+  drain)
+    n=${1:-}
+    node_arg "$n" >/dev/null
+    ensure_chargectl
+    "$chargectl" --endpoint "$(any_endpoint)" node drain "$n"
+    wait_node "all(x['replicas'] == 0 for x in nodes if x['node_id'] == $n)" \
+      "node$n drained: it holds no replica"
     ;;
   -h | --help) usage 0 ;;
   *) usage ;;

@@ -958,6 +958,7 @@ impl Client {
             node_id,
             public_addr: public_addr.to_string(),
             internal_addr: internal_addr.to_string(),
+            shards: 0,
         };
         self.call("add_node", req, |ch, r| async move {
             AdminClient::new(ch).add_node(r).await

@@ -366,6 +366,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     if let Some(join) = config.join.clone() {
         tasks.push(tokio::spawn(crate::placement::join(
             me,
+            config.shards,
             config.members[&me].clone(),
             join,
             meta_store.clone(),

@@ -685,6 +685,7 @@ pub async fn run_reconciler(
 /// public address) to add it, until the map it receives holds it.
 pub async fn join(
     me: u64,
+    shards: u32,
     addrs: crate::config::PeerAddrs,
     via: String,
     meta: ShardStore,
@@ -714,6 +715,7 @@ pub async fn join(
                     node_id: me,
                     public_addr: addrs.public.clone(),
                     internal_addr: addrs.internal.clone(),
+                    shards,
                 })
                 .await?
                 .into_inner()
@@ -832,13 +834,20 @@ mod tests {
         );
         assert_eq!(leaders.len(), 5, "{leaders:?}");
         assert!(max - min <= 1, "leaders {leaders:?}");
-        // New replicas have fresh, unique incarnations.
+        // New replicas have fresh incarnations, each used once.
         let mut seen = BTreeSet::new();
         for reps in m.placement.values() {
-            for r in reps {
-                assert!(seen.insert(*r), "member id {r} reused");
+            for r in reps.iter().filter(|r| crate::raft::incarnation_of(**r) > 1) {
+                assert!(
+                    seen.insert(crate::raft::incarnation_of(*r)),
+                    "incarnation of {r} reused"
+                );
             }
         }
+        assert!(
+            seen.len() >= 8,
+            "replicas moved onto nodes 4 and 5: {seen:?}"
+        );
     }
 
     #[test]
@@ -865,13 +874,15 @@ mod tests {
                 draining: false,
             },
         );
-        // Two shards already moving, limit 2: nothing new starts.
+        // Shards 0 and 1 already moving, limit 2: nothing new starts.
         let settled: BTreeSet<ShardId> = [2, 3].into();
         assert!(plan(&m, &settled, 2).is_none());
+        // Limit 3: one more shard moves, a settled one.
         let (next, moves) = plan(&m, &settled, 3).unwrap();
         assert_eq!(moves, 1);
-        assert!(next.placement[&0] != m.placement[&0] || next.placement[&1] != m.placement[&1]);
-        assert_eq!(next.placement[&2], m.placement[&2]);
+        assert_eq!(next.placement[&0], m.placement[&0]);
+        assert_eq!(next.placement[&1], m.placement[&1]);
+        assert!(next.placement[&2] != m.placement[&2] || next.placement[&3] != m.placement[&3]);
     }
 
     #[test]

@@ -316,6 +316,12 @@ impl Admin for AdminService {
                         m.node_id
                     ));
                 }
+                if m.shards != 0 && m.shards != map.shards {
+                    return Err(format!(
+                        "node {} is configured with {} shards; the cluster has {}",
+                        m.node_id, m.shards, map.shards
+                    ));
+                }
                 let entry = crate::meta::NodeEntry {
                     public: m.public_addr.clone(),
                     internal: m.internal_addr.clone(),
