@@ -959,6 +959,7 @@ impl Client {
             public_addr: public_addr.to_string(),
             internal_addr: internal_addr.to_string(),
             shards: 0,
+            fresh: false,
         };
         self.call("add_node", req, |ch, r| async move {
             AdminClient::new(ch).add_node(r).await

@@ -204,6 +204,9 @@ pub async fn start<L: LogEngine, I: Incoming>(
         edges.snapshot_dir.clone(),
         edges.replicas_file,
     ));
+    // A joining node with no replica list is new (or its data was lost): the
+    // cluster must confirm it holds nothing before it hosts anything.
+    let fresh_joiner = config.join.is_some() && edges.replicas.is_none();
     let initial: Vec<(ShardId, u32)> = match edges.replicas {
         Some(r) => r,
         None if config.join.is_some() => Vec::new(),
@@ -255,7 +258,9 @@ pub async fn start<L: LogEngine, I: Incoming>(
         ),
     )
     .await?;
-    groups.insert(META_GROUP, meta_raft.clone());
+    if !fresh_joiner {
+        groups.insert(META_GROUP, meta_raft.clone());
+    }
     let front_door = FrontDoor::new(
         me,
         config.shards,
@@ -346,9 +351,32 @@ pub async fn start<L: LogEngine, I: Incoming>(
             rx.clone(),
         )));
     }
+    let (admitted_tx, admitted) = watch::channel(!fresh_joiner);
+    if fresh_joiner {
+        // Until admitted, this node answers no metadata-group traffic: if
+        // its data was lost, its empty log under an old member id would
+        // break the group's leader (openraft forbids a member's log going
+        // backwards). Once admitted, the replica list is written, so a
+        // restart is no longer "fresh".
+        let (mut admitted, groups, meta_raft, replicas) = (
+            admitted.clone(),
+            groups.clone(),
+            meta_raft.clone(),
+            replicas.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if admitted.wait_for(|a| *a).await.is_ok() {
+                groups.insert(META_GROUP, meta_raft);
+                if let Err(e) = replicas.save() {
+                    tracing::error!(error = %e, "writing the replica list failed");
+                }
+            }
+        }));
+    }
     tasks.push(tokio::spawn(crate::replicas::run_manager(
         replicas.clone(),
         meta_store.clone(),
+        admitted,
         rx.clone(),
     )));
     tasks.push(tokio::spawn(crate::placement::run_reconciler(
@@ -365,11 +393,14 @@ pub async fn start<L: LogEngine, I: Incoming>(
     )));
     if let Some(join) = config.join.clone() {
         tasks.push(tokio::spawn(crate::placement::join(
-            me,
-            config.shards,
-            config.members[&me].clone(),
-            join,
-            meta_store.clone(),
+            crate::placement::Joiner {
+                me,
+                shards: config.shards,
+                addrs: config.members[&me].clone(),
+                via: join,
+                fresh: fresh_joiner,
+            },
+            admitted_tx,
             rx.clone(),
         )));
     }

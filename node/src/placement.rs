@@ -681,55 +681,63 @@ pub async fn run_reconciler(
     }
 }
 
-/// A node started with `join`: asks the cluster (through `via`, any node's
-/// public address) to add it, until the map it receives holds it.
-pub async fn join(
-    me: u64,
-    shards: u32,
-    addrs: crate::config::PeerAddrs,
-    via: String,
-    meta: ShardStore,
-    mut stop: watch::Receiver<bool>,
-) {
+/// A node started with `join`.
+pub struct Joiner {
+    pub me: u64,
+    pub shards: u32,
+    pub addrs: crate::config::PeerAddrs,
+    /// Public address of any cluster node to join through.
+    pub via: String,
+    /// Started with no replica list (new, or its data was lost).
+    pub fresh: bool,
+}
+
+/// Asks the cluster (through `j.via`) to add this node, retrying with
+/// backoff, and sets `admitted` once the metadata leader has written it into
+/// the map (the map itself then arrives by metadata replication). A refusal
+/// (a removed id, another shard count, a lost data dir) is final: it is
+/// logged and the node stays empty.
+pub async fn join(j: Joiner, admitted: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(200);
     loop {
-        if meta
-            .view()
-            .state
-            .cluster_map
-            .as_ref()
-            .is_some_and(|m| m.nodes.contains_key(&me))
         {
-            tracing::info!(node = me, "joined the cluster");
-            return;
-        }
-        let r = async {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{via}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(10))
-                .connect()
-                .await?;
-            let mut c = AdminClient::new(ch);
-            let v = c
-                .add_node(pb::AddNodeRequest {
-                    node_id: me,
-                    public_addr: addrs.public.clone(),
-                    internal_addr: addrs.internal.clone(),
-                    shards,
-                })
-                .await?
-                .into_inner()
-                .map_version;
-            anyhow::Ok(v)
-        }
-        .await;
-        match r {
-            Ok(v) => tracing::info!(
-                node = me,
-                map_version = v,
-                "join accepted; waiting for the map"
-            ),
-            Err(e) => tracing::warn!(node = me, via, error = %e, "join: retrying"),
+            let r = async {
+                let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", j.via))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(10))
+                    .connect()
+                    .await?;
+                let v = AdminClient::new(ch)
+                    .add_node(pb::AddNodeRequest {
+                        node_id: j.me,
+                        public_addr: j.addrs.public.clone(),
+                        internal_addr: j.addrs.internal.clone(),
+                        shards: j.shards,
+                        fresh: j.fresh,
+                    })
+                    .await?
+                    .into_inner()
+                    .map_version;
+                anyhow::Ok(v)
+            }
+            .await;
+            match r {
+                Ok(v) => {
+                    tracing::info!(node = j.me, map_version = v, "joined the cluster");
+                    let _ = admitted.send(true);
+                    return;
+                }
+                Err(e) => {
+                    let refused = e
+                        .downcast_ref::<tonic::Status>()
+                        .is_some_and(|s| s.code() == tonic::Code::FailedPrecondition);
+                    if refused {
+                        tracing::error!(node = j.me, via = j.via, error = %e, "join refused; not retrying");
+                        return;
+                    }
+                    tracing::warn!(node = j.me, via = j.via, error = %e, "join: retrying");
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

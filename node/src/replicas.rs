@@ -115,7 +115,8 @@ impl<L: LogEngine> ReplicaSet<L> {
         }
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    /// Writes the hosted replica list (if this set persists one).
+    pub fn save(&self) -> anyhow::Result<()> {
         let Some(path) = &self.persist else {
             return Ok(());
         };
@@ -254,8 +255,16 @@ impl<L: LogEngine> ReplicaControl for ReplicaSet<L> {
 pub async fn run_manager<L: LogEngine>(
     set: Arc<ReplicaSet<L>>,
     meta: ShardStore,
+    mut admitted: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // A new joiner hosts nothing until the cluster has admitted it (a node
+    // whose data was lost must not re-create replicas under their old ids:
+    // openraft forbids a member coming back with an empty log).
+    tokio::select! {
+        r = admitted.wait_for(|a| *a) => if r.is_err() { return },
+        _ = stop.wait_for(|s| *s) => return,
+    }
     let mut maps = meta.subscribe();
     loop {
         let map = maps.borrow_and_update().state.cluster_map.clone();

@@ -327,7 +327,18 @@ impl Admin for AdminService {
                     internal: m.internal_addr.clone(),
                     draining: false,
                 };
+                let holds = map
+                    .placement
+                    .values()
+                    .filter(|r| r.iter().any(|r| node_of(*r) == m.node_id))
+                    .count();
                 match map.nodes.get(&m.node_id) {
+                    Some(_) if m.fresh => Err(format!(
+                        "node {} is already a member (holding {holds} replicas) but started \
+                         with an empty data dir: its data was lost, and it must not come back \
+                         under its old member ids; remove it (--force) and join under a new id",
+                        m.node_id
+                    )),
                     Some(e) if e.public == entry.public && e.internal == entry.internal => Ok(None),
                     Some(_) => Err(format!(
                         "node {} is already in the map with other addresses",

@@ -7,6 +7,11 @@
 //!   (the gap is measured and printed) and the node catches up on restart;
 //! - after a crash of all three, every acknowledged operation is present,
 //!   and retrying the unknown ones with their request ids settles them
-//!   exactly once.
+//!   exactly once;
+//! - a fourth node joins under load, takes replicas (caught up by snapshot
+//!   over the WAL's per-incarnation groups), survives kill -9 with its
+//!   replicas, then drains to nothing; every acknowledged top-up is there
+//!   (`t20`).
 mod support;
 mod t10_processes;
+mod t20_scale_out;

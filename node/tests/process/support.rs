@@ -77,6 +77,36 @@ impl ProcCluster {
         c
     }
 
+    /// Writes the config of a new node `id` that joins through node `via`
+    /// (lists only itself), and starts it.
+    pub fn add_joiner(&mut self, id: u64, via: u64, fsync: &str, extra: &str) {
+        let (p, r) = (free_port(), free_port());
+        let data = self.dir.path().join(format!("node{id}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let config = self.dir.path().join(format!("node{id}.toml"));
+        let join = self.url(via).trim_start_matches("http://").to_string();
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = {id}\npublic_addr = \"127.0.0.1:{p}\"\ninternal_addr = \"127.0.0.1:{r}\"\n\
+                 data_dir = \"{}\"\nshards = {SHARDS}\nfsync = \"{fsync}\"\njoin = \"{join}\"\n\
+                 [limits]\n{extra}\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        self.procs.insert(
+            id,
+            Proc {
+                id,
+                config,
+                public: format!("http://127.0.0.1:{p}"),
+                child: None,
+            },
+        );
+        self.launch(id);
+    }
+
     pub fn launch(&mut self, id: u64) {
         let p = self.procs.get_mut(&id).expect("node");
         assert!(p.child.is_none(), "node {id} already running");
