@@ -35,37 +35,33 @@ nodes_of() { cat "$dir/nodes" 2>/dev/null || echo 0; }
 pid_of() { cat "$dir/node$1/pid" 2>/dev/null || true; }
 alive() { local p; p=$(pid_of "$1"); [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
 
-write_config() { # id nodes shards fsync
-  local id=$1 n=$2 shards=$3 fsync=$4 f="$dir/node$1/node.toml"
+# Common keys of node $1's config.
+config_head() { # id shards fsync
+  local id=$1 shards=$2 fsync=$3
+  echo "node_id = $id"
+  echo "public_addr = \"127.0.0.$id:50051\""
+  echo "internal_addr = \"127.0.0.$id:51051\""
+  echo "metrics_addr = \"127.0.0.$id:9100\""
+  echo "data_dir = \"$dir/node$id/data\""
+  echo "shards = $shards"
+  echo "fsync = \"$fsync\""
+}
+
+write_config() { # id nodes shards fsync: an initial member
+  local id=$1 n=$2 f="$dir/node$1/node.toml"
   mkdir -p "$dir/node$id"
   {
-    echo "node_id = $id"
-    echo "public_addr = \"127.0.0.$id:50051\""
-    echo "internal_addr = \"127.0.0.$id:51051\""
-    echo "metrics_addr = \"127.0.0.$id:9100\""
-    echo "data_dir = \"$dir/node$id/data\""
-    echo "shards = $shards"
+    config_head "$id" "$3" "$4"
     echo "replication_factor = $n"
-    echo "fsync = \"$fsync\""
     for p in $(seq 1 "$n"); do
       printf '\n[[peers]]\nid = %s\npublic = "127.0.0.%s:50051"\ninternal = "127.0.0.%s:51051"\n' "$p" "$p" "$p"
     done
   } >"$f"
 }
 
-write_join_config() { # id shards fsync via
-  local id=$1 shards=$2 fsync=$3 via=$4 f="$dir/node$1/node.toml"
-  mkdir -p "$dir/node$id"
-  {
-    echo "node_id = $id"
-    echo "public_addr = \"127.0.0.$id:50051\""
-    echo "internal_addr = \"127.0.0.$id:51051\""
-    echo "metrics_addr = \"127.0.0.$id:9100\""
-    echo "data_dir = \"$dir/node$id/data\""
-    echo "shards = $shards"
-    echo "fsync = \"$fsync\""
-    echo "join = \"$via\""
-  } >"$f"
+write_join_config() { # id shards fsync via: a node added to the running cluster
+  mkdir -p "$dir/node$1"
+  { config_head "$1" "$2" "$3"; echo "join = \"$4\""; } >"$dir/node$1/node.toml"
 }
 
 # A live node's public address (to send admin calls and joins through).

@@ -49,6 +49,28 @@ async fn bind(port: u16) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::bind(("127.0.0.1", port)).await?)
 }
 
+/// Edges of an in-process node: TCP on loopback, memory logs, no snapshot files.
+fn memory_edges(
+    id: NodeId,
+    public: TcpListener,
+    internal: TcpListener,
+    clock: SharedClock,
+) -> Edges<MemLog, impl node::Incoming> {
+    Edges {
+        public: node::tcp_incoming(public),
+        internal: node::tcp_incoming(internal),
+        connector: Box::new(TcpConnector {
+            connect_timeout: Duration::from_millis(500),
+        }),
+        clock,
+        logs: Arc::new(move |_, _| MemLog::new(id)),
+        replicas: None,
+        replicas_file: None,
+        meta_log: MemLog::new(id),
+        snapshot_dir: None,
+    }
+}
+
 impl LocalCluster {
     /// Binds every listener first (so all addresses are known), then starts
     /// the nodes; node 1 bootstraps the shard groups.
@@ -82,19 +104,7 @@ impl LocalCluster {
             if let Some(t) = &opts.tweak {
                 t(&mut cfg);
             }
-            let edges = Edges {
-                public: node::tcp_incoming(public),
-                internal: node::tcp_incoming(internal),
-                connector: Box::new(TcpConnector {
-                    connect_timeout: Duration::from_millis(500),
-                }),
-                clock: opts.clock.clone(),
-                logs: Arc::new(move |_, _| MemLog::new(id)),
-                replicas: None,
-                replicas_file: None,
-                meta_log: MemLog::new(id),
-                snapshot_dir: None,
-            };
+            let edges = memory_edges(id, public, internal, opts.clock.clone());
             nodes.insert(id, node::start(cfg, edges).await?);
         }
         Ok(LocalCluster {
@@ -123,19 +133,7 @@ impl LocalCluster {
         if let Some(t) = &self.tweak {
             t(&mut cfg);
         }
-        let edges = Edges {
-            public: node::tcp_incoming(public),
-            internal: node::tcp_incoming(internal),
-            connector: Box::new(TcpConnector {
-                connect_timeout: Duration::from_millis(500),
-            }),
-            clock: self.clock.clone(),
-            logs: Arc::new(move |_, _| MemLog::new(id)),
-            replicas: None,
-            replicas_file: None,
-            meta_log: MemLog::new(id),
-            snapshot_dir: None,
-        };
+        let edges = memory_edges(id, public, internal, self.clock.clone());
         self.nodes.insert(id, node::start(cfg, edges).await?);
         self.addrs.insert(id, me);
         Ok(())

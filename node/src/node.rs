@@ -283,6 +283,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
         rx.clone(),
     )));
 
+    peers.set_heard(front_door.heard.clone());
     // Internal server: Raft traffic of every group.
     let raft_svc = RaftInternalServer::new(RaftService {
         groups: groups.clone(),

@@ -87,6 +87,17 @@ impl Observed {
     }
 }
 
+/// The busiest and the idlest node of a non-empty count (ties: the higher
+/// id is busiest, the lower id idlest).
+fn extremes(count: &BTreeMap<u64, usize>) -> ((u64, usize), (u64, usize)) {
+    let max = count.iter().max_by_key(|(n, c)| (**c, **n));
+    let min = count.iter().min_by_key(|(n, c)| (**c, **n));
+    match (max, min) {
+        (Some((a, b)), Some((c, d))) => ((*a, *b), (*c, *d)),
+        _ => ((0, 0), (0, 0)),
+    }
+}
+
 /// Preferred leaders spread evenly: each shard's leader is one of its
 /// intended replicas' nodes (not draining if it can be helped), each node
 /// leads within one of the mean of the nodes that can lead. Keeps a shard's
@@ -133,16 +144,7 @@ pub fn spread_leaders(map: &ClusterMap) -> BTreeMap<ShardId, u64> {
     // Even out: move a shard from the busiest node to the idlest that can
     // lead it, while that narrows the spread.
     for _ in 0..map.shards * 2 {
-        let (max_n, max_c) = count
-            .iter()
-            .max_by_key(|(n, c)| (**c, **n))
-            .map(|(n, c)| (*n, *c))
-            .expect("nonempty");
-        let (min_n, min_c) = count
-            .iter()
-            .min_by_key(|(n, c)| (**c, **n))
-            .map(|(n, c)| (*n, *c))
-            .expect("nonempty");
+        let ((max_n, max_c), (min_n, min_c)) = extremes(&count);
         if max_c <= min_c + 1 {
             break;
         }
@@ -245,16 +247,7 @@ pub fn plan(
     }
     // Balance.
     while budget > 0 && load.len() > 1 {
-        let (max_n, max_c) = load
-            .iter()
-            .max_by_key(|(n, c)| (**c, **n))
-            .map(|(n, c)| (*n, *c))
-            .expect("nonempty");
-        let (min_n, min_c) = load
-            .iter()
-            .min_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))
-            .map(|(n, c)| (*n, *c))
-            .expect("nonempty");
+        let ((max_n, max_c), (min_n, min_c)) = extremes(&load);
         if max_c <= min_c + 1 {
             break;
         }
@@ -381,7 +374,10 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
             let mut req = tonic::Request::new(pb::StatusRequest {});
             req.set_timeout(opts.call_timeout);
             match tokio::time::timeout(opts.call_timeout, c.status(req)).await {
-                Ok(Ok(r)) => Some(r.into_inner()),
+                Ok(Ok(r)) => {
+                    fd.heard.insert(id, std::time::Instant::now());
+                    Some(r.into_inner())
+                }
                 _ => {
                     tracing::debug!(node = id, "placement: status call failed");
                     None

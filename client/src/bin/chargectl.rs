@@ -655,7 +655,22 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
         Command::Node { cmd } => {
             let r = match cmd {
                 NodeCmd::List => {
-                    let r = client.status().await?;
+                    let mut r = client.status().await?;
+                    // The metadata leader polls every node: its view of
+                    // reachability is the complete one.
+                    let leader = r.nodes.iter().find(|n| n.node_id == r.meta_leader);
+                    if let Some(l) = leader.filter(|_| r.meta_leader != r.node_id) {
+                        let url = format!("http://{}", l.public_addr);
+                        let cfg = ClientConfig {
+                            deadline_ms: 2_000,
+                            ..ClientConfig::default()
+                        };
+                        if let Ok(c) = Client::connect_lazy(url, cfg) {
+                            if let Ok(s) = c.status().await {
+                                r = s;
+                            }
+                        }
+                    }
                     let nodes: Vec<_> = r.nodes.iter().map(ToJson::to_json).collect();
                     return Ok(
                         Outcome::new(None, serde_json::json!({ "nodes": nodes }), vec![])

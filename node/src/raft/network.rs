@@ -329,6 +329,9 @@ pub struct Peers {
     links: DashMap<String, Arc<PeerLink>>,
     clock: SharedClock,
     isolated: std::sync::OnceLock<Arc<AtomicBool>>,
+    /// When each peer node last answered (status: reachable), shared with
+    /// the server side, which records the peers' requests.
+    heard: std::sync::OnceLock<super::service::PeerHealth>,
     options: RwLock<TransportOptions>,
     bucket: TokenBucket,
     counters: Arc<Counters>,
@@ -352,6 +355,7 @@ impl Peers {
             links: DashMap::new(),
             clock,
             isolated: Default::default(),
+            heard: Default::default(),
             options: RwLock::new(options),
             bucket,
             counters: Arc::default(),
@@ -361,6 +365,17 @@ impl Peers {
     /// Fault-injection seam: while the flag is set, every call fails as unreachable.
     pub fn set_isolation(&self, flag: Arc<AtomicBool>) {
         let _ = self.isolated.set(flag);
+    }
+
+    /// Where to record that a peer answered.
+    pub fn set_heard(&self, heard: super::service::PeerHealth) {
+        let _ = self.heard.set(heard);
+    }
+
+    fn note_heard(&self, node: u64) {
+        if let Some(h) = self.heard.get() {
+            h.insert(node, std::time::Instant::now());
+        }
     }
 
     /// Replaces the options; applies to sessions and snapshots started later.
@@ -830,9 +845,10 @@ pub struct GroupNetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
-    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         GroupNetwork {
             shard: self.shard,
+            target: super::node_of(target),
             addr: node.addr.clone(),
             peers: self.peers.clone(),
         }
@@ -842,6 +858,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 /// A connection of one group to one peer replica (a view on the peer link).
 pub struct GroupNetwork {
     shard: ShardId,
+    /// The peer's node id.
+    target: u64,
     addr: String,
     peers: Arc<Peers>,
 }
@@ -853,11 +871,13 @@ impl GroupNetwork {
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        self.peers
+        let r = self
+            .peers
             .call(&self.addr, self.shard, kind, req, option.hard_ttl())
             .await
-            .map_err(CallError::into_rpc)?
-            .map_err(remote_err)
+            .map_err(CallError::into_rpc)?;
+        self.peers.note_heard(self.target);
+        r.map_err(remote_err)
     }
 }
 
@@ -883,6 +903,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let peers = self.peers.clone();
         let addr = self.addr.clone();
         let shard = self.shard;
+        let target = self.target;
         Box::pin(async move {
             if peers.is_isolated() {
                 peers.cut_streams();
@@ -911,8 +932,11 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                 end_sent: false,
                 done: false,
             };
-            let out = futures::stream::unfold(session, |mut s| async move {
+            let out = futures::stream::unfold(session, move |mut s| async move {
                 let item = s.next_item().await?;
+                if item.is_ok() {
+                    s.peers.note_heard(target);
+                }
                 Some((item, s))
             });
             Ok(out.boxed())
