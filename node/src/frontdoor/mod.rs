@@ -179,28 +179,34 @@ impl FrontDoor {
         self.hosted.get(&shard).map(|h| h.clone())
     }
 
-    /// Where to send a request for `shard` that this node cannot serve:
-    /// the leader named by a local replica, else the last leader seen, else
-    /// the map's preferred leader, else any node the map places it on.
-    fn remote_target(&self, shard: ShardId, leader: Option<NodeId>) -> Option<NodeId> {
-        if let Some(l) = leader.filter(|l| *l != self.node) {
-            return Some(l);
+    /// Whether `node` was heard from lately (Raft traffic, answers).
+    fn reachable(&self, node: NodeId) -> bool {
+        self.heard
+            .get(&node)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+    }
+
+    /// Where to send a request for `shard` that this node cannot serve, best
+    /// first: the leader a local replica names, the last leader seen, the
+    /// map's preferred leader, then every node the map places the shard on;
+    /// nodes heard from lately before the others (a dead node's connection
+    /// would eat the caller's deadline).
+    fn candidates(&self, shard: ShardId, leader: Option<NodeId>) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = Vec::with_capacity(6);
+        v.extend(leader);
+        v.extend(self.hints.get(&shard).map(|h| *h));
+        if let Some(map) = self.map() {
+            v.extend(map.leaders.get(&shard).copied());
+            v.extend(map.nodes_of(shard));
         }
-        if let Some(h) = self
-            .hints
-            .get(&shard)
-            .map(|h| *h)
-            .filter(|h| *h != self.node)
-        {
-            return Some(h);
+        let mut out: Vec<NodeId> = Vec::with_capacity(v.len());
+        for n in v {
+            if n != self.node && !out.contains(&n) {
+                out.push(n);
+            }
         }
-        let map = self.map()?;
-        map.leaders
-            .get(&shard)
-            .copied()
-            .into_iter()
-            .chain(map.nodes_of(shard))
-            .find(|n| *n != self.node)
+        out.sort_by_key(|n| !self.reachable(*n)); // stable: order kept within each group
+        out
     }
 
     fn overloaded() -> Status {
@@ -214,7 +220,7 @@ impl FrontDoor {
             .try_acquire()
             .map_err(|_| Self::overloaded())?;
         let Some(handle) = self.hosted.get(&shard).map(|h| h.actor.clone()) else {
-            return Ok(Routed::Remote(self.remote_target(shard, None)));
+            return Ok(Routed::Remote(None));
         };
         let (tx, rx) = oneshot::channel();
         handle
@@ -226,9 +232,7 @@ impl FrontDoor {
             Ok(Ok(o)) => o,
         };
         Ok(match outcome {
-            Outcome::NotLeader { leader } if leader != Some(self.node) => {
-                Routed::Remote(self.remote_target(shard, leader))
-            }
+            Outcome::NotLeader { leader } if leader != Some(self.node) => Routed::Remote(leader),
             Outcome::NotLeader { .. } => Routed::Local(Outcome::Unknown("leader is changing")),
             o => Routed::Local(o),
         })
@@ -278,6 +282,10 @@ impl FrontDoor {
             .map_err(|e| Status::internal(e.to_string()))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            // A peer that vanished (no RST) is noticed within about 2 s.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let c = ChargingClient::new(ch);
         self.forward.insert(leader, c.clone());
@@ -327,14 +335,14 @@ impl FrontDoor {
         }
     }
 
-    /// Forwards `msg` for `shard` to `target`'s front door (marked, so it
-    /// never hops on). If the target answers `UNAVAILABLE` naming another
-    /// leader, tries that one once: during a move the first guess may be a
-    /// replica that just left, and the request id makes the retry safe.
+    /// Forwards `msg` for `shard` to the best of `candidates` (marked, so
+    /// it never hops on). Tries at most three: when a target answers
+    /// `UNAVAILABLE` naming another leader, that one next; when it cannot be
+    /// reached, the next candidate. The request id makes every retry safe.
     async fn forward_to<M, R, F, Fut>(
         &self,
         shard: ShardId,
-        target: NodeId,
+        candidates: Vec<NodeId>,
         msg: M,
         only_shard: bool,
         call: F,
@@ -344,10 +352,17 @@ impl FrontDoor {
         F: Fn(ChargingClient<Channel>, TReq<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let mut target = target;
-        let mut attempts = 2;
-        loop {
-            attempts -= 1;
+        let mut queue: std::collections::VecDeque<NodeId> = candidates.into();
+        let mut tried: Vec<NodeId> = Vec::with_capacity(3);
+        let mut last = None;
+        while let Some(target) = queue.pop_front() {
+            if tried.len() == 3 {
+                break;
+            }
+            if tried.contains(&target) {
+                continue;
+            }
+            tried.push(target);
             let c = self.forward_client(target)?;
             let mut req = TReq::new(msg.clone());
             req.metadata_mut()
@@ -365,18 +380,29 @@ impl FrontDoor {
                     return Ok(r.into_inner());
                 }
                 Err(s) => {
-                    let next = hint_of(&s).filter(|h| *h != target && *h != self.node);
-                    if let Some(h) = next {
+                    let unreachable = matches!(
+                        s.code(),
+                        Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
+                    ) || (s.code() == Code::Unavailable && hint_of(&s).is_none());
+                    if let Some(h) = hint_of(&s).filter(|h| *h != target && *h != self.node) {
                         self.hints.insert(shard, h);
-                        if attempts > 0 && s.code() == Code::Unavailable {
-                            target = h;
-                            continue;
+                        if s.code() == Code::Unavailable {
+                            queue.push_front(h);
                         }
+                    } else if unreachable {
+                        self.hints.remove_if(&shard, |_, h| *h == target);
+                        self.forward.remove(&target);
+                    } else {
+                        return Err(self.forward_failed(target, s));
                     }
-                    return Err(self.forward_failed(target, s));
+                    last = Some((target, s));
                 }
             }
         }
+        Err(match last {
+            Some((target, s)) => self.forward_failed(target, s),
+            None => self.unavailable(None, "no node known to serve this shard"),
+        })
     }
 
     /// Balance: a linearizable read of published applied state (read index
@@ -415,15 +441,14 @@ impl FrontDoor {
                 Err(fwd) => leader = fwd.leader_id.map(crate::raft::node_of),
             }
         }
-        match self.remote_target(shard, leader) {
-            Some(l) if !forwarded => {
-                self.forward_to(shard, l, msg, false, |mut c, req| async move {
-                    c.balance(req).await
-                })
-                .await
-            }
-            l => Err(self.unavailable(l, "not the shard leader")),
+        let candidates = self.candidates(shard, leader);
+        if forwarded || candidates.is_empty() {
+            return Err(self.unavailable(candidates.first().copied(), "not the shard leader"));
         }
+        self.forward_to(shard, candidates, msg, false, |mut c, req| async move {
+            c.balance(req).await
+        })
+        .await
     }
 
     /// Sets a tariff on every shard (or only `only` when forwarded for one shard).
@@ -462,13 +487,15 @@ impl FrontDoor {
                     }
                 }
                 Outcome::NotLeader { leader } if only.is_none() => {
-                    let Some(l) = self.remote_target(shard, leader) else {
-                        return Err(self.unavailable(None, "shard leader unknown"));
-                    };
+                    let candidates = self.candidates(shard, leader);
                     let r = self
-                        .forward_to(shard, l, msg.clone(), true, |mut c, req| async move {
-                            c.set_tariff(req).await
-                        })
+                        .forward_to(
+                            shard,
+                            candidates,
+                            msg.clone(),
+                            true,
+                            |mut c, req| async move { c.set_tariff(req).await },
+                        )
                         .await?;
                     if r.result != pb::ResultCode::Ok as i32 {
                         return Ok(r);
@@ -509,16 +536,17 @@ macro_rules! mutating_ops {
                 let shard = self.shard_id(&account);
                 match self.submit(shard, Request { account, request_id, cmd }).await? {
                     Routed::Local(outcome) => self.finish(stringify!($op), started, outcome, $to_resp),
-                    Routed::Remote(Some(leader)) if !forwarded => {
+                    Routed::Remote(leader) => {
+                        let candidates = self.candidates(shard, leader);
+                        if forwarded || candidates.is_empty() {
+                            self.record(stringify!($op), "not_leader", started);
+                            return Err(self.unavailable(candidates.first().copied(), "not the shard leader"));
+                        }
                         let r = self
-                            .forward_to(shard, leader, msg, false, |mut c, req| async move { c.$op(req).await })
+                            .forward_to(shard, candidates, msg, false, |mut c, req| async move { c.$op(req).await })
                             .await;
                         self.record(stringify!($op), if r.is_ok() { "forwarded" } else { "forward_failed" }, started);
                         r
-                    }
-                    Routed::Remote(leader) => {
-                        self.record(stringify!($op), "not_leader", started);
-                        Err(self.unavailable(leader, "not the shard leader"))
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //! dropped, reservations opened before a move commit after it, and the
 //! balances equal exactly what was acknowledged (nothing lost, nothing twice).
 use super::*;
-use charging_client::{new_request_id, proto::ResultCode, Client};
+use charging_client::{new_request_id, proto::ResultCode, Client, ClientConfig};
 use charging_node::cluster::ConfigTweak;
 use charging_node::raft::node_of;
 use openraft::async_runtime::WatchReceiver;
@@ -284,6 +284,48 @@ async fn adding_two_nodes_under_load_rebalances_and_loses_nothing() {
         map.next_incarnation > 2,
         "new replicas got fresh incarnations"
     );
+
+    // A node that does not host a shard forwards to the leader it last saw.
+    // When that leader dies, it must find the new one (not keep the dead
+    // hint): kill the leader of account 0's shard, charge through an
+    // outsider.
+    let a = &accounts[0];
+    let s = shard_of(a, SHARDS);
+    let leader = c.deciding_leader(s).expect("leader");
+    let outsider = *c
+        .nodes
+        .iter()
+        .find(|(id, n)| **id != leader && n.replica(s).is_none())
+        .expect("a node without the shard")
+        .0;
+    // Through the outsider's front door only (no direct-to-leader calls).
+    let via = Client::connect_with_config(
+        c.public_url(outsider),
+        ClientConfig {
+            deadline_ms: 3_000,
+            max_retries: 10,
+            direct_to_leader: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("client");
+    let before = settle(|| via.balance(a.clone())).await;
+    assert!(
+        c.nodes[&outsider].front_door.hints.get(&s).is_some(),
+        "hint learned"
+    );
+    c.kill(leader).await;
+    let rid = new_request_id();
+    let t = Instant::now();
+    let r = settle(|| via.top_up_with_id(rid, a.clone(), 1, 5)).await;
+    assert_eq!(r.result, ResultCode::Ok as i32);
+    println!(
+        "charged through node {outsider} {:.1} s after its hinted leader {leader} died",
+        t.elapsed().as_secs_f64()
+    );
+    let after = settle(|| via.balance(a.clone())).await;
+    assert_eq!(after.available, before.available + 5);
     c.shutdown().await;
 }
 
