@@ -389,3 +389,82 @@ async fn draining_a_node_empties_it_and_loses_nothing() {
     assert!(again.is_err(), "a removed id is refused");
     c.shutdown().await;
 }
+
+/// A membership change cut short leaves a joint configuration behind (as a
+/// leader crash between the joint and the uniform entry does). The shard's
+/// leader finishes it back to the map's intent, and the stray member leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joint_configuration_left_behind_is_finished() {
+    let c = start().await;
+    let (cl, accounts) = setup(&c, "joint").await;
+    let s = shard_of(&accounts[0], SHARDS);
+    let leader = c.deciding_leader(s).expect("leader");
+    let raft = c.nodes[&leader].raft(s);
+    let (intent, mut nodes) = {
+        let m = raft.metrics().borrow_watched().clone();
+        let mem = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = mem.voter_ids().collect();
+        let nodes: BTreeMap<u64, openraft::BasicNode> =
+            mem.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        (voters, nodes)
+    };
+    // A member nobody hosts, then a joint config that swaps it in.
+    let stray = charging_node::raft::replica_id(99, 77);
+    raft.add_learner(stray, openraft::BasicNode::new("127.0.0.1:1"), false)
+        .await
+        .expect("learner");
+    nodes.insert(stray, openraft::BasicNode::new("127.0.0.1:1"));
+    let mut other = intent.clone();
+    let dropped = *intent
+        .iter()
+        .find(|r| node_of(**r) != leader)
+        .expect("a follower");
+    other.remove(&dropped);
+    other.insert(stray);
+    let joint = openraft::Membership::new(vec![intent.clone(), other], nodes).expect("membership");
+    // No precondition: the reconciler may remove the stray learner at any
+    // moment, and this entry must go in regardless (it re-adds it).
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        raft.append_membership(joint, openraft::EntryPayload::Blank, []),
+    )
+    .await
+    .expect("append in time")
+    .expect("joint membership appended");
+    let joint_now = raft
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .get_joint_config()
+        .len();
+    assert_eq!(joint_now, 2, "the group is in a joint configuration");
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(30);
+    loop {
+        let done = c.deciding_leader(s).is_some_and(|l| {
+            let m = c.nodes[&l].raft(s).metrics().borrow_watched().clone();
+            let mem = m.membership_config.membership();
+            mem.get_joint_config().len() == 1
+                && mem.voter_ids().collect::<BTreeSet<_>>() == intent
+                && mem.learner_ids().count() == 0
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "joint configuration not finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "joint configuration finished back to the intent in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // The shard still serves.
+    let rid = new_request_id();
+    let r = settle(|| cl.top_up_with_id(rid, accounts[0].clone(), 1, 1)).await;
+    assert_eq!(r.result, ResultCode::Ok as i32);
+    c.shutdown().await;
+}
