@@ -638,7 +638,7 @@ fn reserve_again_on_the_same_rating_group_replaces_the_quota() {
     let g2 = h.grant("s", 2, RG_DATA, kb(20));
     assert_eq!(g2.reservation, g1.reservation);
     assert_eq!(h.main(), (1000, 6));
-    assert_eq!(h.a().reservations.len(), 1);
+    assert_eq!(h.a().ext.reservations.len(), 1);
 }
 
 #[test]
@@ -678,7 +678,7 @@ fn commit_over_grant_is_charged_then_recorded_as_debt() {
     assert_eq!(h.commit(g.reservation, kb(100), false), (30, 15));
     assert_eq!(h.main(), (-5, 0));
     assert_eq!(h.a().debt, 15);
-    assert_eq!(h.a().reservations[&g.reservation].charged, 30);
+    assert_eq!(h.a().ext.reservations[&g.reservation].charged, 30);
     h.ok(Command::Release {
         reservation: g.reservation,
     });
@@ -691,7 +691,7 @@ fn final_commit_releases_and_resolves() {
     let g = h.grant("s", 1, RG_DATA, kb(100)); // 30 held
     assert_eq!(h.commit(g.reservation, kb(10), true), (3, 0));
     assert_eq!(h.main(), (997, 0));
-    assert!(h.a().sessions[&sid("s")].open.is_empty());
+    assert!(h.a().ext.sessions[&sid("s")].open.is_empty());
     let again = Command::Commit {
         reservation: g.reservation,
         used: kb(1),
@@ -732,7 +732,7 @@ fn release_resolves_without_charging() {
         Reply::Released
     );
     assert_eq!(h.main(), (997, 0));
-    assert!(h.a().reservations.is_empty());
+    assert!(h.a().ext.reservations.is_empty());
 }
 
 #[test]
@@ -836,7 +836,7 @@ fn expiry_then_late_commit_on_the_tombstone() {
         Reply::Expired
     );
     assert_eq!(h.main(), (1000, 0));
-    assert!(h.a().tombstones.contains_key(&g.reservation));
+    assert!(h.a().ext.tombstones.contains_key(&g.reservation));
     assert!(h.replica.due_expiries(h.now, 10).is_empty());
     assert_eq!(
         h.rej(Command::Expire {
@@ -854,7 +854,7 @@ fn expiry_then_late_commit_on_the_tombstone() {
     assert_eq!(h.commit(g.reservation, kb(10), false), (3, 0));
     assert_eq!(h.commit(g.reservation, kb(10), true), (3, 0));
     assert_eq!(h.main(), (994, 0));
-    assert!(h.a().tombstones.is_empty());
+    assert!(h.a().ext.tombstones.is_empty());
     assert_eq!(
         h.rej(Command::Commit {
             reservation: g.reservation,
@@ -987,7 +987,7 @@ fn update_commits_and_replaces_quota_per_rating_group() {
     });
     assert_eq!(h.main(), (996, 6));
     assert_eq!(
-        h.a().sessions[&sid("s")].open,
+        h.a().ext.sessions[&sid("s")].open,
         vec![(RG_DATA, g.reservation)]
     );
 }
@@ -1062,8 +1062,8 @@ fn terminate_charges_releases_and_closes() {
         })
     );
     assert_eq!(h.main(), (997, 0));
-    assert!(h.a().reservations.is_empty());
-    assert!(h.a().sessions[&sid("s")].closed);
+    assert!(h.a().ext.reservations.is_empty());
+    assert!(h.a().ext.sessions[&sid("s")].closed);
     assert_eq!(h.a().view(h.now).open_sessions, 0);
     // Retry: the original reply.
     assert_eq!(
@@ -1324,12 +1324,12 @@ fn request_id_dedup_for_other_operations() {
     h.now += h.limits.clock_bound_ms + 1;
     assert_eq!(h.exec(&top), Decision::Reject(Rejection::RequestTooOld));
     // An accepted decision evicts the old entries.
-    assert!(h.a().dedup.contains_key(&top.request_id));
+    assert!(h.a().ext.dedup.contains_key(&top.request_id));
     h.ok(Command::TopUp {
         bucket: MAIN_BUCKET,
         amount: 1,
     });
-    assert!(!h.a().dedup.contains_key(&top.request_id));
+    assert!(!h.a().ext.dedup.contains_key(&top.request_id));
 }
 
 #[test]
@@ -1360,7 +1360,7 @@ fn dedup_table_full_is_limit_exceeded() {
         bucket: MAIN_BUCKET,
         amount: 1,
     });
-    assert_eq!(h.a().dedup.len(), 1);
+    assert_eq!(h.a().ext.dedup.len(), 1);
 }
 
 #[test]
@@ -1439,8 +1439,8 @@ fn ended_buckets_are_forfeited_then_removed_and_tombstones_evicted() {
         amount: 1,
     });
     assert!(h.a().bucket(BucketId(2)).is_none());
-    assert!(h.a().tombstones.is_empty());
-    assert!(h.a().sessions.is_empty());
+    assert!(h.a().ext.tombstones.is_empty());
+    assert!(h.a().ext.sessions.is_empty());
 }
 
 // ---- replicas and the shard state ------------------------------------------------------
