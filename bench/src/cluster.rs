@@ -109,7 +109,10 @@ pub async fn bulk_preload(
                         last = charging_client::result_name(r.result).to_string();
                         break;
                     }
-                    Err(s) => last = format!("grpc:{:?} {}", s.code(), s.message()),
+                    Err(s) => {
+                        last = format!("grpc:{:?} {}", s.code(), s.message());
+                        eprintln!("preload: ids {lo}..{hi}: {last}; retrying (same ids)");
+                    }
                 }
             }
             (lo, hi, Err(last))

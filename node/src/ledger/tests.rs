@@ -1683,3 +1683,143 @@ fn tariff_changes_deduplicate_on_request_id() {
     );
     assert_eq!(s.tariffs[&RG_DATA].version, 2);
 }
+
+fn bulk(ids: &[&str], balance: i64) -> Event {
+    Event::BulkCreate {
+        accounts: ids.iter().map(|s| AccountId(s.to_string())).collect(),
+        currency: "EUR".into(),
+        credit_limit: 0,
+        initial_balance: balance,
+    }
+}
+
+/// Bulk creation creates absent accounts only: a repeat (a retry) creates
+/// nothing twice, and an account that exists keeps its state.
+#[test]
+fn bulk_create_is_idempotent_by_account_id() {
+    let mut s = ShardState::new(Limits::default());
+    let created = |c, e, m| {
+        Applied::Ok(Reply::BulkCreated {
+            created: c,
+            existing: e,
+            mismatched: m,
+        })
+    };
+    assert_eq!(s.apply(&bulk(&["a", "b", "a"], 100), T0), created(2, 1, 0));
+    let a = s.account(&AccountId("a".into())).unwrap().clone();
+    assert_eq!(a.version, 1);
+    assert_eq!(a.main_bucket().unwrap().balance, 100);
+    assert!(
+        !a.ext.is_allocated(),
+        "an idle account allocates no extension"
+    );
+    // Identical accounts of one event share one copy.
+    assert!(Arc::ptr_eq(&a, s.account(&AccountId("b".into())).unwrap()));
+    // A top-up of one copies it; the other is unchanged.
+    let up = Event::Account(AccountEvent {
+        request: Request {
+            account: AccountId("a".into()),
+            request_id: rid(1, T0),
+            cmd: Command::TopUp {
+                bucket: BucketId(0),
+                amount: 5,
+            },
+        },
+        expected_version: 1,
+        decided_ms: T0,
+        tariffs: Tariffs::new(),
+    });
+    assert!(matches!(s.apply(&up, T0), Applied::Ok(_)));
+    let b = s.account(&AccountId("b".into())).unwrap();
+    assert_eq!(b.main_bucket().unwrap().balance, 100);
+    assert_eq!(
+        s.account(&AccountId("a".into()))
+            .unwrap()
+            .main_bucket()
+            .unwrap()
+            .balance,
+        105
+    );
+    // The retry: nothing created, the topped-up account is left alone.
+    let mut other = bulk(&["a", "b", "c"], 100);
+    if let Event::BulkCreate { currency, .. } = &mut other {
+        *currency = "USD".into();
+    }
+    assert_eq!(s.apply(&other, T0), created(1, 2, 2));
+    assert_eq!(
+        s.account(&AccountId("a".into()))
+            .unwrap()
+            .main_bucket()
+            .unwrap()
+            .balance,
+        105
+    );
+    s.check_invariants().unwrap();
+    // Invalid parameters: all or nothing.
+    let mut bad = bulk(&["d"], -1);
+    assert_eq!(
+        s.apply(&bad, T0),
+        Applied::Refused(Rejection::LimitExceeded)
+    );
+    if let Event::BulkCreate {
+        initial_balance,
+        currency,
+        ..
+    } = &mut bad
+    {
+        *initial_balance = 1;
+        *currency = "EURO".into();
+    }
+    assert_eq!(
+        s.apply(&bad, T0),
+        Applied::Refused(Rejection::LimitExceeded)
+    );
+    assert!(s.account(&AccountId("d".into())).is_none());
+}
+
+/// A snapshot round trip keeps the state and its hash, and shares identical
+/// consecutive accounts again.
+#[test]
+fn snapshot_of_bulk_accounts_round_trips_and_reshares() {
+    let mut s = ShardState::new(Limits::default());
+    s.apply(&bulk(&["a1", "a2", "a3"], 7), T0);
+    let bytes = crate::codec::encode(&s).unwrap();
+    let back: ShardState = crate::codec::decode(&bytes).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.state_hash(), s.state_hash());
+    let a1 = back.account(&AccountId("a1".into())).unwrap();
+    assert!(Arc::ptr_eq(
+        a1,
+        back.account(&AccountId("a3".into())).unwrap()
+    ));
+}
+
+/// The extension's form (absent or allocated and empty) never shows in
+/// equality, hash or encoding.
+#[test]
+fn empty_extension_is_invisible() {
+    let mut s = ShardState::new(Limits::default());
+    s.apply(&bulk(&["x"], 1), T0);
+    let a = s.account(&AccountId("x".into())).unwrap();
+    let mut b = (**a).clone();
+    let _ = b.ext.sessions.len(); // read: no allocation
+    assert!(!b.ext.is_allocated());
+    b.ext.dedup.retain(|_, _| true); // mutable access allocates
+    assert!(b.ext.is_allocated());
+    assert_eq!(&b, &**a);
+    assert_eq!(hash::stable_hash(&b), hash::stable_hash(&**a));
+    assert_eq!(
+        crate::codec::encode(&b).unwrap(),
+        crate::codec::encode(&**a).unwrap()
+    );
+    b.ext.shrink();
+    assert!(!b.ext.is_allocated());
+}
+
+/// Sizes an idle account pays (see `Account`): guards the layout.
+#[test]
+fn idle_account_layout_stays_compact() {
+    assert!(std::mem::size_of::<Account>() <= 72);
+    assert!(std::mem::size_of::<account::Bucket>() <= 104);
+    assert!(std::mem::size_of::<state::AccountKey>() <= 16);
+}
