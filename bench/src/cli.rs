@@ -239,6 +239,9 @@ pub struct Common {
     /// Bulk calls in flight (bulk) or messages in flight per stream (stream).
     #[arg(long, default_value_t = 4)]
     pub preload_pipeline: usize,
+    /// Do not wait 3 s after a bulk preload (the nodes compact their logs then).
+    #[arg(long)]
+    pub no_settle: bool,
     /// Skip the preload (the accounts of --prefix exist already).
     #[arg(long)]
     pub no_preload: bool,
@@ -383,6 +386,7 @@ pub struct Setup {
 /// `chargebench preload`: the preload of `setup` alone.
 pub async fn preload_only(mut c: Common) -> anyhow::Result<serde_json::Value> {
     c.no_verify = true;
+    c.no_settle = true;
     let s = setup(&c).await?;
     let p = s.preload.unwrap_or_default();
     let v = serde_json::json!({
@@ -485,6 +489,11 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
         }
         if !p.existed.is_empty() && !c.no_verify {
             base = cluster::read_balances(&admin, &cfg, p.existed.clone()).await?;
+        }
+        // The nodes snapshot and purge a bulk load once it has been quiet
+        // for 2 s: wait for that here, so it does not land in the measurement.
+        if c.preload_mode == PreloadMode::Bulk && p.created > 0 && !c.no_settle {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         }
         preload = Some(p);
     } else if !c.no_verify {

@@ -57,12 +57,25 @@ pub enum Applied {
     Refused(Rejection),
 }
 
-/// The key of the account table: the account id as a boxed str (16 bytes
-/// inline, exact heap size; an `AccountId` `String` would take 24). Orders,
-/// hashes and serializes exactly as the `AccountId` it came from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct AccountKey(pub Box<str>);
+/// The key of the account table: the account id as a shared str. Cloning
+/// one is a reference count, not an allocation: every apply after a
+/// published view copies the tree path it writes (copy on write), and with
+/// owned strings that copy allocated every key of the path. Orders, hashes
+/// and serializes exactly as the `AccountId` it came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AccountKey(pub Arc<str>);
+
+impl Serialize for AccountKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(AccountKey(String::deserialize(d)?.into()))
+    }
+}
 
 impl From<&AccountId> for AccountKey {
     fn from(id: &AccountId) -> Self {
@@ -83,7 +96,9 @@ pub struct ShardState {
     pub limits: Limits,
     #[serde(deserialize_with = "deserialize_shared")]
     pub accounts: imbl::OrdMap<AccountKey, Arc<Account>>,
-    pub tariffs: Tariffs,
+    /// Shared: a published view (one per applied entry) copies a pointer,
+    /// not the tariffs.
+    pub tariffs: Arc<Tariffs>,
     /// Count of refused events (alarms).
     pub alarms: u64,
     /// Open reservations by `(sweep_at_ms, account, reservation)`: derived from
@@ -198,7 +213,7 @@ impl ShardState {
             .map_or(1, |t| t.version.saturating_add(1));
         let mut t = tariff.clone();
         t.version = version;
-        self.tariffs.insert(t.rating_group, t);
+        Arc::make_mut(&mut self.tariffs).insert(t.rating_group, t);
         self.tariff_requests.insert(request_id, (hash, version));
         Applied::Ok(Reply::TariffSet { version })
     }
