@@ -33,6 +33,9 @@ pub struct Published {
     pub log_ts_ms: u64,
 }
 
+/// The latest snapshot's meta, and its bytes when kept in memory.
+type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, Option<Arc<Vec<u8>>>);
+
 #[derive(Debug)]
 struct Inner {
     state: ShardState,
@@ -44,7 +47,7 @@ struct Inner {
     /// store. With a snapshot file the bytes live in the file alone (read
     /// back when openraft asks): keeping them would cost every replica the
     /// serialized size of its whole state in RAM.
-    current: Option<(SnapshotMetaOf<TypeConfig>, Option<Arc<Vec<u8>>>)>,
+    current: Option<CurrentSnapshot>,
 }
 
 /// Shard state machine handle (cheap to clone).
