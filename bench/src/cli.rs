@@ -491,8 +491,9 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
             base = cluster::read_balances(&admin, &cfg, p.existed.clone()).await?;
         }
         // The nodes snapshot and purge a bulk load once it has been quiet
-        // for 2 s: wait for that here, so it does not land in the measurement.
-        if c.preload_mode == PreloadMode::Bulk && p.created > 0 && !c.no_settle {
+        // for 2 s: after a large one, wait for that here, so it does not land
+        // in the measurement.
+        if c.preload_mode == PreloadMode::Bulk && p.created >= 100_000 && !c.no_settle {
             tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         }
         preload = Some(p);
