@@ -38,6 +38,9 @@ pub enum Cmd {
     /// Merge run JSON reports into one (the first run's fields on top, all
     /// runs under `runs`) and optionally one HTML page.
     Report(ReportArgs),
+    /// Only preload `--accounts` accounts (no load, no read-back); prints
+    /// the preload line and a JSON object with its figures.
+    Preload(Common),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -141,6 +144,12 @@ pub fn report(a: ReportArgs) -> anyhow::Result<Value> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreloadMode {
+    Bulk,
+    Stream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Transport {
     /// One gRPC call per operation.
     Unary,
@@ -218,12 +227,21 @@ pub struct Common {
     /// Retries of one op on UNAVAILABLE (same request id).
     #[arg(long, default_value_t = 8)]
     pub retries: u32,
-    /// Create_account ops per preload stream message.
-    #[arg(long, default_value_t = 2000)]
-    pub preload_batch: usize,
-    /// Preload messages in flight per stream.
+    /// How accounts are preloaded: `bulk` (BulkCreateAccounts, one Raft
+    /// entry per shard and call: millions in seconds) or `stream`
+    /// (CreateAccount ops over the Stream RPC, one dedup entry per account).
+    #[arg(long, value_enum, default_value = "bulk")]
+    pub preload_mode: PreloadMode,
+    /// Accounts per BulkCreateAccounts call (bulk) or create_account ops per
+    /// stream message (stream; at most 4096).
+    #[arg(long)]
+    pub preload_batch: Option<usize>,
+    /// Bulk calls in flight (bulk) or messages in flight per stream (stream).
     #[arg(long, default_value_t = 4)]
     pub preload_pipeline: usize,
+    /// Do not wait 3 s after a bulk preload (the nodes compact their logs then).
+    #[arg(long)]
+    pub no_settle: bool,
     /// Skip the preload (the accounts of --prefix exist already).
     #[arg(long)]
     pub no_preload: bool,
@@ -365,6 +383,26 @@ pub struct Setup {
     pub endpoints: Vec<String>,
 }
 
+/// `chargebench preload`: the preload of `setup` alone.
+pub async fn preload_only(mut c: Common) -> anyhow::Result<serde_json::Value> {
+    c.no_verify = true;
+    c.no_settle = true;
+    let s = setup(&c).await?;
+    let p = s.preload.unwrap_or_default();
+    let v = serde_json::json!({
+        "accounts": p.accounts,
+        "created": p.created,
+        "existed": p.existed.len(),
+        "failed": p.failed,
+        "elapsed_s": p.elapsed.as_secs_f64(),
+        "accounts_per_sec": p.per_sec(),
+        "preload_mode": format!("{:?}", c.preload_mode).to_lowercase(),
+        "prefix": s.cfg.prefix,
+    });
+    println!("{v}");
+    Ok(v)
+}
+
 pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
     let endpoints = c.endpoints()?;
     if c.rating_groups.is_empty() {
@@ -412,15 +450,30 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
     let mut preload = None;
     let mut base = HashMap::new();
     if !c.no_preload {
-        let p = cluster::preload(
-            &admin,
-            &cfg,
-            c.initial_balance,
-            &c.currency,
-            c.preload_batch,
-            c.preload_pipeline,
-        )
-        .await?;
+        let p = match c.preload_mode {
+            PreloadMode::Bulk => {
+                cluster::bulk_preload(
+                    &admin,
+                    &cfg,
+                    c.initial_balance,
+                    &c.currency,
+                    c.preload_batch.unwrap_or(20_000),
+                    c.preload_pipeline,
+                )
+                .await?
+            }
+            PreloadMode::Stream => {
+                cluster::preload(
+                    &admin,
+                    &cfg,
+                    c.initial_balance,
+                    &c.currency,
+                    c.preload_batch.unwrap_or(2000),
+                    c.preload_pipeline,
+                )
+                .await?
+            }
+        };
         println!(
             "preload: {} accounts ({} created, {} existed, {} failed) in {:.2} s: {:.0} accounts/s (prefix {})",
             p.accounts,
@@ -436,6 +489,12 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
         }
         if !p.existed.is_empty() && !c.no_verify {
             base = cluster::read_balances(&admin, &cfg, p.existed.clone()).await?;
+        }
+        // The nodes snapshot and purge a bulk load once it has been quiet
+        // for 2 s: after a large one, wait for that here, so it does not land
+        // in the measurement.
+        if c.preload_mode == PreloadMode::Bulk && p.created >= 100_000 && !c.no_settle {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         }
         preload = Some(p);
     } else if !c.no_verify {

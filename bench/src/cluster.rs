@@ -58,6 +58,102 @@ impl Preload {
     }
 }
 
+/// Creates accounts `0..n` of `cfg` through `BulkCreateAccounts`: `chunk`
+/// ids per call, `inflight` calls at once, spread over `channels` (the node
+/// splits each call by shard and forwards each part to its leader). The call
+/// is idempotent by account id, so a failed call is simply sent again (at
+/// most 12 times, with backoff). A call that reports existing accounts (a
+/// rerun with the same prefix, or a retry of a call that did apply) puts
+/// all its ids in `existed`: their balances are read back as the base, and
+/// an account this run created reads as `initial_balance`.
+pub async fn bulk_preload(
+    channels: &[Channel],
+    cfg: &WorkCfg,
+    initial_balance: i64,
+    currency: &str,
+    chunk: usize,
+    inflight: usize,
+) -> anyhow::Result<Preload> {
+    use futures::stream::StreamExt;
+    let t = Instant::now();
+    let chunk = chunk.clamp(1, 100_000) as u64;
+    let n = cfg.accounts;
+    let ranges: Vec<(u64, u64)> = (0..n.div_ceil(chunk))
+        .map(|i| (i * chunk, ((i + 1) * chunk).min(n)))
+        .collect();
+    let calls = ranges.into_iter().enumerate().map(|(i, (lo, hi))| {
+        let ch = channels[i % channels.len()].clone();
+        let req = pb::BulkCreateAccountsRequest {
+            account_ids: (lo..hi).map(|id| cfg.account_id(id)).collect(),
+            currency: currency.to_string(),
+            credit_limit: 0,
+            initial_balance,
+        };
+        async move {
+            let mut client = ChargingClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            let mut last = String::new();
+            for attempt in 0..12u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+                }
+                let mut r = tonic::Request::new(req.clone());
+                r.set_timeout(Duration::from_secs(60));
+                match client.bulk_create_accounts(r).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        if charging_client::is_ok(r.result) {
+                            return (lo, hi, Ok(r));
+                        }
+                        last = charging_client::result_name(r.result).to_string();
+                        break;
+                    }
+                    Err(s) => {
+                        last = format!("grpc:{:?} {}", s.code(), s.message());
+                        eprintln!("preload: ids {lo}..{hi}: {last}; retrying (same ids)");
+                    }
+                }
+            }
+            (lo, hi, Err(last))
+        }
+    });
+    let mut results = futures::stream::iter(calls).buffer_unordered(inflight.max(1));
+    let (mut created, mut failed) = (0u64, 0u64);
+    let mut existed = Vec::new();
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    while let Some((lo, hi, r)) = results.next().await {
+        match r {
+            Ok(r) => {
+                created += r.created;
+                if r.mismatched > 0 {
+                    *errors
+                        .entry("existing with other currency or credit limit".into())
+                        .or_default() += r.mismatched;
+                }
+                if r.existing > 0 {
+                    existed.extend(lo..hi);
+                }
+            }
+            Err(e) => {
+                failed += hi - lo;
+                *errors.entry(e).or_default() += hi - lo;
+            }
+        }
+    }
+    if !errors.is_empty() {
+        eprintln!("preload: problems (accounts): {errors:?}");
+    }
+    existed.sort_unstable();
+    Ok(Preload {
+        accounts: n,
+        created,
+        existed,
+        failed,
+        elapsed: t.elapsed(),
+    })
+}
+
 /// Creates accounts `0..n` of `cfg` through the Stream RPC, `batch`
 /// create_account ops per message, `pipeline` messages in flight per stream.
 /// ACCOUNT_EXISTS counts as done.

@@ -181,6 +181,12 @@ impl Charging for Fake {
     ) -> Result<Response<GetTariffsResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
+    async fn bulk_create_accounts(
+        &self,
+        _: Request<charging_proto::v1::BulkCreateAccountsRequest>,
+    ) -> Result<Response<charging_proto::v1::BulkCreateAccountsResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
     type StreamStream = BoxStream;
     async fn stream(
         &self,

@@ -753,14 +753,19 @@ impl Run {
         let m = &self.model;
         let main = a.bucket(BucketId(1)).unwrap();
         prop_assert_eq!(
-            (main.balance, main.reserved, a.debt, a.unrated.volume_bytes),
+            (
+                main.balance,
+                main.reserved,
+                a.debt,
+                a.ext.unrated.volume_bytes
+            ),
             (m.balance, m.reserved, m.debt, m.unrated)
         );
         prop_assert_eq!(a.state == AccountState::Active, m.active);
         prop_assert_eq!(a.view(m.now).available, m.avail());
-        prop_assert_eq!(a.reservations.len(), m.open.len());
+        prop_assert_eq!(a.ext.reservations.len(), m.open.len());
         for (id, r) in &m.open {
-            let l = &a.reservations[&ReservationId(*id)];
+            let l = &a.ext.reservations[&ReservationId(*id)];
             let hold: i64 = l.holds.iter().map(|h| h.amount).sum();
             prop_assert_eq!(
                 (l.charged, l.rated.volume_bytes, hold),
@@ -772,7 +777,7 @@ impl Run {
             );
             prop_assert_eq!(l.expires_at_ms, r.expires_at);
         }
-        let tombs: Vec<u64> = a.tombstones.keys().map(|k| k.0).collect();
+        let tombs: Vec<u64> = a.ext.tombstones.keys().map(|k| k.0).collect();
         let mtombs: Vec<u64> = m.tombs.keys().copied().collect();
         prop_assert_eq!(tombs, mtombs);
         Ok(())

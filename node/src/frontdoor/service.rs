@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+#[path = "bulk.rs"]
+mod bulk;
+
 /// Most operations in one stream message.
 pub const MAX_OPS_PER_BATCH: usize = 4096;
 /// Stream messages of one stream being worked on at once (pipeline depth).
@@ -195,6 +198,16 @@ impl Charging for ChargingService {
         Ok(Response::new(pb::GetTariffsResponse {
             tariffs: view.state.tariffs.values().map(convert::tariff).collect(),
         }))
+    }
+
+    async fn bulk_create_accounts(
+        &self,
+        r: Request<pb::BulkCreateAccountsRequest>,
+    ) -> Result<Response<pb::BulkCreateAccountsResponse>, Status> {
+        let f = forwarded(&r);
+        bulk::bulk_create(&self.0, r.into_inner(), f)
+            .await
+            .map(Response::new)
     }
 
     type StreamStream = ResultStream;

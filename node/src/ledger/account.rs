@@ -52,8 +52,8 @@ pub struct Bucket {
     pub valid_until_ms: u64,
     /// Lower is consumed first.
     pub priority: u32,
-    /// Empty = all rating groups.
-    pub rating_groups: Vec<RatingGroup>,
+    /// Empty = all rating groups (boxed slice: 16 bytes, no heap when empty).
+    pub rating_groups: Box<[RatingGroup]>,
     pub flows: Flows,
 }
 
@@ -176,27 +176,57 @@ pub fn tombstone_is_live(r: &Reservation, now_ms: u64, limits: &Limits) -> bool 
     r.sweep_at_ms.saturating_add(limits.tombstone_ttl_ms) >= now_ms
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Account {
-    /// Bumped by every applied event; 1 after creation.
-    pub version: u64,
-    /// ISO 4217 code.
-    pub currency: String,
-    pub state: AccountState,
-    /// Postpaid: the main bucket may go down to `-credit_limit`.
-    pub credit_limit: i64,
-    /// Usage that could not be paid, owed; settled first by top-ups and
-    /// refunds of the main bucket.
-    pub debt: i64,
+/// An ISO 4217 code, kept inline in 3 bytes (no heap allocation per
+/// account). Hashes, compares and serializes as the str.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    /// `None` unless exactly 3 bytes of ASCII (ISO 4217 codes are).
+    pub fn new(s: &str) -> Option<Currency> {
+        let b: [u8; 3] = s.as_bytes().try_into().ok()?;
+        b.is_ascii().then_some(Currency(b))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built only from ASCII, so always valid UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Currency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl std::hash::Hash for Currency {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Currency::new(&s).ok_or_else(|| serde::de::Error::custom("currency: not 3 ASCII bytes"))
+    }
+}
+
+/// What only a busy account has: sessions, reservations, tombstones, dedup
+/// entries, the charge index and unrated usage. Behind [`Ext`], so an idle
+/// account pays 8 bytes for all of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AccountExt {
     /// Usage that no price could rate (beyond unit holds, no tariff for the
     /// dimension): recorded, never silently dropped.
     pub unrated: Units,
-    pub next_bucket_id: u32,
-    pub next_reservation_id: u64,
-    /// Earliest log time at which eviction has something to do.
-    pub next_evict_ms: u64,
-    /// Sorted by id.
-    pub buckets: Vec<Bucket>,
     pub sessions: BTreeMap<SessionId, Session>,
     /// Open reservations.
     pub reservations: BTreeMap<ReservationId, Reservation>,
@@ -206,6 +236,120 @@ pub struct Account {
     pub dedup: super::smallmap::SmallMap<RequestId, DedupEntry>,
     /// Refundable charges by the request id that charged them.
     pub charges: BTreeMap<RequestId, ChargeEntry>,
+}
+
+static EMPTY_EXT: AccountExt = AccountExt {
+    unrated: Units {
+        time_s: 0,
+        volume_bytes: 0,
+        service_units: 0,
+    },
+    sessions: BTreeMap::new(),
+    reservations: BTreeMap::new(),
+    tombstones: BTreeMap::new(),
+    dedup: super::smallmap::SmallMap::new(),
+    charges: BTreeMap::new(),
+};
+
+impl AccountExt {
+    pub fn is_empty(&self) -> bool {
+        self.unrated == Units::default()
+            && self.sessions.is_empty()
+            && self.reservations.is_empty()
+            && self.tombstones.is_empty()
+            && self.dedup.is_empty()
+            && self.charges.is_empty()
+    }
+}
+
+/// An [`AccountExt`] allocated only while it holds something. Reads of an
+/// absent one see an empty `AccountExt`; a mutable access allocates it, and
+/// [`Ext::shrink`] frees it again once empty. Equality, hashing and
+/// serialization see only the contents (absent = empty), so the form never
+/// shows in a state hash or a snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Ext(Option<Box<AccountExt>>);
+
+impl Ext {
+    /// Frees the extension when it holds nothing.
+    pub fn shrink(&mut self) {
+        if self.0.as_ref().is_some_and(|x| x.is_empty()) {
+            self.0 = None;
+        }
+    }
+    /// Mutable access without allocating an absent extension.
+    pub fn get_mut(&mut self) -> Option<&mut AccountExt> {
+        self.0.as_deref_mut()
+    }
+    pub fn is_allocated(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::ops::Deref for Ext {
+    type Target = AccountExt;
+    fn deref(&self) -> &AccountExt {
+        self.0.as_deref().unwrap_or(&EMPTY_EXT)
+    }
+}
+
+impl std::ops::DerefMut for Ext {
+    fn deref_mut(&mut self) -> &mut AccountExt {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl PartialEq for Ext {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+impl Eq for Ext {}
+
+impl std::hash::Hash for Ext {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (**self).hash(h)
+    }
+}
+
+impl Serialize for Ext {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x: &AccountExt = self;
+        (!x.is_empty()).then_some(x).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ext {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut e = Ext(Option::<Box<AccountExt>>::deserialize(d)?);
+        e.shrink();
+        Ok(e)
+    }
+}
+
+/// One account, laid out for millions of idle ones: fixed fields inline
+/// (currency too), the buckets, and everything a busy account adds behind
+/// one pointer ([`Ext`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Account {
+    /// Bumped by every applied event; 1 after creation.
+    pub version: u64,
+    /// Postpaid: the main bucket may go down to `-credit_limit`.
+    pub credit_limit: i64,
+    /// Usage that could not be paid, owed; settled first by top-ups and
+    /// refunds of the main bucket.
+    pub debt: i64,
+    pub next_reservation_id: u64,
+    /// Earliest log time at which eviction has something to do.
+    pub next_evict_ms: u64,
+    pub next_bucket_id: u32,
+    /// ISO 4217 code.
+    pub currency: Currency,
+    pub state: AccountState,
+    /// Sorted by id (boxed slice: 16 bytes inline, exact heap size).
+    pub buckets: Box<[Bucket]>,
+    /// Sessions, reservations, tombstones, dedup, charges, unrated usage.
+    pub ext: Ext,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -255,7 +399,7 @@ impl Account {
         }
         let clamp = |v: i128| v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         BalanceView {
-            currency: self.currency.clone(),
+            currency: self.currency.as_str().to_string(),
             state: self.state,
             version: self.version,
             credit_limit: self.credit_limit,
@@ -272,18 +416,19 @@ impl Account {
                     valid_from_ms: b.valid_from_ms,
                     valid_until_ms: b.valid_until_ms,
                     priority: b.priority,
-                    rating_groups: b.rating_groups.clone(),
+                    rating_groups: b.rating_groups.to_vec(),
                 })
                 .collect(),
-            open_sessions: self.sessions.values().filter(|s| !s.closed).count() as u32,
-            open_reservations: self.reservations.len() as u32,
+            open_sessions: self.ext.sessions.values().filter(|s| !s.closed).count() as u32,
+            open_reservations: self.ext.reservations.len() as u32,
         }
     }
 
     /// Open reservations the sweeper may expire at `now_ms`: those whose
     /// `expires_at_ms + expiry_grace_ms` (stored as `sweep_at_ms`) is `<= now_ms`.
     pub fn due_expiries(&self, now_ms: u64) -> impl Iterator<Item = ReservationId> + '_ {
-        self.reservations
+        self.ext
+            .reservations
             .iter()
             .filter(move |(_, r)| r.sweep_at_ms <= now_ms)
             .map(|(id, _)| *id)
@@ -302,7 +447,7 @@ impl Account {
             _ => return Err("main money bucket missing".into()),
         }
         let mut held: BTreeMap<BucketId, i128> = BTreeMap::new();
-        for (id, r) in &self.reservations {
+        for (id, r) in &self.ext.reservations {
             for h in &r.holds {
                 if h.amount <= 0 {
                     return Err(format!("reservation {id:?}: non-positive hold {h:?}"));
@@ -342,7 +487,12 @@ impl Account {
         if let Some((bid, _)) = held.into_iter().next() {
             return Err(format!("hold on missing bucket {bid:?}"));
         }
-        for (id, r) in self.reservations.iter().chain(self.tombstones.iter()) {
+        for (id, r) in self
+            .ext
+            .reservations
+            .iter()
+            .chain(self.ext.tombstones.iter())
+        {
             if id.0 == 0 || id.0 >= self.next_reservation_id {
                 return Err(format!("reservation id {id:?} out of range"));
             }
@@ -365,16 +515,16 @@ impl Account {
                 ));
             }
         }
-        for (id, r) in &self.tombstones {
+        for (id, r) in &self.ext.tombstones {
             if !r.holds.is_empty() {
                 return Err(format!("tombstone {id:?} still holds"));
             }
-            if self.reservations.contains_key(id) {
+            if self.ext.reservations.contains_key(id) {
                 return Err(format!("reservation {id:?} both open and expired"));
             }
         }
         let mut in_sessions = 0usize;
-        for (sid, s) in &self.sessions {
+        for (sid, s) in &self.ext.sessions {
             if s.closed && !s.open.is_empty() {
                 return Err(format!("closed session {sid:?} holds reservations"));
             }
@@ -384,16 +534,16 @@ impl Account {
                 }
             }
             for (rg, rid) in &s.open {
-                match self.reservations.get(rid) {
+                match self.ext.reservations.get(rid) {
                     Some(r) if r.session == *sid && r.rating_group == *rg => in_sessions += 1,
                     _ => return Err(format!("session {sid:?}: dangling reservation {rid:?}")),
                 }
             }
         }
-        if in_sessions != self.reservations.len() {
+        if in_sessions != self.ext.reservations.len() {
             return Err("an open reservation belongs to no session".into());
         }
-        for (rid, c) in &self.charges {
+        for (rid, c) in &self.ext.charges {
             if c.refunded < 0 || c.refunded > c.charged {
                 return Err(format!(
                     "charge {rid:?}: refunded {} of {}",
@@ -410,43 +560,49 @@ impl Account {
     pub(crate) fn evict(&mut self, now_ms: u64, limits: &Limits) {
         let mut next = u64::MAX;
         let mut note = |d: u64| next = next.min(d);
-        self.dedup.retain(|_, e| e.is_live(now_ms, limits));
-        for e in self.dedup.values() {
-            note(
-                e.ts_ms
-                    .saturating_add(limits.dedup_window_ms)
-                    .saturating_add(1),
-            );
-        }
-        self.charges.retain(|_, e| e.is_live(now_ms, limits));
-        for e in self.charges.values() {
-            note(
-                e.ts_ms
-                    .saturating_add(limits.refund_horizon_ms)
-                    .saturating_add(1),
-            );
-        }
-        self.tombstones
-            .retain(|_, r| tombstone_is_live(r, now_ms, limits));
-        for r in self.tombstones.values() {
-            note(
-                r.sweep_at_ms
-                    .saturating_add(limits.tombstone_ttl_ms)
-                    .saturating_add(1),
-            );
-        }
-        self.sessions.retain(|_, s| s.is_live(now_ms, limits));
-        for s in self.sessions.values() {
-            if s.open.is_empty() {
+        if let Some(x) = self.ext.get_mut() {
+            x.dedup.retain(|_, e| e.is_live(now_ms, limits));
+            for e in x.dedup.values() {
                 note(
-                    s.last_ms
+                    e.ts_ms
                         .saturating_add(limits.dedup_window_ms)
                         .saturating_add(1),
                 );
             }
+            x.charges.retain(|_, e| e.is_live(now_ms, limits));
+            for e in x.charges.values() {
+                note(
+                    e.ts_ms
+                        .saturating_add(limits.refund_horizon_ms)
+                        .saturating_add(1),
+                );
+            }
+            x.tombstones
+                .retain(|_, r| tombstone_is_live(r, now_ms, limits));
+            for r in x.tombstones.values() {
+                note(
+                    r.sweep_at_ms
+                        .saturating_add(limits.tombstone_ttl_ms)
+                        .saturating_add(1),
+                );
+            }
+            x.sessions.retain(|_, s| s.is_live(now_ms, limits));
+            for s in x.sessions.values() {
+                if s.open.is_empty() {
+                    note(
+                        s.last_ms
+                            .saturating_add(limits.dedup_window_ms)
+                            .saturating_add(1),
+                    );
+                }
+            }
         }
-        self.buckets.retain(|b| !b.is_removable(now_ms, limits));
-        for b in &mut self.buckets {
+        if self.buckets.iter().any(|b| b.is_removable(now_ms, limits)) {
+            let mut v = std::mem::take(&mut self.buckets).into_vec();
+            v.retain(|b| !b.is_removable(now_ms, limits));
+            self.buckets = v.into_boxed_slice();
+        }
+        for b in self.buckets.iter_mut() {
             if b.valid_until_ms == 0 || b.id == MAIN_BUCKET {
                 continue;
             }
@@ -469,5 +625,6 @@ impl Account {
             }
         }
         self.next_evict_ms = next;
+        self.ext.shrink();
     }
 }

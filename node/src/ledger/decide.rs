@@ -94,7 +94,12 @@ pub fn decide(
     let mut pending = None;
     match session_key(&req.cmd) {
         Some((sid, seq)) => {
-            if let Some(s) = base.sessions.get(sid).filter(|s| s.is_live(now_ms, limits)) {
+            if let Some(s) = base
+                .ext
+                .sessions
+                .get(sid)
+                .filter(|s| s.is_live(now_ms, limits))
+            {
                 if seq == s.last_seq {
                     if s.params_hash == params {
                         return Decision::Duplicate(s.last_reply.clone());
@@ -108,6 +113,7 @@ pub fn decide(
         None if matches!(req.cmd, Command::Expire { .. }) => {}
         None => {
             if let Some(e) = base
+                .ext
                 .dedup
                 .get(&req.request_id)
                 .filter(|e| e.is_live(now_ms, limits))
@@ -186,13 +192,73 @@ fn too_old(rid: RequestId, limits: &Limits, now_ms: u64) -> bool {
 
 fn dedup_full(base: &Account, limits: &Limits, now_ms: u64) -> bool {
     let max = limits.max_dedup_per_account as usize;
-    base.dedup.len() >= max
+    base.ext.dedup.len() >= max
         && base
+            .ext
             .dedup
             .values()
             .filter(|e| e.is_live(now_ms, limits))
             .count()
             >= max
+}
+
+/// A new account at version 1 (the state `CreateAccount` and bulk creation
+/// produce): the main money bucket with `initial_balance`, then `buckets`
+/// as ids 2, 3, ... Nothing else: no dedup entry (the caller adds its own).
+pub fn new_account(
+    currency: &str,
+    credit_limit: i64,
+    initial_balance: i64,
+    buckets: &[BucketSpec],
+    limits: &Limits,
+    now_ms: u64,
+) -> Result<Account, Rejection> {
+    let _ = now_ms;
+    let Some(currency) = super::account::Currency::new(currency) else {
+        return Err(Rejection::LimitExceeded);
+    };
+    if credit_limit < 0
+        || initial_balance < 0
+        || buckets.iter().any(|b| b.amount < 0)
+        || buckets.len() >= limits.max_buckets_per_account as usize
+    {
+        return Err(Rejection::LimitExceeded);
+    }
+    let main = Bucket {
+        id: MAIN_BUCKET,
+        kind: BucketKind::Money,
+        balance: initial_balance,
+        reserved: 0,
+        valid_from_ms: 0,
+        valid_until_ms: 0,
+        priority: u32::MAX,
+        rating_groups: Box::default(),
+        flows: Flows {
+            credits: initial_balance,
+            ..Flows::default()
+        },
+    };
+    let mut all = Vec::with_capacity(1 + buckets.len());
+    all.push(main);
+    let mut next_evict_ms = u64::MAX;
+    for (i, spec) in buckets.iter().enumerate() {
+        all.push(bucket_from_spec(BucketId(i as u32 + 2), spec));
+        if spec.valid_until_ms != 0 {
+            next_evict_ms = next_evict_ms.min(spec.valid_until_ms);
+        }
+    }
+    Ok(Account {
+        version: 1,
+        currency,
+        state: AccountState::Active,
+        credit_limit,
+        debt: 0,
+        next_bucket_id: all.len() as u32 + 1,
+        next_reservation_id: 1,
+        next_evict_ms,
+        buckets: all.into_boxed_slice(),
+        ext: Default::default(),
+    })
 }
 
 fn create(
@@ -214,6 +280,7 @@ fn create(
     let mut pending = None;
     if let Some(a) = acct.as_deref() {
         if let Some(e) = a
+            .ext
             .dedup
             .get(&req.request_id)
             .filter(|e| e.is_live(now_ms, limits))
@@ -233,57 +300,28 @@ fn create(
     if let Some(p) = pending {
         return Decision::Reject(p);
     }
-    if *credit_limit < 0
-        || *initial_balance < 0
-        || buckets.iter().any(|b| b.amount < 0)
-        || buckets.len() >= limits.max_buckets_per_account as usize
-        || limits.max_dedup_per_account == 0
-    {
+    if limits.max_dedup_per_account == 0 {
         return Decision::Reject(Rejection::LimitExceeded);
     }
-    let main = Bucket {
-        id: MAIN_BUCKET,
-        kind: BucketKind::Money,
-        balance: *initial_balance,
-        reserved: 0,
-        valid_from_ms: 0,
-        valid_until_ms: 0,
-        priority: u32::MAX,
-        rating_groups: Vec::new(),
-        flows: Flows {
-            credits: *initial_balance,
-            ..Flows::default()
-        },
+    let mut a = match new_account(
+        currency,
+        *credit_limit,
+        *initial_balance,
+        buckets,
+        limits,
+        now_ms,
+    ) {
+        Ok(a) => a,
+        Err(r) => return Decision::Reject(r),
     };
-    let mut all = vec![main];
-    let mut next_evict_ms = now_ms
-        .saturating_add(limits.dedup_window_ms)
-        .saturating_add(1);
-    for (i, spec) in buckets.iter().enumerate() {
-        all.push(bucket_from_spec(BucketId(i as u32 + 2), spec));
-        if spec.valid_until_ms != 0 {
-            next_evict_ms = next_evict_ms.min(spec.valid_until_ms);
-        }
-    }
+    // The dedup entry of the create is due for eviction after the window.
+    a.next_evict_ms = a.next_evict_ms.min(
+        now_ms
+            .saturating_add(limits.dedup_window_ms)
+            .saturating_add(1),
+    );
     let reply = Reply::Created { version: 1 };
-    let mut a = Account {
-        version: 1,
-        currency: currency.clone(),
-        state: AccountState::Active,
-        credit_limit: *credit_limit,
-        debt: 0,
-        unrated: Units::default(),
-        next_bucket_id: all.len() as u32 + 1,
-        next_reservation_id: 1,
-        next_evict_ms,
-        buckets: all,
-        sessions: Default::default(),
-        reservations: Default::default(),
-        tombstones: Default::default(),
-        dedup: Default::default(),
-        charges: Default::default(),
-    };
-    a.dedup.insert(
+    a.ext.dedup.insert(
         req.request_id,
         DedupEntry {
             params_hash: params,
@@ -309,7 +347,7 @@ fn bucket_from_spec(id: BucketId, spec: &BucketSpec) -> Bucket {
         valid_from_ms: spec.valid_from_ms,
         valid_until_ms: spec.valid_until_ms,
         priority: spec.priority,
-        rating_groups: spec.rating_groups.clone(),
+        rating_groups: spec.rating_groups.as_slice().into(),
         flows: Flows {
             credits: spec.amount,
             ..Flows::default()
@@ -355,22 +393,23 @@ impl Delta {
     fn apply_to(self, a: &mut Account, now_ms: u64, limits: &Limits) {
         a.state = self.state;
         a.debt = self.debt;
-        a.unrated = self.unrated;
+        a.ext.unrated = self.unrated;
         a.next_bucket_id = self.next_bucket_id;
         a.next_reservation_id = self.next_reservation_id;
         a.next_evict_ms = self.next_evict_ms;
-        a.buckets = self.buckets;
-        self.sessions.apply_to(&mut a.sessions);
-        self.reservations.apply_to(&mut a.reservations);
-        self.tombstones.apply_to(&mut a.tombstones);
-        self.charges.apply_to(&mut a.charges);
+        a.buckets = self.buckets.into_boxed_slice();
+        self.sessions.apply_to(&mut a.ext.sessions);
+        self.reservations.apply_to(&mut a.ext.reservations);
+        self.tombstones.apply_to(&mut a.ext.tombstones);
+        self.charges.apply_to(&mut a.ext.charges);
         if let Some((k, v)) = self.dedup {
-            a.dedup.insert(k, v);
+            a.ext.dedup.insert(k, v);
         }
         a.version = a.version.saturating_add(1);
         if now_ms >= a.next_evict_ms {
             a.evict(now_ms, limits);
         }
+        a.ext.shrink();
     }
 }
 
@@ -393,11 +432,11 @@ impl<'a> Tx<'a> {
             d: Delta {
                 state: base.state,
                 debt: base.debt,
-                unrated: base.unrated,
+                unrated: base.ext.unrated,
                 next_bucket_id: base.next_bucket_id,
                 next_reservation_id: base.next_reservation_id,
                 next_evict_ms: base.next_evict_ms,
-                buckets: base.buckets.clone(),
+                buckets: base.buckets.to_vec(),
                 sessions: Overlay::default(),
                 reservations: Overlay::default(),
                 tombstones: Overlay::default(),
@@ -453,7 +492,7 @@ impl<'a> Tx<'a> {
         let mut s = self
             .d
             .sessions
-            .get(&self.base.sessions, sid)
+            .get(&self.base.ext.sessions, sid)
             .cloned()
             .ok_or(OVERFLOW)?;
         s.last_seq = seq;
@@ -502,18 +541,18 @@ impl<'a> Tx<'a> {
     fn live_session(&self, sid: &SessionId) -> Option<&Session> {
         self.d
             .sessions
-            .get(&self.base.sessions, sid)
+            .get(&self.base.ext.sessions, sid)
             .filter(|s| s.is_live(self.now, self.limits))
     }
 
     fn open_res(&self, id: ReservationId) -> Option<&Reservation> {
-        self.d.reservations.get(&self.base.reservations, &id)
+        self.d.reservations.get(&self.base.ext.reservations, &id)
     }
 
     fn live_tombstone(&self, id: ReservationId) -> Option<&Reservation> {
         self.d
             .tombstones
-            .get(&self.base.tombstones, &id)
+            .get(&self.base.ext.tombstones, &id)
             .filter(|r| tombstone_is_live(r, self.now, self.limits))
     }
 
@@ -521,7 +560,7 @@ impl<'a> Tx<'a> {
     fn find_tombstone(&self, sid: &SessionId, rg: RatingGroup) -> Option<ReservationId> {
         self.d
             .tombstones
-            .iter(&self.base.tombstones)
+            .iter(&self.base.ext.tombstones)
             .filter(|(_, r)| {
                 r.session == *sid
                     && r.rating_group == rg
@@ -542,13 +581,13 @@ impl<'a> Tx<'a> {
 
     fn live_sessions(&self) -> usize {
         let max = self.limits.max_sessions_per_account as usize;
-        if self.d.sessions.len(&self.base.sessions) < max {
-            return self.d.sessions.len(&self.base.sessions);
+        if self.d.sessions.len(&self.base.ext.sessions) < max {
+            return self.d.sessions.len(&self.base.ext.sessions);
         }
         let (now, limits) = (self.now, self.limits);
         self.d
             .sessions
-            .iter(&self.base.sessions)
+            .iter(&self.base.ext.sessions)
             .filter(|(_, s)| s.is_live(now, limits))
             .count()
     }
@@ -561,7 +600,7 @@ impl<'a> Tx<'a> {
 
     /// Take an open reservation out of a session (after it was resolved).
     fn unlink(&mut self, sid: &SessionId, id: ReservationId) {
-        if let Some(s) = self.d.sessions.get(&self.base.sessions, sid) {
+        if let Some(s) = self.d.sessions.get(&self.base.ext.sessions, sid) {
             let mut s = s.clone();
             s.open.retain(|(_, r)| *r != id);
             if s.open.is_empty() {
@@ -987,7 +1026,7 @@ impl<'a> Tx<'a> {
                 }
             }
         };
-        if self.d.reservations.len(&self.base.reservations)
+        if self.d.reservations.len(&self.base.ext.reservations)
             >= self.limits.max_reservations_per_account as usize
         {
             return Err(OVERFLOW);
@@ -1102,7 +1141,7 @@ impl<'a> Tx<'a> {
             Ok(g) => g,
             Err(e) => return per_rg(e),
         };
-        if self.d.reservations.len(&self.base.reservations)
+        if self.d.reservations.len(&self.base.ext.reservations)
             >= self.limits.max_reservations_per_account as usize
         {
             self.release(&r.holds)?;
@@ -1217,7 +1256,7 @@ impl<'a> Tx<'a> {
         let mut e = self
             .d
             .charges
-            .get(&self.base.charges, &original)
+            .get(&self.base.ext.charges, &original)
             .filter(|e| e.is_live(self.now, self.limits))
             .copied()
             .ok_or(Rejection::RefundExceedsCharge)?;

@@ -28,6 +28,13 @@ impl<K, V> Default for SmallMap<K, V> {
     }
 }
 
+impl<K, V> SmallMap<K, V> {
+    /// An empty map (no allocation).
+    pub const fn new() -> Self {
+        SmallMap::Small(Vec::new())
+    }
+}
+
 impl<K: Ord + Clone, V> SmallMap<K, V> {
     pub fn len(&self) -> usize {
         match self {

@@ -26,6 +26,18 @@ pub enum Event {
         tariff: Tariff,
         request_id: RequestId,
     },
+    /// Bulk load: create every listed account that does not exist, as
+    /// `CreateAccount` would (version 1, main bucket with `initial_balance`),
+    /// but with no dedup entry: the call is idempotent by account id. An
+    /// account that exists is left unchanged and counted as existing, so a
+    /// retried or repeated bulk never creates an account twice. All or
+    /// nothing on invalid parameters (`Refused`).
+    BulkCreate {
+        accounts: Vec<AccountId>,
+        currency: String,
+        credit_limit: i64,
+        initial_balance: i64,
+    },
     /// Metadata group only: replace the cluster map if its version is
     /// `expected_version` (0 = none yet); the new map gets version + 1.
     ClusterMap {
@@ -45,13 +57,48 @@ pub enum Applied {
     Refused(Rejection),
 }
 
+/// The key of the account table: the account id as a shared str. Cloning
+/// one is a reference count, not an allocation: every apply after a
+/// published view copies the tree path it writes (copy on write), and with
+/// owned strings that copy allocated every key of the path. Orders, hashes
+/// and serializes exactly as the `AccountId` it came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AccountKey(pub Arc<str>);
+
+impl Serialize for AccountKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(AccountKey(String::deserialize(d)?.into()))
+    }
+}
+
+impl From<&AccountId> for AccountKey {
+    fn from(id: &AccountId) -> Self {
+        AccountKey(id.0.as_str().into())
+    }
+}
+
+impl std::borrow::Borrow<str> for AccountKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Cloning is O(1) (persistent map of shared accounts): a clone is a frozen
 /// copy-on-write view used for snapshots and for published balance reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardState {
     pub limits: Limits,
-    pub accounts: imbl::OrdMap<AccountId, Arc<Account>>,
-    pub tariffs: Tariffs,
+    #[serde(deserialize_with = "deserialize_shared")]
+    pub accounts: imbl::OrdMap<AccountKey, Arc<Account>>,
+    /// Shared: a published view (one per applied entry) copies a pointer,
+    /// not the tariffs.
+    pub tariffs: Arc<Tariffs>,
     /// Count of refused events (alarms).
     pub alarms: u64,
     /// Open reservations by `(sweep_at_ms, account, reservation)`: derived from
@@ -98,6 +145,18 @@ impl ShardState {
                 self.apply_tariff(tariff, *request_id, log_ts_ms)
             }
             Event::Account(ev) => self.apply_account(ev, log_ts_ms),
+            Event::BulkCreate {
+                accounts,
+                currency,
+                credit_limit,
+                initial_balance,
+            } => self.apply_bulk(
+                accounts,
+                currency,
+                *credit_limit,
+                *initial_balance,
+                log_ts_ms,
+            ),
             Event::ClusterMap {
                 map,
                 expected_version,
@@ -154,22 +213,69 @@ impl ShardState {
             .map_or(1, |t| t.version.saturating_add(1));
         let mut t = tariff.clone();
         t.version = version;
-        self.tariffs.insert(t.rating_group, t);
+        Arc::make_mut(&mut self.tariffs).insert(t.rating_group, t);
         self.tariff_requests.insert(request_id, (hash, version));
         Applied::Ok(Reply::TariffSet { version })
     }
 
+    fn apply_bulk(
+        &mut self,
+        accounts: &[AccountId],
+        currency: &str,
+        credit_limit: i64,
+        initial_balance: i64,
+        log_ts_ms: u64,
+    ) -> Applied {
+        let template = match super::decide::new_account(
+            currency,
+            credit_limit,
+            initial_balance,
+            &[],
+            &self.limits,
+            log_ts_ms,
+        ) {
+            // One shared copy for every account this event creates: they are
+            // identical, and the first write to one copies it (Arc::make_mut
+            // in decide), so an idle bulk account costs its key and its slot.
+            Ok(a) => Arc::new(a),
+            Err(r) => {
+                self.alarms = self.alarms.saturating_add(1);
+                return Applied::Refused(r);
+            }
+        };
+        let (mut created, mut existing, mut mismatched) = (0u64, 0u64, 0u64);
+        for id in accounts {
+            match self.accounts.get(id.0.as_str()) {
+                Some(a) => {
+                    existing += 1;
+                    if a.currency != template.currency || a.credit_limit != credit_limit {
+                        mismatched += 1;
+                    }
+                }
+                None => {
+                    created += 1;
+                    self.accounts.insert(AccountKey::from(id), template.clone());
+                }
+            }
+        }
+        Applied::Ok(Reply::BulkCreated {
+            created,
+            existing,
+            mismatched,
+        })
+    }
+
     fn apply_account(&mut self, ev: &AccountEvent, log_ts_ms: u64) -> Applied {
         let id = &ev.request.account;
-        let current = self.accounts.get(id).map_or(0, |a| a.version);
+        let current = self.accounts.get(id.0.as_str()).map_or(0, |a| a.version);
         if current != ev.expected_version {
             return Applied::Conflict;
         }
         if let Command::Expire { reservation } = &ev.request.cmd {
             let due = self
                 .accounts
-                .get(id)
-                .and_then(|a| a.reservations.get(reservation))
+                .get(id.0.as_str())
+                .and_then(|a| a.ext.reservations.get(reservation))
                 .map(|r| r.sweep_at_ms);
             if due.is_some_and(|at| log_ts_ms < at) {
                 self.alarms = self.alarms.saturating_add(1);
@@ -178,7 +284,7 @@ impl ShardState {
         }
         // Take the account out so `decide` can mutate it in place when no
         // snapshot shares it.
-        let mut slot = self.accounts.remove(id);
+        let mut slot = self.accounts.remove(id.0.as_str());
         let old_due = due_list(slot.as_deref());
         let out = match decide(
             &mut slot,
@@ -211,13 +317,13 @@ impl ShardState {
             }
         };
         if let Some(a) = slot {
-            self.accounts.insert(id.clone(), a);
+            self.accounts.insert(AccountKey::from(id), a);
         }
         out
     }
 
     pub fn account(&self, id: &AccountId) -> Option<&Arc<Account>> {
-        self.accounts.get(id)
+        self.accounts.get(id.0.as_str())
     }
 
     /// Fixed-hash digest of the whole state (deterministic iteration), for
@@ -271,9 +377,10 @@ impl ShardState {
     /// `Account::check`), and that the expiry index matches the accounts.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut expected = 0usize;
-        for (id, a) in self.accounts.iter() {
+        for (key, a) in self.accounts.iter() {
+            let id = AccountId(key.0.to_string());
             a.check().map_err(|e| format!("account {}: {e}", id.0))?;
-            for (rid, r) in &a.reservations {
+            for (rid, r) in &a.ext.reservations {
                 expected += 1;
                 if !self
                     .expiry_index
@@ -298,10 +405,44 @@ impl ShardState {
 
 fn due_list(a: Option<&Account>) -> Vec<(u64, ReservationId)> {
     a.map(|a| {
-        a.reservations
+        a.ext
+            .reservations
             .iter()
             .map(|(id, r)| (r.sweep_at_ms, *id))
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// Deserializes the account table sharing one `Arc` among consecutive
+/// identical accounts (as bulk creation left them), so a restored or
+/// installed snapshot costs what the state it came from did. Sharing is
+/// invisible: accounts are immutable behind their `Arc` and copied on write.
+fn deserialize_shared<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<imbl::OrdMap<AccountKey, Arc<Account>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = imbl::OrdMap<AccountKey, Arc<Account>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of accounts")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut m: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut out = imbl::OrdMap::new();
+            let mut last: Option<Arc<Account>> = None;
+            while let Some((k, a)) = m.next_entry::<AccountKey, Account>()? {
+                let a = match last {
+                    Some(ref l) if **l == a => l.clone(),
+                    _ => Arc::new(a),
+                };
+                last = Some(a.clone());
+                out.insert(k, a);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
 }

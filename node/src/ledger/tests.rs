@@ -638,7 +638,7 @@ fn reserve_again_on_the_same_rating_group_replaces_the_quota() {
     let g2 = h.grant("s", 2, RG_DATA, kb(20));
     assert_eq!(g2.reservation, g1.reservation);
     assert_eq!(h.main(), (1000, 6));
-    assert_eq!(h.a().reservations.len(), 1);
+    assert_eq!(h.a().ext.reservations.len(), 1);
 }
 
 #[test]
@@ -678,7 +678,7 @@ fn commit_over_grant_is_charged_then_recorded_as_debt() {
     assert_eq!(h.commit(g.reservation, kb(100), false), (30, 15));
     assert_eq!(h.main(), (-5, 0));
     assert_eq!(h.a().debt, 15);
-    assert_eq!(h.a().reservations[&g.reservation].charged, 30);
+    assert_eq!(h.a().ext.reservations[&g.reservation].charged, 30);
     h.ok(Command::Release {
         reservation: g.reservation,
     });
@@ -691,7 +691,7 @@ fn final_commit_releases_and_resolves() {
     let g = h.grant("s", 1, RG_DATA, kb(100)); // 30 held
     assert_eq!(h.commit(g.reservation, kb(10), true), (3, 0));
     assert_eq!(h.main(), (997, 0));
-    assert!(h.a().sessions[&sid("s")].open.is_empty());
+    assert!(h.a().ext.sessions[&sid("s")].open.is_empty());
     let again = Command::Commit {
         reservation: g.reservation,
         used: kb(1),
@@ -732,7 +732,7 @@ fn release_resolves_without_charging() {
         Reply::Released
     );
     assert_eq!(h.main(), (997, 0));
-    assert!(h.a().reservations.is_empty());
+    assert!(h.a().ext.reservations.is_empty());
 }
 
 #[test]
@@ -836,7 +836,7 @@ fn expiry_then_late_commit_on_the_tombstone() {
         Reply::Expired
     );
     assert_eq!(h.main(), (1000, 0));
-    assert!(h.a().tombstones.contains_key(&g.reservation));
+    assert!(h.a().ext.tombstones.contains_key(&g.reservation));
     assert!(h.replica.due_expiries(h.now, 10).is_empty());
     assert_eq!(
         h.rej(Command::Expire {
@@ -854,7 +854,7 @@ fn expiry_then_late_commit_on_the_tombstone() {
     assert_eq!(h.commit(g.reservation, kb(10), false), (3, 0));
     assert_eq!(h.commit(g.reservation, kb(10), true), (3, 0));
     assert_eq!(h.main(), (994, 0));
-    assert!(h.a().tombstones.is_empty());
+    assert!(h.a().ext.tombstones.is_empty());
     assert_eq!(
         h.rej(Command::Commit {
             reservation: g.reservation,
@@ -987,7 +987,7 @@ fn update_commits_and_replaces_quota_per_rating_group() {
     });
     assert_eq!(h.main(), (996, 6));
     assert_eq!(
-        h.a().sessions[&sid("s")].open,
+        h.a().ext.sessions[&sid("s")].open,
         vec![(RG_DATA, g.reservation)]
     );
 }
@@ -1062,8 +1062,8 @@ fn terminate_charges_releases_and_closes() {
         })
     );
     assert_eq!(h.main(), (997, 0));
-    assert!(h.a().reservations.is_empty());
-    assert!(h.a().sessions[&sid("s")].closed);
+    assert!(h.a().ext.reservations.is_empty());
+    assert!(h.a().ext.sessions[&sid("s")].closed);
     assert_eq!(h.a().view(h.now).open_sessions, 0);
     // Retry: the original reply.
     assert_eq!(
@@ -1324,12 +1324,12 @@ fn request_id_dedup_for_other_operations() {
     h.now += h.limits.clock_bound_ms + 1;
     assert_eq!(h.exec(&top), Decision::Reject(Rejection::RequestTooOld));
     // An accepted decision evicts the old entries.
-    assert!(h.a().dedup.contains_key(&top.request_id));
+    assert!(h.a().ext.dedup.contains_key(&top.request_id));
     h.ok(Command::TopUp {
         bucket: MAIN_BUCKET,
         amount: 1,
     });
-    assert!(!h.a().dedup.contains_key(&top.request_id));
+    assert!(!h.a().ext.dedup.contains_key(&top.request_id));
 }
 
 #[test]
@@ -1360,7 +1360,7 @@ fn dedup_table_full_is_limit_exceeded() {
         bucket: MAIN_BUCKET,
         amount: 1,
     });
-    assert_eq!(h.a().dedup.len(), 1);
+    assert_eq!(h.a().ext.dedup.len(), 1);
 }
 
 #[test]
@@ -1439,8 +1439,8 @@ fn ended_buckets_are_forfeited_then_removed_and_tombstones_evicted() {
         amount: 1,
     });
     assert!(h.a().bucket(BucketId(2)).is_none());
-    assert!(h.a().tombstones.is_empty());
-    assert!(h.a().sessions.is_empty());
+    assert!(h.a().ext.tombstones.is_empty());
+    assert!(h.a().ext.sessions.is_empty());
 }
 
 // ---- replicas and the shard state ------------------------------------------------------
@@ -1682,4 +1682,144 @@ fn tariff_changes_deduplicate_on_request_id() {
         Applied::Refused(Rejection::RequestTooOld)
     );
     assert_eq!(s.tariffs[&RG_DATA].version, 2);
+}
+
+fn bulk(ids: &[&str], balance: i64) -> Event {
+    Event::BulkCreate {
+        accounts: ids.iter().map(|s| AccountId(s.to_string())).collect(),
+        currency: "EUR".into(),
+        credit_limit: 0,
+        initial_balance: balance,
+    }
+}
+
+/// Bulk creation creates absent accounts only: a repeat (a retry) creates
+/// nothing twice, and an account that exists keeps its state.
+#[test]
+fn bulk_create_is_idempotent_by_account_id() {
+    let mut s = ShardState::new(Limits::default());
+    let created = |c, e, m| {
+        Applied::Ok(Reply::BulkCreated {
+            created: c,
+            existing: e,
+            mismatched: m,
+        })
+    };
+    assert_eq!(s.apply(&bulk(&["a", "b", "a"], 100), T0), created(2, 1, 0));
+    let a = s.account(&AccountId("a".into())).unwrap().clone();
+    assert_eq!(a.version, 1);
+    assert_eq!(a.main_bucket().unwrap().balance, 100);
+    assert!(
+        !a.ext.is_allocated(),
+        "an idle account allocates no extension"
+    );
+    // Identical accounts of one event share one copy.
+    assert!(Arc::ptr_eq(&a, s.account(&AccountId("b".into())).unwrap()));
+    // A top-up of one copies it; the other is unchanged.
+    let up = Event::Account(AccountEvent {
+        request: Request {
+            account: AccountId("a".into()),
+            request_id: rid(1, T0),
+            cmd: Command::TopUp {
+                bucket: BucketId(0),
+                amount: 5,
+            },
+        },
+        expected_version: 1,
+        decided_ms: T0,
+        tariffs: Tariffs::new(),
+    });
+    assert!(matches!(s.apply(&up, T0), Applied::Ok(_)));
+    let b = s.account(&AccountId("b".into())).unwrap();
+    assert_eq!(b.main_bucket().unwrap().balance, 100);
+    assert_eq!(
+        s.account(&AccountId("a".into()))
+            .unwrap()
+            .main_bucket()
+            .unwrap()
+            .balance,
+        105
+    );
+    // The retry: nothing created, the topped-up account is left alone.
+    let mut other = bulk(&["a", "b", "c"], 100);
+    if let Event::BulkCreate { currency, .. } = &mut other {
+        *currency = "USD".into();
+    }
+    assert_eq!(s.apply(&other, T0), created(1, 2, 2));
+    assert_eq!(
+        s.account(&AccountId("a".into()))
+            .unwrap()
+            .main_bucket()
+            .unwrap()
+            .balance,
+        105
+    );
+    s.check_invariants().unwrap();
+    // Invalid parameters: all or nothing.
+    let mut bad = bulk(&["d"], -1);
+    assert_eq!(
+        s.apply(&bad, T0),
+        Applied::Refused(Rejection::LimitExceeded)
+    );
+    if let Event::BulkCreate {
+        initial_balance,
+        currency,
+        ..
+    } = &mut bad
+    {
+        *initial_balance = 1;
+        *currency = "EURO".into();
+    }
+    assert_eq!(
+        s.apply(&bad, T0),
+        Applied::Refused(Rejection::LimitExceeded)
+    );
+    assert!(s.account(&AccountId("d".into())).is_none());
+}
+
+/// A snapshot round trip keeps the state and its hash, and shares identical
+/// consecutive accounts again.
+#[test]
+fn snapshot_of_bulk_accounts_round_trips_and_reshares() {
+    let mut s = ShardState::new(Limits::default());
+    s.apply(&bulk(&["a1", "a2", "a3"], 7), T0);
+    let bytes = crate::codec::encode(&s).unwrap();
+    let back: ShardState = crate::codec::decode(&bytes).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.state_hash(), s.state_hash());
+    let a1 = back.account(&AccountId("a1".into())).unwrap();
+    assert!(Arc::ptr_eq(
+        a1,
+        back.account(&AccountId("a3".into())).unwrap()
+    ));
+}
+
+/// The extension's form (absent or allocated and empty) never shows in
+/// equality, hash or encoding.
+#[test]
+fn empty_extension_is_invisible() {
+    let mut s = ShardState::new(Limits::default());
+    s.apply(&bulk(&["x"], 1), T0);
+    let a = s.account(&AccountId("x".into())).unwrap();
+    let mut b = (**a).clone();
+    let _ = b.ext.sessions.len(); // read: no allocation
+    assert!(!b.ext.is_allocated());
+    b.ext.dedup.retain(|_, _| true); // mutable access allocates
+    assert!(b.ext.is_allocated());
+    assert_eq!(&b, &**a);
+    assert_eq!(hash::stable_hash(&b), hash::stable_hash(&**a));
+    assert_eq!(
+        crate::codec::encode(&b).unwrap(),
+        crate::codec::encode(&**a).unwrap()
+    );
+    b.ext.shrink();
+    assert!(!b.ext.is_allocated());
+}
+
+/// Sizes an idle account pays (see `Account`): guards the layout.
+#[test]
+fn idle_account_layout_stays_compact() {
+    assert!(std::mem::size_of::<Account>() <= 72);
+    assert!(std::mem::size_of::<account::Bucket>() <= 104);
+    assert!(std::mem::size_of::<state::AccountKey>() <= 16);
 }

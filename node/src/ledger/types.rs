@@ -234,6 +234,14 @@ pub enum Reply {
         version: u64,
     },
     Expired,
+    /// A bulk creation: accounts created, and accounts that existed already
+    /// (left unchanged; `mismatched` of them with another currency or
+    /// credit limit than asked).
+    BulkCreated {
+        created: u64,
+        existing: u64,
+        mismatched: u64,
+    },
 }
 
 /// Business rejections, declared in precedence order (first applicable wins).

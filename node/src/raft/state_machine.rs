@@ -21,6 +21,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -32,6 +33,9 @@ pub struct Published {
     pub log_ts_ms: u64,
 }
 
+/// The latest snapshot's meta, and its bytes when kept in memory.
+type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, Option<Arc<Vec<u8>>>);
+
 #[derive(Debug)]
 struct Inner {
     state: ShardState,
@@ -39,7 +43,11 @@ struct Inner {
     membership: StoredMembershipOf<TypeConfig>,
     /// `max` of every applied batch's log_ts: log time never goes backwards.
     log_ts_ms: u64,
-    current: Option<(SnapshotMetaOf<TypeConfig>, Arc<Vec<u8>>)>,
+    /// The latest snapshot: its meta, and its bytes only for a memory-only
+    /// store. With a snapshot file the bytes live in the file alone (read
+    /// back when openraft asks): keeping them would cost every replica the
+    /// serialized size of its whole state in RAM.
+    current: Option<CurrentSnapshot>,
 }
 
 /// Shard state machine handle (cheap to clone).
@@ -49,6 +57,9 @@ pub struct ShardStore {
     published: Arc<watch::Sender<Arc<Published>>>,
     /// Where snapshots are kept; `None` = memory only.
     snapshot_file: Option<Arc<PathBuf>>,
+    /// Accounts bulk-created since the last snapshot was built (see
+    /// [`ShardStore::bulk_since_snapshot`]).
+    bulk_since_snapshot: Arc<AtomicU64>,
 }
 
 /// A snapshot as stored in its file.
@@ -116,7 +127,7 @@ impl ShardStore {
         g.log_ts_ms = body.log_ts_ms;
         g.applied = meta.last_log_id;
         g.membership = meta.last_membership.clone();
-        g.current = Some((meta.clone(), data));
+        g.current = Some((meta.clone(), self.keep_bytes(data)));
         self.publish(&g);
     }
 
@@ -137,7 +148,21 @@ impl ShardStore {
             })),
             published: Arc::new(tx),
             snapshot_file,
+            bulk_since_snapshot: Arc::default(),
         }
+    }
+
+    /// Snapshot bytes are kept in memory only when there is no file.
+    fn keep_bytes(&self, data: Arc<Vec<u8>>) -> Option<Arc<Vec<u8>>> {
+        self.snapshot_file.is_none().then_some(data)
+    }
+
+    /// Accounts created by bulk events since the last snapshot was built.
+    /// Bulk entries are few but large, so the entry-count snapshot policy
+    /// would leave them in the in-memory log for a long time; the shard's
+    /// compactor snapshots and purges once this grows large.
+    pub fn bulk_since_snapshot(&self) -> u64 {
+        self.bulk_since_snapshot.load(Ordering::Relaxed)
     }
 
     /// The latest frozen view of the applied state.
@@ -190,6 +215,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                 log_ts_ms: 0,
             },
         );
+        self.store.bulk_since_snapshot.store(0, Ordering::Relaxed);
         let data = tokio::task::spawn_blocking(move || codec::encode(&body))
             .await
             .map_err(io::Error::other)?
@@ -208,12 +234,13 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                 None => true,
             };
             if newer {
-                g.current = Some((self.meta.clone(), data.clone()));
+                g.current = Some((self.meta.clone(), self.store.keep_bytes(data.clone())));
             }
         }
+        let data = Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
         Ok(SnapshotOf::<TypeConfig, _> {
             meta: self.meta.clone(),
-            snapshot: Cursor::new((*data).clone()),
+            snapshot: Cursor::new(data),
         })
     }
 }
@@ -244,6 +271,10 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
                         let ts = g.log_ts_ms;
                         let mut out = Vec::with_capacity(events.len());
                         for ev in events {
+                            if let crate::ledger::Event::BulkCreate { accounts, .. } = ev {
+                                self.bulk_since_snapshot
+                                    .fetch_add(accounts.len() as u64, Ordering::Relaxed);
+                            }
                             out.push(g.state.apply(ev, ts));
                         }
                         BatchResult(out)
@@ -296,12 +327,29 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
-        let g = self.lock();
-        Ok(g.current
-            .as_ref()
-            .map(|(meta, data)| SnapshotOf::<TypeConfig, _> {
-                meta: meta.clone(),
-                snapshot: Cursor::new((**data).clone()),
-            }))
+        let current = self.lock().current.clone();
+        match current {
+            None => Ok(None),
+            Some((meta, Some(data))) => Ok(Some(SnapshotOf::<TypeConfig, _> {
+                meta,
+                snapshot: Cursor::new((*data).clone()),
+            })),
+            Some((_, None)) => {
+                // File-backed: the file holds the latest durable snapshot.
+                let Some(path) = self.snapshot_file.clone() else {
+                    return Ok(None);
+                };
+                let (meta, data): StoredSnapshot = tokio::task::spawn_blocking(move || {
+                    let bytes = std::fs::read(&*path)?;
+                    codec::decode(&bytes).map_err(codec::to_io)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                Ok(Some(SnapshotOf::<TypeConfig, _> {
+                    meta,
+                    snapshot: Cursor::new(data),
+                }))
+            }
+        }
     }
 }

@@ -74,6 +74,16 @@ pub enum ShardMsg {
     },
     /// From the epoch starter: read index returned in epoch `leader`.
     EpochReady { leader: LeaderId },
+    /// From the front door's bulk load: create every listed account of this
+    /// shard that does not exist (one event, one Raft entry); existing ones
+    /// are left unchanged and counted. Idempotent by account id.
+    BulkCreate {
+        accounts: Vec<AccountId>,
+        currency: String,
+        credit_limit: i64,
+        initial_balance: i64,
+        reply: ReplyTx,
+    },
     /// From the expiry sweeper.
     Expire {
         account: AccountId,
@@ -204,6 +214,7 @@ impl Actor for ShardActor {
             crate::raft::replica_id(a.node, a.incarnation),
             myself.clone(),
         );
+        spawn_compactor(a.raft.clone(), a.store.clone());
         let node_label = crate::metrics_http::label(a.node);
         let shard_label = crate::metrics_http::label(a.shard);
         Ok(State {
@@ -261,6 +272,18 @@ impl Actor for ShardActor {
                     let _ = reply.send(not_leader(st));
                 }
             },
+            ShardMsg::BulkCreate {
+                accounts,
+                currency,
+                credit_limit,
+                initial_balance,
+                reply,
+            } => {
+                if on_bulk(st, accounts, currency, credit_limit, initial_balance, reply) {
+                    // One bulk event per Raft entry: bounds the entry size.
+                    flush(&myself, st).await;
+                }
+            }
             ShardMsg::Flush => flush(&myself, st).await,
             ShardMsg::BatchDone { seq, result } => on_batch_done(st, seq, *result),
             ShardMsg::ReadDone { seq, ok } => on_read_done(st, seq, ok),
@@ -292,6 +315,61 @@ fn not_leader(st: &State) -> Outcome {
             leader: st.leader_hint(),
         },
     }
+}
+
+/// Decides a bulk creation: every account that is absent (speculatively, for
+/// an active one) will be created by the event; apply counts the rest as
+/// existing. Returns true when an event joined the open batch.
+fn on_bulk(
+    st: &mut State,
+    accounts: Vec<AccountId>,
+    currency: String,
+    credit_limit: i64,
+    initial_balance: i64,
+    reply: ReplyTx,
+) -> bool {
+    if !matches!(st.epoch, Epoch::Leading(_)) {
+        let _ = reply.send(not_leader(st));
+        return false;
+    }
+    if st.inflight.len() >= st.a.limits.max_inflight_batches {
+        let _ = reply.send(Outcome::Overloaded("shard has too many batches in flight"));
+        return false;
+    }
+    let now_ms = st.now_ms();
+    let view = st.a.store.view();
+    let template = match crate::ledger::decide::new_account(
+        &currency,
+        credit_limit,
+        initial_balance,
+        &[],
+        &view.state.limits,
+        now_ms,
+    ) {
+        Ok(a) => Arc::new(a),
+        Err(r) => {
+            let _ = reply.send(Outcome::Done(Err(r)));
+            return false;
+        }
+    };
+    // An active account decides on its speculative state: one that is absent
+    // there becomes the created account, as apply will make it.
+    for id in &accounts {
+        if let Some(v) = st.accounts.get_mut(id) {
+            if v.spec.is_none() {
+                v.spec = Some(template.clone());
+            }
+        }
+    }
+    st.open.push(Event::BulkCreate {
+        accounts,
+        currency,
+        credit_limit,
+        initial_balance,
+    });
+    st.open_members.push(None);
+    st.open_tariff_replies.push(reply);
+    true
 }
 
 fn schedule_flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
@@ -549,7 +627,7 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
                         let _ = tx.send(match applied {
                             Applied::Ok(r) => Outcome::Done(Ok(r)),
                             Applied::Refused(rej) => Outcome::Done(Err(rej)),
-                            Applied::Conflict => Outcome::Unknown("tariff change conflicted"),
+                            Applied::Conflict => Outcome::Unknown("shard event conflicted"),
                         });
                     }
                     continue;
@@ -735,6 +813,67 @@ fn spawn_leadership_watcher(raft: Raft, me: NodeId, actor: ActorRef<ShardMsg>) {
             if rx.changed().await.is_err() {
                 return;
             }
+        }
+    });
+}
+
+/// Accounts bulk-created since the last snapshot past which a replica
+/// snapshots and purges its log at once (or half its accounts, if more:
+/// snapshots of a growing shard then cost O(accounts) in all).
+pub const BULK_COMPACT_ACCOUNTS: u64 = 50_000;
+/// A smaller bulk residue is compacted once no bulk event came for this long.
+const BULK_COMPACT_QUIET: Duration = Duration::from_secs(2);
+
+/// On every replica (leader or follower): once bulk loads have added enough
+/// accounts since the last snapshot (see [`BULK_COMPACT_ACCOUNTS`]), or any
+/// and then none for [`BULK_COMPACT_QUIET`], builds a snapshot and purges
+/// the log it covers. Bulk entries are few and large, so the entry-count
+/// snapshot policy would keep them in the in-memory log (tens of bytes per
+/// account) long after the load. Ends with the Raft instance.
+fn spawn_compactor(raft: Raft, store: ShardStore) {
+    tokio::spawn(async move {
+        let mut rx = raft.metrics();
+        let mut seen = 0u64;
+        let mut changed_at = Instant::now();
+        loop {
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await {
+                return;
+            }
+            let bulk = store.bulk_since_snapshot();
+            if bulk != seen {
+                seen = bulk;
+                changed_at = Instant::now();
+            }
+            if bulk == 0 {
+                continue;
+            }
+            let view = store.view();
+            let big = bulk >= BULK_COMPACT_ACCOUNTS.max(view.state.accounts.len() as u64 / 2);
+            if !big && changed_at.elapsed() < BULK_COMPACT_QUIET {
+                continue;
+            }
+            let Some(target) = view.applied else {
+                continue;
+            };
+            drop(view);
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            // Wait (bounded) for a snapshot that covers `target`, then purge.
+            for _ in 0..600 {
+                let snap = rx.borrow_watched().snapshot;
+                if snap.is_some_and(|s| s.index() >= target.index()) {
+                    let _ = raft.trigger().purge_log(target.index()).await;
+                    break;
+                }
+                if let Ok(Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(100), rx.changed()).await
+                {
+                    return;
+                }
+            }
+            seen = store.bulk_since_snapshot();
+            changed_at = Instant::now();
         }
     });
 }

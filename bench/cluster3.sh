@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A throwaway 3-process cluster for measurements (RF 3, 16 shards) on
+# 127.0.1.{1,2,3} (api :50051, raft :51051, metrics :9100), beside any dev
+# cluster of scripts/cluster.sh (127.0.0.x).
+#
+#   bench/cluster3.sh start [--fsync never|always]   fresh data, waits for leaders
+#   bench/cluster3.sh stop                           SIGTERM, then SIGKILL after 10 s
+#   bench/cluster3.sh pids                           the node pids
+#   bench/cluster3.sh endpoints                      --endpoint flags for chargebench
+#
+# Environment: C3_DIR (default /tmp/chargec3), CHARGERD / CHARGECTL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${C3_DIR:-/tmp/chargec3}
+chargerd=${CHARGERD:-target/release/chargerd}
+chargectl=${CHARGECTL:-target/release/chargectl}
+
+case "${1:-}" in
+  start)
+    fsync=never
+    [[ "${2:-}" == --fsync ]] && fsync=${3:?never|always}
+    "$0" stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    for id in 1 2 3; do
+      mkdir -p "$dir/node$id"
+      {
+        echo "node_id = $id"
+        echo "public_addr = \"127.0.1.$id:50051\""
+        echo "internal_addr = \"127.0.1.$id:51051\""
+        echo "metrics_addr = \"127.0.1.$id:9100\""
+        echo "data_dir = \"$dir/node$id/data\""
+        echo "shards = 16"
+        echo "replication_factor = 3"
+        echo "fsync = \"$fsync\""
+        for p in 1 2 3; do
+          printf '\n[[peers]]\nid = %s\npublic = "127.0.1.%s:50051"\ninternal = "127.0.1.%s:51051"\n' "$p" "$p" "$p"
+        done
+      } >"$dir/node$id/node.toml"
+      "$chargerd" start --config "$dir/node$id/node.toml" >"$dir/node$id/log" 2>&1 &
+      echo $! >"$dir/node$id/pid"
+    done
+    deadline=$((SECONDS + 90))
+    until "$chargectl" --endpoint http://127.0.1.1:50051 status --json 2>/dev/null |
+      python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["shard_status"] and all(x.get("leader",0) for x in s["shard_status"]) else 1)' 2>/dev/null; do
+      if ((SECONDS >= deadline)); then echo "cluster not ready" >&2; "$0" stop; exit 1; fi
+      sleep 0.5
+    done
+    # The demo tariffs of `chargerd dev` (the bench's workloads rate against them).
+    e=(--endpoint http://127.0.1.1:50051)
+    "$chargectl" "${e[@]}" set-tariff --rg 32 --price bytes:1000000:1000000000 >/dev/null
+    "$chargectl" "${e[@]}" set-tariff --rg 10 --price seconds:60:5000000000 >/dev/null
+    "$chargectl" "${e[@]}" set-tariff --rg 100 --price units:1:10000000000 >/dev/null
+    echo "ready (fsync $fsync): $("$0" pids)"
+    ;;
+  stop)
+    for id in 1 2 3; do
+      p=$(cat "$dir/node$id/pid" 2>/dev/null || true)
+      [[ -n "$p" ]] && kill -TERM "$p" 2>/dev/null || true
+    done
+    for id in 1 2 3; do
+      p=$(cat "$dir/node$id/pid" 2>/dev/null || true)
+      [[ -z "$p" ]] && continue
+      for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$p" 2>/dev/null || true
+      rm -f "$dir/node$id/pid"
+    done
+    echo stopped
+    ;;
+  pids) cat "$dir"/node*/pid 2>/dev/null | tr '\n' ' ' ;;
+  endpoints) echo "--endpoint http://127.0.1.1:50051 --endpoint http://127.0.1.2:50051 --endpoint http://127.0.1.3:50051" ;;
+  *) sed -n '2,12p' "$0"; exit 64 ;;
+esac

@@ -1,0 +1,161 @@
+//! `BulkCreateAccounts`: the bulk-load path (load testers preload millions of
+//! accounts with it). The ids of one call are split by shard; each shard's
+//! part goes to its shard actor as one `ShardMsg::BulkCreate` (one event, one
+//! Raft entry), or one hop to the shard's leader when it is remote. Every
+//! account mutation still goes through its shard actor (DESIGN §2).
+//!
+//! Exactly once without a request id: apply creates only absent accounts and
+//! counts the others as existing, so a retried call creates nothing twice.
+use super::super::{validate, FrontDoor, FORWARDED};
+use crate::ledger::{AccountId, Reply};
+use crate::shard::{Outcome, ShardMsg};
+use charging_proto::v1 as pb;
+use futures::future::join_all;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tonic::{Request as TReq, Status};
+
+/// Most accounts in one call.
+pub const MAX_BULK_ACCOUNTS: usize = 100_000;
+/// Largest balance or credit limit (as for CreateAccount).
+const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+/// A bulk call may take longer than one request: it waits for its entries.
+const MIN_BULK_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Counts {
+    created: u64,
+    existing: u64,
+    mismatched: u64,
+    rejected: Option<i32>,
+}
+
+pub async fn bulk_create(
+    fd: &FrontDoor,
+    msg: pb::BulkCreateAccountsRequest,
+    forwarded: bool,
+) -> Result<pb::BulkCreateAccountsResponse, Status> {
+    if msg.account_ids.len() > MAX_BULK_ACCOUNTS {
+        return Err(Status::invalid_argument(
+            "account_ids: more than 100000 in one call",
+        ));
+    }
+    let currency = msg.currency.trim().to_string();
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Status::invalid_argument(
+            "currency: must be a 3-letter ISO 4217 code, e.g. EUR",
+        ));
+    }
+    if !(0..=MAX_AMOUNT).contains(&msg.credit_limit) {
+        return Err(Status::invalid_argument(
+            "credit_limit: must be between 0 and 10^15",
+        ));
+    }
+    if !(0..=MAX_AMOUNT).contains(&msg.initial_balance) {
+        return Err(Status::invalid_argument(
+            "initial_balance: must be between 0 and 10^15",
+        ));
+    }
+    let n = fd.shards.len() as u32;
+    let mut by_shard: Vec<Vec<AccountId>> = vec![Vec::new(); fd.shards.len()];
+    for id in &msg.account_ids {
+        let id = validate::account_id(id)?;
+        by_shard[charging_proto::shard_of(&id.0, n) as usize].push(id);
+    }
+    let deadline = fd.limits.request_deadline.max(MIN_BULK_DEADLINE);
+    let parts = by_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(s, ids)| shard_part(fd, s, ids, &msg, forwarded, deadline));
+    let mut total = Counts::default();
+    for part in join_all(parts).await {
+        let c = part?;
+        total.created += c.created;
+        total.existing += c.existing;
+        total.mismatched += c.mismatched;
+        total.rejected = total.rejected.or(c.rejected);
+    }
+    Ok(pb::BulkCreateAccountsResponse {
+        result: total.rejected.unwrap_or(pb::ResultCode::Ok as i32),
+        created: total.created,
+        existing: total.existing,
+        mismatched: total.mismatched,
+    })
+}
+
+async fn shard_part(
+    fd: &FrontDoor,
+    shard: usize,
+    ids: Vec<AccountId>,
+    msg: &pb::BulkCreateAccountsRequest,
+    forwarded: bool,
+    deadline: Duration,
+) -> Result<Counts, Status> {
+    let h = &fd.shards[shard];
+    let (tx, rx) = oneshot::channel();
+    let ids_for_forward: Vec<String> = if forwarded {
+        Vec::new()
+    } else {
+        ids.iter().map(|a| a.0.clone()).collect()
+    };
+    h.actor
+        .cast(ShardMsg::BulkCreate {
+            accounts: ids,
+            currency: msg.currency.trim().to_string(),
+            credit_limit: msg.credit_limit,
+            initial_balance: msg.initial_balance,
+            reply: tx,
+        })
+        .map_err(|_| Status::unavailable("shard actor stopped"))?;
+    let outcome = match tokio::time::timeout(deadline, rx).await {
+        Err(_) => Outcome::Unknown("deadline exceeded waiting for the shard"),
+        Ok(Err(_)) => Outcome::Unknown("shard actor dropped the request"),
+        Ok(Ok(o)) => o,
+    };
+    match outcome {
+        Outcome::Done(Ok(Reply::BulkCreated {
+            created,
+            existing,
+            mismatched,
+        })) => Ok(Counts {
+            created,
+            existing,
+            mismatched,
+            rejected: None,
+        }),
+        Outcome::Done(Ok(_)) => Err(Status::internal("unexpected reply to a bulk creation")),
+        Outcome::Done(Err(r)) => Ok(Counts {
+            rejected: Some(super::super::result_code(r) as i32),
+            ..Counts::default()
+        }),
+        Outcome::NotLeader {
+            leader: Some(leader),
+        } if !forwarded && leader != fd.node => {
+            let mut c = fd.forward_client(leader)?;
+            let mut req = TReq::new(pb::BulkCreateAccountsRequest {
+                account_ids: ids_for_forward,
+                currency: msg.currency.clone(),
+                credit_limit: msg.credit_limit,
+                initial_balance: msg.initial_balance,
+            });
+            req.metadata_mut()
+                .insert(FORWARDED, "1".parse().expect("ascii"));
+            req.set_timeout(deadline);
+            let r = c
+                .bulk_create_accounts(req)
+                .await
+                .map_err(|s| fd.forward_failed(leader, s))?
+                .into_inner();
+            Ok(Counts {
+                created: r.created,
+                existing: r.existing,
+                mismatched: r.mismatched,
+                rejected: (r.result != pb::ResultCode::Ok as i32).then_some(r.result),
+            })
+        }
+        Outcome::NotLeader { leader } => Err(fd.unavailable(leader, "not the shard leader")),
+        Outcome::Unknown(why) => Err(fd.unavailable(None, why)),
+        Outcome::Overloaded(why) => Err(Status::resource_exhausted(why)),
+    }
+}
