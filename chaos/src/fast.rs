@@ -1,0 +1,1 @@
+//! Transport-free layer (todo).
