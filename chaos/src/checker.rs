@@ -448,6 +448,11 @@ impl Search<'_> {
         if self.steps > self.budget {
             return None;
         }
+        // Versions only grow: past the final version there is no way back.
+        let version = st.as_ref().map_or(0, |a| a.version);
+        if self.want.as_ref().is_some_and(|w| version > w.version) {
+            return Some(false);
+        }
         let key = (done.clone(), stable_hash(st));
         if !self.seen.insert(key) {
             return Some(false);
@@ -479,6 +484,10 @@ impl Search<'_> {
                 let op = self.ops[i];
                 if op.outcome.is_definite() != (pass == 0) || op.invoke > min_complete {
                     continue;
+                }
+                self.steps += 1;
+                if self.steps > self.budget {
+                    return None;
                 }
                 let mut next = st.clone();
                 let d = decide(&mut next, self.tariffs, self.limits, &op.request, op.client_ms);
@@ -528,6 +537,37 @@ fn linearize(
     limits: &Limits,
     budget: u64,
 ) -> Lin {
+    // A request acknowledged on one attempt and unknown on earlier ones was
+    // applied once (dedup): one op spanning from the first attempt's
+    // invocation to the acknowledgement stands for all of them.
+    let mut merged: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let same = |o: &&&Op| o.request == op.request;
+        match &op.outcome {
+            Outcome::Unknown
+                if ops
+                    .iter()
+                    .filter(same)
+                    .any(|o| matches!(o.outcome, Outcome::Ok(_)) && o.invoke > op.invoke) =>
+            {
+                continue;
+            }
+            Outcome::Ok(_) => {
+                let mut m = (*op).clone();
+                m.invoke = ops
+                    .iter()
+                    .filter(same)
+                    .filter(|o| !o.outcome.is_definite() && o.invoke < op.invoke)
+                    .map(|o| o.invoke)
+                    .min()
+                    .unwrap_or(op.invoke);
+                merged.push(m);
+            }
+            _ => merged.push((*op).clone()),
+        }
+    }
+    let refs: Vec<&Op> = merged.iter().collect();
+    let ops = &refs[..];
     let n_def = ops.iter().filter(|o| o.outcome.is_definite()).count();
     let mut s = Search {
         ops,

@@ -18,3 +18,4 @@ pub mod rng;
 #[cfg(test)]
 mod checker_tests;
 pub mod workload;
+pub mod turmoil_sim;
