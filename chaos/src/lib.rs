@@ -15,6 +15,8 @@ pub mod checker;
 pub mod fast;
 pub mod history;
 pub mod rng;
+pub mod simlog;
+pub mod wire;
 #[cfg(test)]
 mod checker_tests;
 pub mod workload;
