@@ -12,12 +12,12 @@
 //! - [`fast`]: the transport-free layer (ledger decide/apply, simulated
 //!   replicas, leader changes, crashes that lose unflushed tails).
 pub mod checker;
+#[cfg(test)]
+mod checker_tests;
 pub mod fast;
 pub mod history;
 pub mod rng;
 pub mod simlog;
-pub mod wire;
-#[cfg(test)]
-mod checker_tests;
-pub mod workload;
 pub mod turmoil_sim;
+pub mod wire;
+pub mod workload;

@@ -13,7 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "chargechaos", about = "Chaos runs of the charging cluster, checked")]
+#[command(
+    name = "chargechaos",
+    about = "Chaos runs of the charging cluster, checked"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -114,7 +117,13 @@ fn main() {
                         if verbose {
                             println!("seed {s}: {:?}", run.faults);
                         }
-                        t.add(s, &run.report, u64::from(run.faults.total()), &repro, verbose);
+                        t.add(
+                            s,
+                            &run.report,
+                            u64::from(run.faults.total()),
+                            &repro,
+                            verbose,
+                        );
                     }
                     Layer::Turmoil => {
                         let run = charging_chaos::turmoil_sim::run(s, nodes);

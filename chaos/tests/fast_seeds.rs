@@ -65,11 +65,20 @@ fn the_injected_bug_is_not_compiled_in() {
     };
     let mut r = req(create);
     r.request_id = charging_chaos::history::request_id_at(now, 1);
-    assert!(matches!(decide(&mut a, &Tariffs::new(), &Limits::default(), &r, now), Decision::Accept(_)));
+    assert!(matches!(
+        decide(&mut a, &Tariffs::new(), &Limits::default(), &r, now),
+        Decision::Accept(_)
+    ));
     let t = req(Command::TopUp {
         bucket: BucketId(0),
         amount: 5,
     });
-    assert!(matches!(decide(&mut a, &Tariffs::new(), &Limits::default(), &t, now), Decision::Accept(_)));
-    assert!(matches!(decide(&mut a, &Tariffs::new(), &Limits::default(), &t, now), Decision::Duplicate(_)));
+    assert!(matches!(
+        decide(&mut a, &Tariffs::new(), &Limits::default(), &t, now),
+        Decision::Accept(_)
+    ));
+    assert!(matches!(
+        decide(&mut a, &Tariffs::new(), &Limits::default(), &t, now),
+        Decision::Duplicate(_)
+    ));
 }
