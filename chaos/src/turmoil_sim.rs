@@ -637,6 +637,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         .max_message_latency(Duration::from_millis(2))
         .repair_rate(0.01)
         .tcp_capacity(4096)
+        .ephemeral_ports(1025..=65535)
         .build();
     let mut rng = Rng::new(seed);
     let slots: Vec<Slot> = (1..=cfg.nodes)
