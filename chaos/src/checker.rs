@@ -29,8 +29,7 @@ use crate::history::{
 };
 use charging_node::ledger::hash::stable_hash;
 use charging_node::ledger::{
-    decide, params_hash, rating, Account, AccountId, Command, Decision, Limits, RequestId,
-    Tariffs,
+    decide, params_hash, rating, Account, AccountId, Command, Decision, Limits, RequestId, Tariffs,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -210,9 +209,12 @@ fn money_range(op: &Op, res: Option<&Res>, tariffs: &Tariffs) -> Option<(i128, i
         i128::try_from(p).unwrap_or(i128::MAX / 4)
     };
     match (&op.request.cmd, res) {
-        (Command::CreateAccount {
-            initial_balance, ..
-        }, _) => Some((i128::from(*initial_balance), i128::from(*initial_balance))),
+        (
+            Command::CreateAccount {
+                initial_balance, ..
+            },
+            _,
+        ) => Some((i128::from(*initial_balance), i128::from(*initial_balance))),
         (Command::TopUp { amount, .. }, _) | (Command::Refund { amount, .. }, _) => {
             Some((i128::from(*amount), i128::from(*amount)))
         }
@@ -220,7 +222,13 @@ fn money_range(op: &Op, res: Option<&Res>, tariffs: &Tariffs) -> Option<(i128, i
         | (Command::Commit { .. }, Some(Res::Committed { charged, .. })) => {
             Some((-i128::from(*charged), -i128::from(*charged)))
         }
-        (Command::Debit { rating_group, units }, _) => Some((-price(*rating_group, units), 0)),
+        (
+            Command::Debit {
+                rating_group,
+                units,
+            },
+            _,
+        ) => Some((-price(*rating_group, units), 0)),
         // A commit rates cumulative usage once: the difference it charges is
         // at most the price of the usage it reports. Its rating group is the
         // reservation's, unknown here: bound by the dearest tariff.
@@ -270,7 +278,12 @@ fn check_conservation(
     }
     let Some(fin) = fin else {
         if any_create {
-            violation(r, Kind::AckLost, id, "acknowledged account is missing".into());
+            violation(
+                r,
+                Kind::AckLost,
+                id,
+                "acknowledged account is missing".into(),
+            );
         }
         return;
     };
@@ -296,7 +309,14 @@ fn check_resolved_once(id: &AccountId, ops: &[&Op], r: &mut Report) {
     let mut resolved: BTreeMap<u64, RequestId> = BTreeMap::new();
     for op in ops {
         let res = match (&op.request.cmd, &op.outcome) {
-            (Command::Commit { reservation, is_final: true, .. }, Outcome::Ok(_))
+            (
+                Command::Commit {
+                    reservation,
+                    is_final: true,
+                    ..
+                },
+                Outcome::Ok(_),
+            )
             | (Command::Release { reservation }, Outcome::Ok(_)) => reservation.0,
             _ => continue,
         };
@@ -380,7 +400,8 @@ fn check_durable(id: &AccountId, ops: &[&Op], fin: Option<&FinalAccount>, r: &mu
         let Outcome::Ok(res) = &op.outcome else {
             continue;
         };
-        if is_session_op(&op.request.cmd) || matches!(op.request.cmd, Command::CreateAccount { .. }) {
+        if is_session_op(&op.request.cmd) || matches!(op.request.cmd, Command::CreateAccount { .. })
+        {
             continue;
         }
         match a.dedup.get(&op.request.request_id) {
@@ -443,7 +464,12 @@ impl Search<'_> {
     }
 
     /// Depth-first search for a linearization. `None` = out of budget.
-    fn dfs(&mut self, done: &mut Vec<u64>, st: &Option<Arc<Account>>, n_def: usize) -> Option<bool> {
+    fn dfs(
+        &mut self,
+        done: &mut Vec<u64>,
+        st: &Option<Arc<Account>>,
+        n_def: usize,
+    ) -> Option<bool> {
         self.steps += 1;
         if self.steps > self.budget {
             return None;
@@ -490,7 +516,13 @@ impl Search<'_> {
                     return None;
                 }
                 let mut next = st.clone();
-                let d = decide(&mut next, self.tariffs, self.limits, &op.request, op.client_ms);
+                let d = decide(
+                    &mut next,
+                    self.tariffs,
+                    self.limits,
+                    &op.request,
+                    op.client_ms,
+                );
                 if op.outcome.is_definite() {
                     let got = outcome_of(&d);
                     if got != op.outcome {

@@ -47,7 +47,13 @@ impl Ideal {
     }
 
     fn apply(&mut self, req: &Request) -> Outcome {
-        match decide(&mut self.acct, &tariffs(), &Limits::default(), req, T0 + self.clock) {
+        match decide(
+            &mut self.acct,
+            &tariffs(),
+            &Limits::default(),
+            req,
+            T0 + self.clock,
+        ) {
             Decision::Accept(r) | Decision::Duplicate(r) => Outcome::Ok(Res::from_reply(&r)),
             Decision::Reject(r) => Outcome::Rejected(r),
         }
@@ -269,12 +275,12 @@ fn stale_rejection(debit_invoked_at: u64) -> Report {
         amount: 100,
     });
     let tid = s.h.invoke(0, t.clone(), T0 + 10, 10);
-    let d = s.h.invoke(1, debit, T0 + debit_invoked_at, debit_invoked_at);
+    let d =
+        s.h.invoke(1, debit, T0 + debit_invoked_at, debit_invoked_at);
     s.clock = 11;
     let out = s.apply(&t);
     s.h.complete(tid, out, 12);
-    s.h
-        .complete(d, Outcome::Rejected(Rejection::InsufficientBalance), 20);
+    s.h.complete(d, Outcome::Rejected(Rejection::InsufficientBalance), 20);
     s.check()
 }
 
@@ -287,7 +293,12 @@ fn a_concurrent_rejection_is_linearizable() {
 #[test]
 fn a_stale_rejection_after_an_ack_is_not_linearizable() {
     let rep = stale_rejection(13);
-    assert_eq!(kinds(&rep), vec![Kind::NotLinearizable], "{:?}", rep.violations);
+    assert_eq!(
+        kinds(&rep),
+        vec![Kind::NotLinearizable],
+        "{:?}",
+        rep.violations
+    );
 }
 
 /// An unknown top-up: applied fully or not at all is fine; half is not.

@@ -172,7 +172,8 @@ impl Sim {
             .map(|_| Client {
                 waiting: None,
                 unknown: None,
-                skew_ms: rng.range(0, 2 * cfg.max_clock_jump_ms) as i64 - cfg.max_clock_jump_ms as i64,
+                skew_ms: rng.range(0, 2 * cfg.max_clock_jump_ms) as i64
+                    - cfg.max_clock_jump_ms as i64,
             })
             .collect();
         let workload = Workload::new(rng.next_u64(), cfg.accounts, "acct");
@@ -357,7 +358,11 @@ impl Sim {
                         }
                     }
                 }
-                Inflight::Read { client, op, outcome } => {
+                Inflight::Read {
+                    client,
+                    op,
+                    outcome,
+                } => {
                     if reply {
                         self.complete(client, op, outcome);
                     }
@@ -419,7 +424,9 @@ impl Sim {
         if self.leader.is_some() || !self.quorum_up() {
             return;
         }
-        let up: Vec<usize> = (0..self.replicas.len()).filter(|i| self.replicas[*i].up).collect();
+        let up: Vec<usize> = (0..self.replicas.len())
+            .filter(|i| self.replicas[*i].up)
+            .collect();
         let l = *self.rng.pick(&up).expect("a quorum is up");
         let len = self.log.len();
         self.apply_to(l, len);
@@ -459,7 +466,9 @@ impl Sim {
             800..=899 => {
                 let i = self.rng.below(self.replicas.len() as u64) as usize;
                 if self.replicas[i].up {
-                    let to = self.rng.range(self.replicas[i].applied as u64, self.log.len() as u64);
+                    let to = self
+                        .rng
+                        .range(self.replicas[i].applied as u64, self.log.len() as u64);
                     self.apply_to(i, to as usize);
                 }
             }
@@ -473,7 +482,9 @@ impl Sim {
                 }
             }
             925..=964 => {
-                let down: Vec<usize> = (0..self.replicas.len()).filter(|i| !self.replicas[*i].up).collect();
+                let down: Vec<usize> = (0..self.replicas.len())
+                    .filter(|i| !self.replicas[*i].up)
+                    .collect();
                 if let Some(i) = self.rng.pick(&down).copied() {
                     self.restart(i);
                 }

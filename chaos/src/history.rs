@@ -20,13 +20,28 @@ use std::sync::Arc;
 /// A successful result as a client sees it, without clock-dependent fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Res {
-    Created { version: u64 },
-    ToppedUp { balance: i64 },
-    Reserved { reservation: u64, granted: Units, final_units: bool },
-    Committed { charged: i64, debt: i64 },
+    Created {
+        version: u64,
+    },
+    ToppedUp {
+        balance: i64,
+    },
+    Reserved {
+        reservation: u64,
+        granted: Units,
+        final_units: bool,
+    },
+    Committed {
+        charged: i64,
+        debt: i64,
+    },
     Released,
-    Refunded { refunded_total: i64 },
-    Debited { charged: i64 },
+    Refunded {
+        refunded_total: i64,
+    },
+    Debited {
+        charged: i64,
+    },
     /// Any other reply (not produced by the chaos workloads).
     Other(String),
 }

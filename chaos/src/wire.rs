@@ -41,7 +41,9 @@ pub fn rejection(code: i32) -> Option<Rejection> {
         BucketNotFound,
         LimitExceeded,
     ];
-    usize::try_from(code - 2).ok().and_then(|i| ALL.get(i).copied())
+    usize::try_from(code - 2)
+        .ok()
+        .and_then(|i| ALL.get(i).copied())
 }
 
 fn outcome(code: i32, ok: impl FnOnce() -> Res) -> Result<Outcome, tonic::Status> {
@@ -50,7 +52,9 @@ fn outcome(code: i32, ok: impl FnOnce() -> Res) -> Result<Outcome, tonic::Status
     }
     match rejection(code) {
         Some(r) => Ok(Outcome::Rejected(r)),
-        None => Err(tonic::Status::internal(format!("unknown result code {code}"))),
+        None => Err(tonic::Status::internal(format!(
+            "unknown result code {code}"
+        ))),
     }
 }
 

@@ -8,8 +8,8 @@
 use crate::history::{request_id_at, Outcome, Res};
 use crate::rng::Rng;
 use charging_node::ledger::{
-    AccountId, BucketId, Command, Price, RatingGroup, Request, RequestId, ReservationId,
-    SessionId, Tariff, Tariffs, Units,
+    AccountId, BucketId, Command, Price, RatingGroup, Request, RequestId, ReservationId, SessionId,
+    Tariff, Tariffs, Units,
 };
 use std::collections::BTreeMap;
 
@@ -165,7 +165,14 @@ impl Workload {
         }
         let k = self.known.entry(req.account.clone()).or_default();
         match (&req.cmd, outcome) {
-            (Command::Reserve { .. }, Outcome::Ok(Res::Reserved { reservation, granted, .. })) => {
+            (
+                Command::Reserve { .. },
+                Outcome::Ok(Res::Reserved {
+                    reservation,
+                    granted,
+                    ..
+                }),
+            ) => {
                 if !k.open.iter().any(|(r, _)| r == reservation) {
                     k.open.push((*reservation, granted.volume_bytes / MB));
                 }

@@ -20,5 +20,8 @@ fn the_fast_layer_catches_a_duplicate_applied_twice() {
         caught.len() >= 10,
         "the injected bug went unnoticed: caught in seeds {caught:?}"
     );
-    println!("injected bug caught in {} of 50 seeds: {caught:?}", caught.len());
+    println!(
+        "injected bug caught in {} of 50 seeds: {caught:?}",
+        caught.len()
+    );
 }
