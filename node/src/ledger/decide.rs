@@ -118,10 +118,17 @@ pub fn decide(
                 .get(&req.request_id)
                 .filter(|e| e.is_live(now_ms, limits))
             {
-                if e.params_hash == params {
+                // Test-only injected bug (issue 6, the checker's teeth): a
+                // duplicate top-up is decided and applied again. Never built
+                // outside `cargo test -p charging-chaos --features bug-dup-applies-twice`.
+                let injected_bug = cfg!(feature = "chaos-bug-dup-applies-twice")
+                    && matches!(req.cmd, Command::TopUp { .. });
+                if e.params_hash == params && !injected_bug {
                     return Decision::Duplicate(e.reply.clone());
                 }
-                pending = Some(Rejection::RequestIdReused);
+                if !injected_bug {
+                    pending = Some(Rejection::RequestIdReused);
+                }
             } else if too_old(req.request_id, limits, now_ms) {
                 pending = Some(Rejection::RequestTooOld);
             }

@@ -1,0 +1,160 @@
+//! `chargechaos`: seeded simulations and fault runs, checked by the checker.
+//!
+//! - `chargechaos sim --layer fast --seed S --iterations K`: transport-free
+//!   layer, seeds S..S+K.
+//! - `chargechaos sim --seed S --iterations K`: full stack on turmoil (build
+//!   with `RUSTFLAGS="--cfg tokio_unstable"` for deterministic runtimes).
+//!
+//! A failing seed prints the exact command that reproduces it; the exit
+//! status is 1 when any violation was found.
+use charging_chaos::checker::Report;
+use charging_chaos::fast;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "chargechaos",
+    about = "Chaos runs of the charging cluster, checked"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Layer {
+    /// Transport-free: ledger decide/apply with simulated replicas.
+    Fast,
+    /// Full stack on turmoil: real node code, gRPC, openraft.
+    Turmoil,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run seeded simulations.
+    Sim {
+        #[arg(long, value_enum, default_value = "turmoil")]
+        layer: Layer,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        iterations: u64,
+        /// Scheduler steps per seed (fast layer).
+        #[arg(long, default_value_t = 600)]
+        steps: u32,
+        /// Nodes (turmoil layer; 0 = 3 or 5 by seed).
+        #[arg(long, default_value_t = 0)]
+        nodes: u64,
+        /// Print every seed's figures.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    failed: Vec<u64>,
+    faults: u64,
+    ops: u64,
+    acked: u64,
+    unknown: u64,
+    inconclusive: u64,
+    violations: u64,
+}
+
+impl Totals {
+    fn add(&mut self, seed: u64, r: &Report, faults: u64, repro: &str, verbose: bool) {
+        self.seeds += 1;
+        self.faults += faults;
+        self.ops += r.ops as u64;
+        self.acked += r.acked as u64;
+        self.unknown += r.unknown as u64;
+        self.inconclusive += r.inconclusive as u64;
+        self.violations += r.violations.len() as u64;
+        if verbose {
+            println!(
+                "seed {seed}: ops {} (acked {}, rejected {}, unknown {}), faults {faults}, accounts {}, search steps {}, inconclusive {}, violations {}",
+                r.ops, r.acked, r.rejected, r.unknown, r.accounts, r.search_steps, r.inconclusive, r.violations.len()
+            );
+        }
+        if !r.ok() {
+            self.failed.push(seed);
+            println!("seed {seed}: {} violation(s)", r.violations.len());
+            for v in r.violations.iter().take(20) {
+                println!("  {v}");
+            }
+            println!("reproduce: {repro}");
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Sim {
+            layer,
+            seed,
+            iterations,
+            steps,
+            nodes,
+            verbose,
+        } => {
+            let started = Instant::now();
+            let mut t = Totals::default();
+            for s in seed..seed.saturating_add(iterations) {
+                match layer {
+                    Layer::Fast => {
+                        let cfg = fast::FastConfig {
+                            steps,
+                            ..Default::default()
+                        };
+                        let run = fast::run(s, &cfg);
+                        let repro = format!(
+                            "chargechaos sim --layer fast --seed {s} --iterations 1 --steps {steps} --verbose"
+                        );
+                        if verbose {
+                            println!("seed {s}: {:?}", run.faults);
+                        }
+                        t.add(
+                            s,
+                            &run.report,
+                            u64::from(run.faults.total()),
+                            &repro,
+                            verbose,
+                        );
+                    }
+                    Layer::Turmoil => {
+                        let run = charging_chaos::turmoil_sim::run(s, nodes);
+                        let repro = format!(
+                            "RUSTFLAGS=\"--cfg tokio_unstable\" cargo run -p charging-chaos --bin chargechaos -- sim --seed {s} --iterations 1 --nodes {} --verbose",
+                            run.nodes
+                        );
+                        if verbose {
+                            println!("seed {s}: {}", run.summary());
+                        }
+                        t.add(s, &run.report, run.faults.total(), &repro, verbose);
+                    }
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{:?}: {} seeds in {secs:.1}s ({:.0}/min), faults {}, ops {} (acked {}, unknown {}), inconclusive accounts {}, violations {}, failed seeds {:?}",
+                layer,
+                t.seeds,
+                t.seeds as f64 / secs.max(1e-9) * 60.0,
+                t.faults,
+                t.ops,
+                t.acked,
+                t.unknown,
+                t.inconclusive,
+                t.violations,
+                t.failed
+            );
+            if !t.failed.is_empty() {
+                std::process::exit(1);
+            }
+        }
+    }
+}
