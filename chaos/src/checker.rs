@@ -404,7 +404,7 @@ fn check_durable(id: &AccountId, ops: &[&Op], fin: Option<&FinalAccount>, r: &mu
         {
             continue;
         }
-        match a.dedup.get(&op.request.request_id) {
+        match a.ext.dedup.get(&op.request.request_id) {
             None => violation(
                 r,
                 Kind::AckLost,

@@ -160,7 +160,7 @@ impl Sim {
         let limits = Limits::default();
         let tariffs = workload::tariffs();
         let mut st = ShardState::new(limits.clone());
-        st.tariffs = tariffs.clone();
+        st.tariffs = tariffs.clone().into();
         let replicas = (0..cfg.replicas)
             .map(|_| Replica {
                 state: st.clone(),
@@ -408,7 +408,7 @@ impl Sim {
         let durable = self.rng.range(0, self.replicas[i].applied as u64) as usize;
         self.faults.lost_tail_entries += (self.replicas[i].applied - durable) as u32;
         let mut st = ShardState::new(self.limits.clone());
-        st.tariffs = self.tariffs.clone();
+        st.tariffs = self.tariffs.clone().into();
         self.replicas[i] = Replica {
             state: st,
             applied: 0,
@@ -552,7 +552,8 @@ impl Sim {
         let mut f = FinalState::default();
         let st = &self.replicas[0].state;
         for (id, a) in st.accounts.iter() {
-            f.accounts.insert(id.clone(), FinalAccount::Full(a.clone()));
+            f.accounts
+                .insert(AccountId(id.0.to_string()), FinalAccount::Full(a.clone()));
         }
         for (i, r) in self.replicas.iter().enumerate() {
             f.replicas.push(ReplicaDigest {

@@ -205,7 +205,7 @@ impl AccountSummary {
             main_reserved: main.map_or(0, |b| b.reserved),
             debt: a.debt,
             credit_limit: a.credit_limit,
-            open_reservations: a.reservations.len() as u32,
+            open_reservations: a.ext.reservations.len() as u32,
         }
     }
 }

@@ -261,14 +261,19 @@ async fn run_node(id: u64, cfg: NodeConfig, slot: Slot) -> turmoil::Result {
         internal: incoming(internal),
         connector: Box::new(SimConnector),
         clock: Arc::new(slot.clock.clone()),
-        logs: slot.logs.clone(),
+        logs: {
+            let logs = slot.logs.clone();
+            Arc::new(move |shard, _incarnation| logs[shard as usize].clone())
+        },
+        replicas: None,
+        replicas_file: None,
         meta_log: slot.meta.clone(),
         snapshot_dir: None,
     };
     let h = node::start(cfg, edges)
         .await
         .map_err(|e| format!("node start: {e}"))?;
-    *slot.handles.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.shards.clone());
+    *slot.handles.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.shards());
     // The node runs until the host crashes (its runtime is dropped).
     std::future::pending::<()>().await;
     drop(h);
@@ -765,7 +770,10 @@ fn final_state(slots: &[Slot], shards: u32) -> (FinalState, u64) {
         if let Some((_, st)) = best {
             alarms += st.alarms;
             for (id, a) in st.accounts.iter() {
-                f.accounts.insert(id.clone(), FinalAccount::Full(a.clone()));
+                f.accounts.insert(
+                    charging_node::ledger::AccountId(id.0.to_string()),
+                    FinalAccount::Full(a.clone()),
+                );
             }
         }
     }

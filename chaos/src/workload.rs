@@ -172,19 +172,17 @@ impl Workload {
                     granted,
                     ..
                 }),
-            ) => {
-                if !k.open.iter().any(|(r, _)| r == reservation) {
-                    k.open.push((*reservation, granted.volume_bytes / MB));
-                }
+            ) if !k.open.iter().any(|(r, _)| r == reservation) => {
+                k.open.push((*reservation, granted.volume_bytes / MB));
             }
             (Command::Commit { reservation, .. }, Outcome::Ok(_))
             | (Command::Release { reservation }, Outcome::Ok(_)) => {
                 k.open.retain(|(r, _)| *r != reservation.0);
             }
-            (Command::Debit { .. }, Outcome::Ok(Res::Debited { charged })) if *charged > 0 => {
-                if !k.debits.iter().any(|(r, _)| *r == req.request_id) {
-                    k.debits.push((req.request_id, *charged));
-                }
+            (Command::Debit { .. }, Outcome::Ok(Res::Debited { charged }))
+                if *charged > 0 && !k.debits.iter().any(|(r, _)| *r == req.request_id) =>
+            {
+                k.debits.push((req.request_id, *charged));
             }
             _ => {}
         }

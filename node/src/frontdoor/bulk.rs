@@ -6,14 +6,14 @@
 //!
 //! Exactly once without a request id: apply creates only absent accounts and
 //! counts the others as existing, so a retried call creates nothing twice.
-use super::super::{validate, FrontDoor, FORWARDED};
+use super::super::{validate, FrontDoor};
 use crate::ledger::{AccountId, Reply};
 use crate::shard::{Outcome, ShardMsg};
 use charging_proto::v1 as pb;
 use futures::future::join_all;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tonic::{Request as TReq, Status};
+use tonic::Status;
 
 /// Most accounts in one call.
 pub const MAX_BULK_ACCOUNTS: usize = 100_000;
@@ -56,8 +56,8 @@ pub async fn bulk_create(
             "initial_balance: must be between 0 and 10^15",
         ));
     }
-    let n = fd.shards.len() as u32;
-    let mut by_shard: Vec<Vec<AccountId>> = vec![Vec::new(); fd.shards.len()];
+    let n = fd.shard_count;
+    let mut by_shard: Vec<Vec<AccountId>> = vec![Vec::new(); n as usize];
     for id in &msg.account_ids {
         let id = validate::account_id(id)?;
         by_shard[charging_proto::shard_of(&id.0, n) as usize].push(id);
@@ -92,26 +92,32 @@ async fn shard_part(
     forwarded: bool,
     deadline: Duration,
 ) -> Result<Counts, Status> {
-    let h = &fd.shards[shard];
-    let (tx, rx) = oneshot::channel();
+    let shard_id = shard as crate::raft::ShardId;
     let ids_for_forward: Vec<String> = if forwarded {
         Vec::new()
     } else {
         ids.iter().map(|a| a.0.clone()).collect()
     };
-    h.actor
-        .cast(ShardMsg::BulkCreate {
-            accounts: ids,
-            currency: msg.currency.trim().to_string(),
-            credit_limit: msg.credit_limit,
-            initial_balance: msg.initial_balance,
-            reply: tx,
-        })
-        .map_err(|_| Status::unavailable("shard actor stopped"))?;
-    let outcome = match tokio::time::timeout(deadline, rx).await {
-        Err(_) => Outcome::Unknown("deadline exceeded waiting for the shard"),
-        Ok(Err(_)) => Outcome::Unknown("shard actor dropped the request"),
-        Ok(Ok(o)) => o,
+    let outcome = match fd.local(shard_id) {
+        // Not hosted here (scale-out): the shard's leader elsewhere decides.
+        None => Outcome::NotLeader { leader: None },
+        Some(h) => {
+            let (tx, rx) = oneshot::channel();
+            h.actor
+                .cast(ShardMsg::BulkCreate {
+                    accounts: ids,
+                    currency: msg.currency.trim().to_string(),
+                    credit_limit: msg.credit_limit,
+                    initial_balance: msg.initial_balance,
+                    reply: tx,
+                })
+                .map_err(|_| Status::unavailable("shard actor stopped"))?;
+            match tokio::time::timeout(deadline, rx).await {
+                Err(_) => Outcome::Unknown("deadline exceeded waiting for the shard"),
+                Ok(Err(_)) => Outcome::Unknown("shard actor dropped the request"),
+                Ok(Ok(o)) => o,
+            }
+        }
     };
     match outcome {
         Outcome::Done(Ok(Reply::BulkCreated {
@@ -129,24 +135,24 @@ async fn shard_part(
             rejected: Some(super::super::result_code(r) as i32),
             ..Counts::default()
         }),
-        Outcome::NotLeader {
-            leader: Some(leader),
-        } if !forwarded && leader != fd.node => {
-            let mut c = fd.forward_client(leader)?;
-            let mut req = TReq::new(pb::BulkCreateAccountsRequest {
+        Outcome::NotLeader { leader } if !forwarded && leader != Some(fd.node) => {
+            let candidates = fd.candidates(shard_id, leader);
+            let req = pb::BulkCreateAccountsRequest {
                 account_ids: ids_for_forward,
                 currency: msg.currency.clone(),
                 credit_limit: msg.credit_limit,
                 initial_balance: msg.initial_balance,
-            });
-            req.metadata_mut()
-                .insert(FORWARDED, "1".parse().expect("ascii"));
-            req.set_timeout(deadline);
-            let r = c
-                .bulk_create_accounts(req)
-                .await
-                .map_err(|s| fd.forward_failed(leader, s))?
-                .into_inner();
+            };
+            let r = fd
+                .forward_to(
+                    shard_id,
+                    candidates,
+                    req,
+                    false,
+                    deadline,
+                    |mut c, req| async move { c.bulk_create_accounts(req).await },
+                )
+                .await?;
             Ok(Counts {
                 created: r.created,
                 existing: r.existing,

@@ -345,6 +345,7 @@ impl FrontDoor {
         candidates: Vec<NodeId>,
         msg: M,
         only_shard: bool,
+        timeout: Duration,
         call: F,
     ) -> Result<R, Status>
     where
@@ -371,7 +372,7 @@ impl FrontDoor {
                 req.metadata_mut()
                     .insert(ONLY_SHARD, shard.to_string().parse().expect("ascii"));
             }
-            req.set_timeout(self.limits.request_deadline);
+            req.set_timeout(timeout);
             match call(c, req).await {
                 Ok(r) => {
                     if !self.hosted.contains_key(&shard) {
@@ -445,9 +446,14 @@ impl FrontDoor {
         if forwarded || candidates.is_empty() {
             return Err(self.unavailable(candidates.first().copied(), "not the shard leader"));
         }
-        self.forward_to(shard, candidates, msg, false, |mut c, req| async move {
-            c.balance(req).await
-        })
+        self.forward_to(
+            shard,
+            candidates,
+            msg,
+            false,
+            self.limits.request_deadline,
+            |mut c, req| async move { c.balance(req).await },
+        )
         .await
     }
 
@@ -494,6 +500,7 @@ impl FrontDoor {
                             candidates,
                             msg.clone(),
                             true,
+                            self.limits.request_deadline,
                             |mut c, req| async move { c.set_tariff(req).await },
                         )
                         .await?;
@@ -543,7 +550,7 @@ macro_rules! mutating_ops {
                             return Err(self.unavailable(candidates.first().copied(), "not the shard leader"));
                         }
                         let r = self
-                            .forward_to(shard, candidates, msg, false, |mut c, req| async move { c.$op(req).await })
+                            .forward_to(shard, candidates, msg, false, self.limits.request_deadline, |mut c, req| async move { c.$op(req).await })
                             .await;
                         self.record(stringify!($op), if r.is_ok() { "forwarded" } else { "forward_failed" }, started);
                         r
