@@ -284,6 +284,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     )));
 
     peers.set_heard(front_door.heard.clone());
+    front_door.set_transport(peers.clone());
     // Internal server: Raft traffic of every group.
     let raft_svc = RaftInternalServer::new(RaftService {
         groups: groups.clone(),

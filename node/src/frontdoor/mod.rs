@@ -109,6 +109,9 @@ pub struct FrontDoor {
     pub limits: FrontDoorLimits,
     pub clock: crate::clock::SharedClock,
     admission: Semaphore,
+    /// The node's injected connector (DESIGN §4b): forwarding channels are
+    /// made by it, like Raft channels, so the simulator's network carries them.
+    transport: std::sync::OnceLock<Arc<crate::raft::network::Peers>>,
     forward: DashMap<NodeId, ChargingClient<Channel>>,
     /// Shared string: labelling a request's metrics copies no bytes.
     node_label: metrics::SharedString,
@@ -150,11 +153,17 @@ impl FrontDoor {
             heard: Default::default(),
             placement: Default::default(),
             admission: Semaphore::new(limits.max_inflight_requests),
+            transport: std::sync::OnceLock::new(),
             limits,
             clock,
             forward: DashMap::new(),
             node_label: crate::metrics_http::label(node),
         })
+    }
+
+    /// Sets the transport whose connector makes forwarding channels.
+    pub fn set_transport(&self, peers: Arc<crate::raft::network::Peers>) {
+        let _ = self.transport.set(peers);
     }
 
     /// The current cluster map, if one was written.
@@ -278,15 +287,14 @@ impl FrontDoor {
         if self.forward.len() >= self.limits.max_forward_peers {
             self.forward.clear();
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            // A peer that vanished (no RST) is noticed within about 2 s.
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(1))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let ch = match self.transport.get() {
+            Some(t) => t.channel(&addr).map_err(Status::internal)?,
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| Status::internal(e.to_string()))?
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        };
         let c = ChargingClient::new(ch);
         self.forward.insert(leader, c.clone());
         Ok(c)

@@ -367,6 +367,12 @@ impl Peers {
         let _ = self.isolated.set(flag);
     }
 
+    /// A new channel to `addr` from the injected connector (the front door
+    /// forwards over these).
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        self.connector.channel(addr)
+    }
+
     /// Where to record that a peer answered.
     pub fn set_heard(&self, heard: super::service::PeerHealth) {
         let _ = self.heard.set(heard);
