@@ -616,7 +616,14 @@ async fn reconcile_shard(h: &ShardHandle, map: &ClusterMap) {
     // 2. A leaving leader hands over first.
     if !want.contains(&h.replica) {
         if let Some(to) = voters.iter().find(|r| want.contains(r) && caught_up(r)) {
-            let ok = h.raft.trigger().transfer_leader(*to).await.is_ok();
+            let ok = matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    h.raft.trigger().transfer_leader(*to)
+                )
+                .await,
+                Ok(Ok(_))
+            );
             tracing::info!(
                 shard = h.shard,
                 to = node_of(*to),
