@@ -681,6 +681,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
     // Faults begin once the setup has had time to run.
     let mut next_fault = u64::MAX;
     let mut steps = 0u64;
+    let progress = std::env::var_os("CHAOS_PROGRESS").is_some();
     loop {
         match sim.step() {
             Ok(true) => break,
@@ -691,6 +692,14 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
             }
         }
         steps += 1;
+        if progress && steps % 5_000 == 0 {
+            eprintln!(
+                "[sim] {steps} ms, ops {}, faults {}, done {}, healed {healed}",
+                shared.history.lock().expect("lock").ops.len(),
+                nemesis.faults.total(),
+                shared.done.load(Ordering::SeqCst)
+            );
+        }
         if steps > MAX_STEPS {
             errors.push(format!(
                 "run did not finish within {MAX_STEPS} simulated ms"

@@ -214,12 +214,29 @@ struct PeerLink {
     main: RaftInternalClient<Channel>,
     snapshots: RaftInternalClient<Channel>,
     /// The open `Append` stream; the lock serialises opening it.
-    stream: tokio::sync::Mutex<Option<Arc<AppendMux>>>,
+    stream: tokio::sync::Mutex<StreamSlot>,
 }
+
+/// The `Append` stream of one peer link, and the pacing of reopening it.
+#[derive(Default)]
+struct StreamSlot {
+    mux: Option<Arc<AppendMux>>,
+    /// Opens that failed in a row (reset by a successful open).
+    failures: u32,
+    /// After a failed open, the next attempt waits until then: a peer that is
+    /// down refuses at once, and without a pause every group's replication
+    /// would retry in a hot loop.
+    retry_at: Option<Instant>,
+}
+
+/// The pause after the first failed open of an `Append` stream; it doubles
+/// with each further failure up to [`STREAM_REOPEN_MAX`].
+const STREAM_REOPEN_MIN: Duration = Duration::from_millis(10);
+const STREAM_REOPEN_MAX: Duration = Duration::from_millis(200);
 
 impl Drop for PeerLink {
     fn drop(&mut self) {
-        if let Some(m) = self.stream.get_mut() {
+        if let Some(m) = self.stream.get_mut().mux.as_ref() {
             m.close("peer link dropped");
         }
     }
@@ -426,7 +443,7 @@ impl Peers {
     fn cut_streams(&self) {
         for link in self.links.iter() {
             if let Ok(slot) = link.stream.try_lock() {
-                if let Some(m) = slot.as_ref() {
+                if let Some(m) = slot.mux.as_ref() {
                     m.close("isolated (fault injection)");
                 }
             }
@@ -459,7 +476,7 @@ impl Peers {
                 Arc::new(PeerLink {
                     main,
                     snapshots,
-                    stream: tokio::sync::Mutex::new(None),
+                    stream: tokio::sync::Mutex::new(StreamSlot::default()),
                 })
             })
             .clone();
@@ -500,23 +517,40 @@ impl Peers {
     async fn mux(&self, addr: &str, ttl: Duration) -> Result<Arc<AppendMux>, CallError> {
         let link = self.link(addr)?;
         let mut slot = link.stream.lock().await;
-        if let Some(m) = slot.as_ref().filter(|m| !m.is_closed()) {
+        if let Some(m) = slot.mux.as_ref().filter(|m| !m.is_closed()) {
             return Ok(m.clone());
+        }
+        if let Some(at) = slot.retry_at {
+            // Bounded: at most STREAM_REOPEN_MAX, shorter than any open timeout.
+            tokio::time::sleep_until(at).await;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let mut client = link.main.clone();
         let open = ttl.max(STREAM_OPEN_TIMEOUT_MIN);
-        let inbound =
+        let opened =
             match tokio::time::timeout(open, client.append(UnboundedReceiverStream::new(rx))).await
             {
-                Err(_) => {
-                    return Err(CallError::Network(format!(
-                        "append stream not open within {open:?}"
-                    )))
-                }
-                Ok(Err(status)) => return Err(CallError::from_status(status)),
-                Ok(Ok(r)) => r.into_inner(),
+                Err(_) => Err(CallError::Network(format!(
+                    "append stream not open within {open:?}"
+                ))),
+                Ok(Err(status)) => Err(CallError::from_status(status)),
+                Ok(Ok(r)) => Ok(r.into_inner()),
             };
+        let inbound = match opened {
+            Ok(i) => {
+                slot.failures = 0;
+                slot.retry_at = None;
+                i
+            }
+            Err(e) => {
+                let pause = STREAM_REOPEN_MIN
+                    .saturating_mul(1 << slot.failures.min(16))
+                    .min(STREAM_REOPEN_MAX);
+                slot.failures = slot.failures.saturating_add(1);
+                slot.retry_at = Some(Instant::now() + pause);
+                return Err(e);
+            }
+        };
         let mux = Arc::new(AppendMux {
             tx: Mutex::new(Some(tx)),
             sessions: Mutex::new(Some(HashMap::new())),
@@ -531,7 +565,7 @@ impl Peers {
             inbound,
             self.isolated.get().cloned(),
         ));
-        *slot = Some(mux.clone());
+        slot.mux = Some(mux.clone());
         Ok(mux)
     }
 
