@@ -25,6 +25,7 @@ use charging_node::frontdoor::ShardHandle;
 use charging_node::ledger::{Limits, Request};
 use charging_node::node::{self, Edges};
 use charging_node::raft::network::Connector;
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -173,7 +174,11 @@ fn incoming(l: turmoil::net::TcpListener) -> SimIncoming {
 pub fn sim_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
-        .connect_timeout(connect_timeout);
+        .connect_timeout(connect_timeout)
+        // As the real connector (raft::network::TcpConnector): a dead peer's
+        // half-open connection is noticed.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
     Ok(ep.connect_with_connector_lazy(tower::service_fn(
         |uri: tonic::codegen::http::Uri| async move {
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
@@ -295,6 +300,8 @@ struct Shared {
     /// Setup done: the nemesis may start.
     started: AtomicBool,
     setup_failed: Mutex<Option<String>>,
+    /// For diagnosis: the sim time and nodes each op's attempts went to.
+    via: Mutex<BTreeMap<usize, Vec<(u64, String)>>>,
 }
 
 impl Shared {
@@ -307,6 +314,8 @@ struct Caller {
     nodes: u64,
     channels: BTreeMap<String, Channel>,
     rng: Rng,
+    /// Attempts of the current call: (sim ms, node).
+    tried: Vec<(u64, String)>,
 }
 
 impl Caller {
@@ -329,6 +338,8 @@ impl Caller {
         let mut target = self.any_node();
         for _ in 0..6 {
             let ch = self.channel(&target);
+            let ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+            self.tried.push((ms, target.clone()));
             match crate::wire::send(ch, req, Duration::from_millis(1500), true).await {
                 Ok(o) => return o,
                 Err(status) => {
@@ -385,6 +396,7 @@ async fn client_main(
         nodes: cfg.nodes,
         channels: BTreeMap::new(),
         rng: rng.fork(),
+        tried: Vec::new(),
     };
     // Setup before the faults matter: tariff, then the accounts (recorded).
     if let Err(e) = setup_tariff(&mut caller, &mut rng).await {
@@ -406,6 +418,7 @@ async fn client_main(
             nodes: cfg.nodes,
             channels: BTreeMap::new(),
             rng: rng.fork(),
+            tried: Vec::new(),
         };
         let n = cfg.ops_per_client;
         tasks.push(tokio::spawn(async move {
@@ -468,6 +481,11 @@ async fn run_op(
             .invoke(process, req.clone(), client_ms, at)
     };
     let out = caller.call(&req).await;
+    shared
+        .via
+        .lock()
+        .expect("lock")
+        .insert(id, std::mem::take(&mut caller.tried));
     let at = shared.now();
     shared
         .history
@@ -475,6 +493,34 @@ async fn run_op(
         .expect("lock")
         .complete(id, out.clone(), at);
     workload.lock().expect("lock").observe(&req, &out);
+    out
+}
+
+/// Each replica's Raft view, one line each: for a run that did not converge.
+fn replica_report(slots: &[Slot], shards: u32) -> String {
+    let mut out = String::new();
+    for s in 0..shards as usize {
+        for (i, slot) in slots.iter().enumerate() {
+            let g = slot.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let line = match g.as_ref() {
+                None => "down".to_string(),
+                Some(h) => {
+                    let m = h[s].raft.metrics().borrow_watched().clone();
+                    format!(
+                        "{:?} term {} leader {:?} last_log {:?} committed {:?} applied {:?} voters {:?}",
+                        m.state,
+                        m.current_term,
+                        m.current_leader,
+                        m.last_log_index,
+                        m.local_committed.map(|l| l.index),
+                        m.last_applied.map(|l| l.index),
+                        m.membership_config.membership().voter_ids().collect::<Vec<_>>()
+                    )
+                }
+            };
+            out.push_str(&format!("\n    shard {s} node {}: {line}", i + 1));
+        }
+    }
     out
 }
 
@@ -499,6 +545,8 @@ struct Nemesis {
     nodes: u64,
     crashed: Vec<u64>,
     faults: TurmoilFaults,
+    /// Simulated ms of the current step (for traces).
+    now: u64,
 }
 
 /// HOOK (issue 5): add a node to the cluster or drain one while faults run.
@@ -509,6 +557,13 @@ struct Nemesis {
 fn nemesis_add_drain(_sim: &mut turmoil::Sim<'_>, _n: &mut Nemesis) {}
 
 impl Nemesis {
+    /// With `CHAOS_DUMP` set, prints each fault with its simulated time.
+    fn trace(&self, what: String) {
+        if std::env::var_os("CHAOS_DUMP").is_some() {
+            eprintln!("nemesis t={} {what}", self.now);
+        }
+    }
+
     fn leader_of_some_shard(&mut self, slots: &[Slot]) -> Option<u64> {
         let mut leaders = Vec::new();
         for (i, slot) in slots.iter().enumerate() {
@@ -545,10 +600,12 @@ impl Nemesis {
                     }
                 }
                 self.faults.partitions += 1;
+                self.trace(format!("partition {minority:?} | {ids:?}"));
             }
             15..=27 => {
                 sim.partition_oneway(name(a), name(b));
                 self.faults.oneway_partitions += 1;
+                self.trace(format!("one-way partition n{a} -> n{b}"));
             }
             28..=39 => {
                 if let Some(l) = self.leader_of_some_shard(slots) {
@@ -556,6 +613,7 @@ impl Nemesis {
                         sim.partition(name(l), name(y));
                     }
                     self.faults.isolated_leaders += 1;
+                    self.trace(format!("isolate leader n{l}"));
                 }
             }
             40..=49 => {
@@ -565,10 +623,12 @@ impl Nemesis {
                     Duration::from_millis(self.rng.range(10, 300)),
                 );
                 self.faults.delays += 1;
+                self.trace(format!("delay n{a} <-> n{b}"));
             }
             50..=55 => {
                 sim.set_link_fail_rate(name(a), name(b), 0.02);
                 self.faults.losses += 1;
+                self.trace(format!("loss n{a} <-> n{b}"));
             }
             56..=67 => {
                 if (self.crashed.len() as u64) < (n - 1) / 2 && !self.crashed.contains(&a) {
@@ -583,6 +643,7 @@ impl Nemesis {
                     *s.handles.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     self.crashed.push(a);
                     self.faults.crashes += 1;
+                    self.trace(format!("crash n{a} (lost {} entries)", after - before));
                 }
             }
             68..=79 => {
@@ -590,6 +651,7 @@ impl Nemesis {
                     self.crashed.retain(|x| *x != i);
                     sim.bounce(name(i));
                     self.faults.restarts += 1;
+                    self.trace(format!("restart n{i}"));
                 }
             }
             80..=89 => {
@@ -599,6 +661,7 @@ impl Nemesis {
                     .offset_ms
                     .store(j, Ordering::SeqCst);
                 self.faults.clock_jumps += 1;
+                self.trace(format!("clock n{a} {j:+} ms"));
             }
             _ => self.repair(sim),
         }
@@ -613,6 +676,7 @@ impl Nemesis {
             }
         }
         self.faults.repairs += 1;
+        self.trace("repair all links".into());
     }
 
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>, slots: &[Slot]) {
@@ -620,6 +684,7 @@ impl Nemesis {
         for i in std::mem::take(&mut self.crashed) {
             sim.bounce(name(i));
             self.faults.restarts += 1;
+            self.trace(format!("heal: restart n{i}"));
         }
         for s in slots {
             s.clock.offset_ms.store(0, Ordering::SeqCst);
@@ -675,6 +740,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         nodes: cfg.nodes,
         crashed: Vec::new(),
         faults: TurmoilFaults::default(),
+        now: 0,
     };
     let mut errors = Vec::new();
     let mut healed = false;
@@ -692,6 +758,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
             }
         }
         steps += 1;
+        nemesis.now = steps;
         if progress && steps % 5_000 == 0 {
             eprintln!(
                 "[sim] {steps} ms, ops {}, faults {}, done {}, healed {healed}",
@@ -724,9 +791,27 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         errors.push(e);
     }
     if errors.is_empty() && !shared.converged.load(Ordering::SeqCst) {
-        errors.push("replicas did not converge after the heal".into());
+        errors.push(format!(
+            "replicas did not converge after the heal:{}",
+            replica_report(&slots, cfg.shards)
+        ));
     }
     let history = shared.history.lock().expect("lock").clone();
+    if let Some(acct) = std::env::var_os("CHAOS_DUMP") {
+        let acct = acct.to_string_lossy().to_string();
+        for op in history.ops.iter().filter(|o| o.request.account.0 == acct) {
+            eprintln!(
+                "op {} p{} t{}..{} {:?} -> {:?} via {:?}",
+                op.id,
+                op.process,
+                op.invoke,
+                op.complete,
+                op.request.cmd,
+                op.outcome,
+                shared.via.lock().expect("lock").get(&op.id)
+            );
+        }
+    }
     let (f, alarms) = final_state(&slots, cfg.shards);
     let mut report = checker::check(&history, &f);
     if alarms > 0 {

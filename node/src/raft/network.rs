@@ -255,7 +255,18 @@ struct AppendMux {
     /// Wakes the reply reader to stop.
     stop: Notify,
     counters: Arc<Counters>,
+    /// When the stream opened, and the last reply since then (ms after it):
+    /// a stream that answers nothing at all is dead, whatever TCP says.
+    opened: Instant,
+    last_reply_ms: AtomicU64,
 }
+
+/// A session that gets no reply in time closes its stream as well when the
+/// whole stream (every group's sessions, heartbeats included) has been silent
+/// this long: a peer that crashed behind a partition leaves a half-open
+/// connection that would otherwise swallow every later session until the
+/// HTTP/2 keepalive notices, seconds later.
+const STREAM_SILENCE_MAX: Duration = Duration::from_secs(1);
 
 impl AppendMux {
     fn is_closed(&self) -> bool {
@@ -286,6 +297,8 @@ impl AppendMux {
     }
 
     fn route(&self, reply: AppendReply) {
+        self.last_reply_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Some(tx) = lock(&self.sessions)
             .as_ref()
             .and_then(|m| m.get(&reply.session))
@@ -293,6 +306,13 @@ impl AppendMux {
             // A session that went away meanwhile no longer wants it.
             let _ = tx.send(Ok(reply));
         }
+    }
+
+    /// How long the stream has gone without any reply.
+    fn silent_for(&self) -> Duration {
+        self.opened.elapsed().saturating_sub(Duration::from_millis(
+            self.last_reply_ms.load(Ordering::Relaxed),
+        ))
     }
 
     /// Fails every open session with `reason` and ends the stream. Idempotent.
@@ -557,6 +577,8 @@ impl Peers {
             next_session: AtomicU64::new(0),
             stop: Notify::new(),
             counters: self.counters.clone(),
+            opened: Instant::now(),
+            last_reply_ms: AtomicU64::new(0),
         });
         self.counters.streams_opened.fetch_add(1, Ordering::Relaxed);
         self.counters.streams_open.fetch_add(1, Ordering::Relaxed);
@@ -816,6 +838,9 @@ impl<S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin> Session<S> {
                     };
                 }
                 _ = reply_deadline => {
+                    if self.mux.silent_for() >= STREAM_SILENCE_MAX {
+                        self.mux.close("append stream silent");
+                    }
                     let e = CallError::Network(format!(
                         "no append reply within {:?}",
                         self.ttl

@@ -652,6 +652,13 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
         Err(e) => {
             tracing::warn!(shard = st.a.shard, error = %e, "batch not committed under this leader");
             for (account, id) in batch.members.into_iter().flatten() {
+                // The speculative state includes the lost event: a duplicate
+                // decided on it later would be answered OK for nothing. Start
+                // again from the applied state (in-flight events decided on
+                // the lost one conflict on apply by their expected version).
+                if let Some(a) = st.accounts.get_mut(&account) {
+                    a.spec = st.a.store.view().state.account(&account).cloned();
+                }
                 set_ready(
                     st,
                     &account,
@@ -764,10 +771,16 @@ fn end_epoch(st: &mut State) {
     st.a.deciding.store(false, Ordering::Release);
     gauge!("charging_shard_leading", "node" => st.node_label.clone(), "shard" => st.shard_label.clone()).set(0.0);
     for (_, acct) in st.accounts.drain() {
+        // `drain` answers ready waiters from the front, so the front of every
+        // queue here waits for a commit that will not come under this epoch,
+        // and every answer behind it was decided on speculative state that
+        // includes it: a duplicate's "ready" result may be the very event that
+        // is now lost. All of them are unknown; only refusals (which change
+        // nothing) are passed on as they are.
         for w in acct.queue {
             if let Some(tx) = w.tx {
                 let _ = tx.send(match w.state {
-                    WaitState::Ready(o) => o,
+                    WaitState::Ready(o @ (Outcome::Overloaded(_) | Outcome::Unknown(_))) => o,
                     _ => Outcome::Unknown("leadership changed; retry with the same request id"),
                 });
             }
