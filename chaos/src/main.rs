@@ -49,6 +49,10 @@ enum Cmd {
         /// Print every seed's figures.
         #[arg(long)]
         verbose: bool,
+        /// Turmoil layer: no scale-out among the faults (no spare added, no
+        /// drain).
+        #[arg(long)]
+        no_scale: bool,
     },
 }
 
@@ -91,6 +95,13 @@ impl Totals {
 }
 
 fn main() {
+    // Node logs on stderr when asked (RUST_LOG=charging_node=debug ...).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Sim {
@@ -100,6 +111,7 @@ fn main() {
             steps,
             nodes,
             verbose,
+            no_scale,
         } => {
             let started = Instant::now();
             let mut t = Totals::default();
@@ -126,10 +138,11 @@ fn main() {
                         );
                     }
                     Layer::Turmoil => {
-                        let run = charging_chaos::turmoil_sim::run(s, nodes);
+                        let run = charging_chaos::turmoil_sim::run(s, nodes, !no_scale);
                         let repro = format!(
-                            "RUSTFLAGS=\"--cfg tokio_unstable\" cargo run -p charging-chaos --bin chargechaos -- sim --seed {s} --iterations 1 --nodes {} --verbose",
-                            run.nodes
+                            "RUSTFLAGS=\"--cfg tokio_unstable\" CARGO_TARGET_DIR=target/sim cargo run -p charging-chaos --bin chargechaos -- sim --seed {s} --iterations 1 --nodes {}{} --verbose",
+                            run.nodes,
+                            if no_scale { " --no-scale" } else { "" }
                         );
                         if verbose {
                             println!("seed {s}: {}", run.summary());

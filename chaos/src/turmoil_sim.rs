@@ -25,8 +25,10 @@ use charging_node::frontdoor::ShardHandle;
 use charging_node::ledger::{Limits, Request};
 use charging_node::node::{self, Edges};
 use charging_node::raft::network::Connector;
+use charging_node::replicas::Hosted;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,8 @@ pub struct TurmoilConfig {
     pub accounts: usize,
     /// Faults on or off (off: the same run on a healthy network).
     pub faults: bool,
+    /// Scale-out among the faults: a spare node joins, one member drains.
+    pub scale: bool,
 }
 
 impl TurmoilConfig {
@@ -75,6 +79,7 @@ impl TurmoilConfig {
             ops_per_client: 50,
             accounts: 6,
             faults: true,
+            scale: true,
         }
     }
 }
@@ -89,6 +94,11 @@ pub struct TurmoilFaults {
     pub crashes: u64,
     pub restarts: u64,
     pub clock_jumps: u64,
+    /// Nodes added (the spare joins) and drains asked, under faults.
+    pub adds: u64,
+    pub drains: u64,
+    /// Drains the cluster accepted.
+    pub drains_accepted: u64,
     pub repairs: u64,
     pub lost_tail_entries: u64,
 }
@@ -103,6 +113,8 @@ impl TurmoilFaults {
             + self.crashes
             + self.restarts
             + self.clock_jumps
+            + self.adds
+            + self.drains
     }
 }
 
@@ -212,14 +224,74 @@ impl Clock for SimClock {
 
 // ---- nodes ----------------------------------------------------------------------
 
-/// What survives a node's crash: its logs, its clock; and where the running
-/// incarnation publishes its shard handles.
+/// What survives a node's crash: the logs of its replica incarnations, its
+/// metadata log, its replica list (a real file), its clock; and where the
+/// running incarnation publishes the replicas it hosts.
 #[derive(Clone)]
 struct Slot {
-    logs: Vec<SimLog>,
+    id: u64,
+    seed: u64,
+    logs: Arc<Mutex<BTreeMap<(u32, u32), SimLog>>>,
     meta: SimLog,
     clock: SimClock,
-    handles: Arc<Mutex<Option<Vec<ShardHandle>>>>,
+    /// Keeps `replicas` (the hosted replica list) across restarts.
+    dir: PathBuf,
+    hosted: Arc<Mutex<Option<Hosted>>>,
+    /// Part of the run: an initial member, or a spare once added.
+    active: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn new(id: u64, seed: u64, dir: &std::path::Path, active: bool) -> Slot {
+        let dir = dir.join(name(id));
+        let _ = std::fs::create_dir_all(&dir);
+        Slot {
+            id,
+            seed,
+            logs: Arc::default(),
+            meta: SimLog::new(seed ^ (id << 32) ^ 0xFFFF, 3),
+            clock: SimClock::default(),
+            dir,
+            hosted: Arc::default(),
+            active: Arc::new(AtomicBool::new(active)),
+        }
+    }
+
+    fn log(&self, shard: u32, incarnation: u32) -> SimLog {
+        let seed = self.seed ^ (self.id << 32) ^ (u64::from(incarnation) << 16) ^ u64::from(shard);
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((shard, incarnation))
+            .or_insert_with(|| SimLog::new(seed, 3))
+            .clone()
+    }
+
+    /// Every log of this node: each replica incarnation's and the metadata's.
+    fn all_logs(&self) -> Vec<SimLog> {
+        let g = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        g.values().cloned().chain([self.meta.clone()]).collect()
+    }
+
+    /// The replicas the running node hosts now (`None`: down or not started).
+    fn replicas(&self) -> Option<Vec<ShardHandle>> {
+        let g = self.hosted.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().map(|h| {
+            let mut v: Vec<ShardHandle> = h.iter().map(|e| e.value().clone()).collect();
+            v.sort_by_key(|h| h.shard);
+            v
+        })
+    }
+
+    fn replica(&self, shard: u32) -> Option<ShardHandle> {
+        let g = self.hosted.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref()
+            .and_then(|h| h.get(&shard).map(|e| e.value().clone()))
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
 }
 
 fn name(id: u64) -> String {
@@ -246,9 +318,21 @@ fn node_config(id: u64, cfg: &TurmoilConfig, seed: u64) -> NodeConfig {
             )
         })
         .collect();
-    let mut c = NodeConfig::new(id, members);
+    let mut c = if id <= cfg.nodes {
+        let mut c = NodeConfig::new(id, members);
+        c.bootstrap = id == 1;
+        c
+    } else {
+        // A spare: it joins through node 1 (scale-out under faults).
+        let me = PeerAddrs {
+            public: format!("{}:{PUBLIC_PORT}", name(id)),
+            internal: format!("{}:{INTERNAL_PORT}", name(id)),
+        };
+        let mut c = NodeConfig::new(id, BTreeMap::from([(id, me)]));
+        c.join = Some(format!("{}:{PUBLIC_PORT}", name(1)));
+        c
+    };
     c.shards = cfg.shards;
-    c.bootstrap = id == 1;
     c.ledger = limits();
     c.rng_seed = seed;
     // Snapshots stay in memory and would be lost with a crash; keep runs
@@ -257,8 +341,10 @@ fn node_config(id: u64, cfg: &TurmoilConfig, seed: u64) -> NodeConfig {
     c
 }
 
-async fn run_node(id: u64, cfg: NodeConfig, slot: Slot) -> turmoil::Result {
-    let _ = id;
+async fn run_node(cfg: NodeConfig, slot: Slot) -> turmoil::Result {
+    let replicas_file = slot.dir.join("replicas");
+    let replicas = charging_node::replicas::read_persisted(&replicas_file)
+        .map_err(|e| format!("replica list: {e}"))?;
     let public = turmoil::net::TcpListener::bind(("0.0.0.0", PUBLIC_PORT)).await?;
     let internal = turmoil::net::TcpListener::bind(("0.0.0.0", INTERNAL_PORT)).await?;
     let edges = Edges {
@@ -267,18 +353,18 @@ async fn run_node(id: u64, cfg: NodeConfig, slot: Slot) -> turmoil::Result {
         connector: Box::new(SimConnector),
         clock: Arc::new(slot.clock.clone()),
         logs: {
-            let logs = slot.logs.clone();
-            Arc::new(move |shard, _incarnation| logs[shard as usize].clone())
+            let slot = slot.clone();
+            Arc::new(move |shard, incarnation| slot.log(shard, incarnation))
         },
-        replicas: None,
-        replicas_file: None,
+        replicas,
+        replicas_file: Some(replicas_file),
         meta_log: slot.meta.clone(),
         snapshot_dir: None,
     };
     let h = node::start(cfg, edges)
         .await
         .map_err(|e| format!("node start: {e}"))?;
-    *slot.handles.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.shards());
+    *slot.hosted.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.hosted.clone());
     // The node runs until the host crashes (its runtime is dropped).
     std::future::pending::<()>().await;
     drop(h);
@@ -300,6 +386,11 @@ struct Shared {
     /// Setup done: the nemesis may start.
     started: AtomicBool,
     setup_failed: Mutex<Option<String>>,
+    /// Nodes clients may call (grows when the spare is added).
+    nodes: Arc<AtomicU64>,
+    /// Admin operations the nemesis asks the client host to make.
+    admin: Mutex<std::collections::VecDeque<AdminOp>>,
+    drains_accepted: AtomicU64,
     /// For diagnosis: the sim time and nodes each op's attempts went to.
     via: Mutex<BTreeMap<usize, Vec<(u64, String)>>>,
 }
@@ -310,8 +401,15 @@ impl Shared {
     }
 }
 
+/// An admin call the nemesis wants made (from the client host: the driver
+/// cannot make gRPC calls).
+#[derive(Debug, Clone, Copy)]
+enum AdminOp {
+    Drain(u64),
+}
+
 struct Caller {
-    nodes: u64,
+    nodes: Arc<AtomicU64>,
     channels: BTreeMap<String, Channel>,
     rng: Rng,
     /// Attempts of the current call: (sim ms, node).
@@ -329,7 +427,8 @@ impl Caller {
     }
 
     fn any_node(&mut self) -> String {
-        format!("{}:{PUBLIC_PORT}", name(self.rng.range(1, self.nodes)))
+        let n = self.nodes.load(Ordering::SeqCst);
+        format!("{}:{PUBLIC_PORT}", name(self.rng.range(1, n)))
     }
 
     /// One operation: up to 6 attempts, following leader hints; an
@@ -385,6 +484,7 @@ async fn client_main(
     shared: Arc<Shared>,
     slots: Vec<Slot>,
 ) -> turmoil::Result {
+    let rf = cfg.nodes as usize;
     let clock = SimClock::default();
     let mut rng = Rng::new(seed ^ 0xC11E);
     let workload = Arc::new(Mutex::new(Workload::new(
@@ -393,7 +493,7 @@ async fn client_main(
         "acct",
     )));
     let mut caller = Caller {
-        nodes: cfg.nodes,
+        nodes: shared.nodes.clone(),
         channels: BTreeMap::new(),
         rng: rng.fork(),
         tried: Vec::new(),
@@ -409,13 +509,23 @@ async fn client_main(
         run_op(&shared, &workload, &mut caller, &clock, 0, req).await;
     }
     shared.started.store(true, Ordering::SeqCst);
+    let admin = tokio::spawn(admin_loop(
+        shared.clone(),
+        slots.clone(),
+        Caller {
+            nodes: shared.nodes.clone(),
+            channels: BTreeMap::new(),
+            rng: rng.fork(),
+            tried: Vec::new(),
+        },
+    ));
     let mut tasks = Vec::new();
     for p in 0..cfg.clients {
         let shared = shared.clone();
         let workload = workload.clone();
         let clock = clock.clone();
         let mut caller = Caller {
-            nodes: cfg.nodes,
+            nodes: shared.nodes.clone(),
             channels: BTreeMap::new(),
             rng: rng.fork(),
             tried: Vec::new(),
@@ -447,10 +557,11 @@ async fn client_main(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = admin.await;
     let mut stable = 0;
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if converged(&slots, cfg.shards) {
+        if converged(&slots, cfg.shards, rf) {
             stable += 1;
             if stable >= 5 {
                 shared.converged.store(true, Ordering::SeqCst);
@@ -461,6 +572,58 @@ async fn client_main(
         }
     }
     Ok(())
+}
+
+/// Makes the admin calls the nemesis asks for, until the workload is over
+/// and none is left. Every wait is bounded.
+async fn admin_loop(shared: Arc<Shared>, slots: Vec<Slot>, mut caller: Caller) {
+    loop {
+        let op = shared.admin.lock().expect("lock").pop_front();
+        let Some(op) = op else {
+            if shared.done.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        match op {
+            AdminOp::Drain(victim) => {
+                // Only once the spare holds replicas: draining before would
+                // leave fewer nodes than the replication factor.
+                let spare = slots.iter().find(|s| s.id > slots.len() as u64 - 1);
+                for _ in 0..400 {
+                    if spare.is_some_and(|s| s.replicas().is_some_and(|r| !r.is_empty())) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                for _ in 0..20 {
+                    let target = caller.any_node();
+                    let ch = caller.channel(&target);
+                    let mut r = tonic::Request::new(charging_client::proto::NodeRequest {
+                        node_id: victim,
+                    });
+                    r.set_timeout(Duration::from_millis(1000));
+                    let mut admin = charging_client::proto::admin_client::AdminClient::new(ch);
+                    let res =
+                        tokio::time::timeout(Duration::from_millis(1100), admin.drain_node(r))
+                            .await;
+                    if std::env::var_os("CHAOS_DUMP").is_some() {
+                        let ms = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+                        eprintln!("admin t={ms} drain n{victim} via {target}: {res:?}");
+                    }
+                    match res {
+                        Ok(Ok(_)) => {
+                            shared.drains_accepted.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        Ok(Err(st)) if st.code() == tonic::Code::FailedPrecondition => break,
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn run_op(
@@ -499,13 +662,13 @@ async fn run_op(
 /// Each replica's Raft view, one line each: for a run that did not converge.
 fn replica_report(slots: &[Slot], shards: u32) -> String {
     let mut out = String::new();
-    for s in 0..shards as usize {
-        for (i, slot) in slots.iter().enumerate() {
-            let g = slot.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let line = match g.as_ref() {
-                None => "down".to_string(),
-                Some(h) => {
-                    let m = h[s].raft.metrics().borrow_watched().clone();
+    for s in 0..shards {
+        for slot in slots.iter().filter(|s| s.is_active()) {
+            let line = match (slot.replicas(), slot.replica(s)) {
+                (None, _) => "down".to_string(),
+                (Some(_), None) => "no replica".to_string(),
+                (Some(_), Some(h)) => {
+                    let m = h.raft.metrics().borrow_watched().clone();
                     format!(
                         "{:?} term {} leader {:?} last_log {:?} committed {:?} applied {:?} voters {:?}",
                         m.state,
@@ -518,23 +681,26 @@ fn replica_report(slots: &[Slot], shards: u32) -> String {
                     )
                 }
             };
-            out.push_str(&format!("\n    shard {s} node {}: {line}", i + 1));
+            out.push_str(&format!("\n    shard {s} node {}: {line}", slot.id));
         }
     }
     out
 }
 
-/// Every node runs, and all replicas of each shard applied the same index.
-fn converged(slots: &[Slot], shards: u32) -> bool {
-    (0..shards as usize).all(|s| {
-        let mut idx = None;
-        slots.iter().all(|slot| {
-            let g = slot.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(h) = g.as_ref() else { return false };
-            let applied = h[s].store.view().applied.map(|l| l.index);
-            let first = *idx.get_or_insert(applied);
-            first == applied
-        })
+/// Every active node runs; every shard has exactly `rf` replicas (moves and
+/// their garbage collection finished), all at the same applied index.
+fn converged(slots: &[Slot], shards: u32, rf: usize) -> bool {
+    let active: Vec<&Slot> = slots.iter().filter(|s| s.is_active()).collect();
+    if active.iter().any(|s| s.replicas().is_none()) {
+        return false;
+    }
+    (0..shards).all(|s| {
+        let applied: Vec<Option<u64>> = active
+            .iter()
+            .filter_map(|slot| slot.replica(s))
+            .map(|h| h.store.view().applied.map(|l| l.index))
+            .collect();
+        applied.len() == rf && applied.windows(2).all(|w| w[0] == w[1])
     })
 }
 
@@ -542,19 +708,25 @@ fn converged(slots: &[Slot], shards: u32) -> bool {
 
 struct Nemesis {
     rng: Rng,
+    /// Nodes in the run (the spare counts once added).
     nodes: u64,
+    /// Initial members (the spare is `initial + 1`).
+    initial: u64,
     crashed: Vec<u64>,
     faults: TurmoilFaults,
     /// Simulated ms of the current step (for traces).
     now: u64,
+    spare_added: bool,
+    drain_asked: bool,
+    /// Faults drawn so far; the spare is added at fault `add_at` and a
+    /// member drained at fault `drain_at` (drawn from the seed).
+    acts: u64,
+    add_at: u64,
+    drain_at: u64,
+    cfg: TurmoilConfig,
+    seed: u64,
+    shared: Arc<Shared>,
 }
-
-/// HOOK (issue 5): add a node to the cluster or drain one while faults run.
-/// Scale-out lands on main separately; wire it here: start a new host with
-/// `run_node` and fresh `SimLog`s, then ask the admin API to add it (or to
-/// drain an existing node), and count it in `TurmoilFaults`. Until then this
-/// does nothing and is never drawn.
-fn nemesis_add_drain(_sim: &mut turmoil::Sim<'_>, _n: &mut Nemesis) {}
 
 impl Nemesis {
     /// With `CHAOS_DUMP` set, prints each fault with its simulated time.
@@ -566,18 +738,50 @@ impl Nemesis {
 
     fn leader_of_some_shard(&mut self, slots: &[Slot]) -> Option<u64> {
         let mut leaders = Vec::new();
-        for (i, slot) in slots.iter().enumerate() {
-            let g = slot.handles.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(h) = g.as_ref() {
-                if h.iter().any(|s| s.is_deciding()) && !self.crashed.contains(&(i as u64 + 1)) {
-                    leaders.push(i as u64 + 1);
+        for slot in slots.iter().filter(|s| s.is_active()) {
+            if let Some(h) = slot.replicas() {
+                if h.iter().any(|s| s.is_deciding()) && !self.crashed.contains(&slot.id) {
+                    leaders.push(slot.id);
                 }
             }
         }
         self.rng.pick(&leaders).copied()
     }
 
+    /// Scale-out under faults: first the spare joins (through node 1, and
+    /// replicas move onto it), later one initial member is drained (asked of
+    /// the cluster by the client host, once the spare holds replicas).
+    fn scale(&mut self, sim: &mut turmoil::Sim<'_>, slots: &[Slot]) {
+        if !self.spare_added {
+            let id = self.initial + 1;
+            let slot = slots[id as usize - 1].clone();
+            slot.active.store(true, Ordering::SeqCst);
+            let ncfg = node_config(id, &self.cfg, self.seed);
+            sim.host(name(id), move || run_node(ncfg.clone(), slot.clone()));
+            self.spare_added = true;
+            self.nodes += 1;
+            self.shared.nodes.store(self.nodes, Ordering::SeqCst);
+            self.faults.adds += 1;
+            self.trace(format!("add n{id}"));
+        } else if !self.drain_asked {
+            let victim = self.rng.range(1, self.initial);
+            self.shared
+                .admin
+                .lock()
+                .expect("lock")
+                .push_back(AdminOp::Drain(victim));
+            self.drain_asked = true;
+            self.faults.drains += 1;
+            self.trace(format!("drain n{victim} (asked)"));
+        }
+    }
+
     fn act(&mut self, sim: &mut turmoil::Sim<'_>, slots: &[Slot]) {
+        self.acts += 1;
+        if self.cfg.scale && (self.acts == self.add_at || self.acts == self.drain_at) {
+            self.scale(sim, slots);
+            return;
+        }
         let n = self.nodes;
         let a = self.rng.range(1, n);
         let mut b = self.rng.range(1, n - 1);
@@ -634,13 +838,14 @@ impl Nemesis {
                 if (self.crashed.len() as u64) < (n - 1) / 2 && !self.crashed.contains(&a) {
                     sim.crash(name(a));
                     let s = &slots[a as usize - 1];
-                    let before: u64 = s.logs.iter().chain([&s.meta]).map(SimLog::lost).sum();
-                    for l in s.logs.iter().chain([&s.meta]) {
+                    let logs = s.all_logs();
+                    let before: u64 = logs.iter().map(SimLog::lost).sum();
+                    for l in &logs {
                         l.crash();
                     }
-                    let after: u64 = s.logs.iter().chain([&s.meta]).map(SimLog::lost).sum();
+                    let after: u64 = logs.iter().map(SimLog::lost).sum();
                     self.faults.lost_tail_entries += after - before;
-                    *s.handles.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    *s.hosted.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     self.crashed.push(a);
                     self.faults.crashes += 1;
                     self.trace(format!("crash n{a} (lost {} entries)", after - before));
@@ -694,8 +899,10 @@ impl Nemesis {
 
 // ---- a run ----------------------------------------------------------------------
 
-pub fn run(seed: u64, nodes: u64) -> TurmoilRun {
-    run_with(seed, TurmoilConfig::for_seed(seed, nodes))
+pub fn run(seed: u64, nodes: u64, scale: bool) -> TurmoilRun {
+    let mut cfg = TurmoilConfig::for_seed(seed, nodes);
+    cfg.scale = scale;
+    run_with(seed, cfg)
 }
 
 pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
@@ -710,23 +917,26 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         .ephemeral_ports(1025..=65535)
         .build();
     let mut rng = Rng::new(seed);
-    let slots: Vec<Slot> = (1..=cfg.nodes)
-        .map(|id| Slot {
-            logs: (0..cfg.shards)
-                .map(|s| SimLog::new(seed ^ (id << 32) ^ u64::from(s), 3))
-                .collect(),
-            meta: SimLog::new(seed ^ (id << 32) ^ 0xFFFF, 3),
-            clock: SimClock::default(),
-            handles: Arc::default(),
-        })
+    // The nodes' replica lists are real files (as in production), in a
+    // folder of this run's own.
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "chargechaos-{}-{seed}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::SeqCst)
+    ));
+    // The initial members, then the spare (inactive until added).
+    let slots: Vec<Slot> = (1..=cfg.nodes + 1)
+        .map(|id| Slot::new(id, seed, &dir, id <= cfg.nodes))
         .collect();
     for id in 1..=cfg.nodes {
         let slot = slots[id as usize - 1].clone();
         let ncfg = node_config(id, &cfg, seed);
-        sim.host(name(id), move || run_node(id, ncfg.clone(), slot.clone()));
+        sim.host(name(id), move || run_node(ncfg.clone(), slot.clone()));
     }
     let shared = Arc::new(Shared {
         history: Mutex::new(History::new(workload::tariffs(), limits())),
+        nodes: Arc::new(AtomicU64::new(cfg.nodes)),
         ..Shared::default()
     });
     {
@@ -738,10 +948,21 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
     let mut nemesis = Nemesis {
         rng: rng.fork(),
         nodes: cfg.nodes,
+        initial: cfg.nodes,
         crashed: Vec::new(),
         faults: TurmoilFaults::default(),
         now: 0,
+        spare_added: false,
+        drain_asked: false,
+        acts: 0,
+        add_at: 0,
+        drain_at: 0,
+        cfg: cfg.clone(),
+        seed,
+        shared: shared.clone(),
     };
+    nemesis.add_at = nemesis.rng.range(1, 6);
+    nemesis.drain_at = nemesis.add_at + nemesis.rng.range(2, 8);
     let mut errors = Vec::new();
     let mut healed = false;
     // Faults begin once the setup has had time to run.
@@ -781,9 +1002,6 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
             next_fault = steps + rng.range(0, 300);
         } else if !healed && cfg.faults && steps >= next_fault {
             nemesis.act(&mut sim, &slots);
-            if false {
-                nemesis_add_drain(&mut sim, &mut nemesis);
-            }
             next_fault = steps + rng.range(100, 1000);
         }
     }
@@ -813,6 +1031,9 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         }
     }
     let (f, alarms) = final_state(&slots, cfg.shards);
+    nemesis.faults.drains_accepted = shared.drains_accepted.load(Ordering::SeqCst);
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
     let mut report = checker::check(&history, &f);
     if alarms > 0 {
         report.violations.push(Violation {
@@ -844,16 +1065,15 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
 fn final_state(slots: &[Slot], shards: u32) -> (FinalState, u64) {
     let mut f = FinalState::default();
     let mut alarms = 0;
-    for s in 0..shards as usize {
+    for s in 0..shards {
         let mut best: Option<(u64, charging_node::ledger::ShardState)> = None;
-        for (i, slot) in slots.iter().enumerate() {
-            let g = slot.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(h) = g.as_ref() else { continue };
-            let view = h[s].store.view();
+        for slot in slots {
+            let Some(h) = slot.replica(s) else { continue };
+            let view = h.store.view();
             let idx = view.applied.map(|l| l.index).unwrap_or(0);
             f.replicas.push(ReplicaDigest {
-                node: i as u64 + 1,
-                shard: s as u32,
+                node: slot.id,
+                shard: s,
                 applied_index: idx,
                 state_hash: view.state.state_hash(),
             });

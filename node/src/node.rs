@@ -394,12 +394,17 @@ pub async fn start<L: LogEngine, I: Incoming>(
         rx.clone(),
     )));
     if let Some(join) = config.join.clone() {
+        // Over the injected connector, like all node-to-node traffic (§4b).
+        let channel = peers
+            .channel(&join)
+            .map_err(|e| anyhow::anyhow!("join address {join}: {e}"))?;
         tasks.push(tokio::spawn(crate::placement::join(
             crate::placement::Joiner {
                 me,
                 shards: config.shards,
                 addrs: config.members[&me].clone(),
                 via: join,
+                channel,
                 fresh: fresh_joiner,
             },
             admitted_tx,

@@ -337,17 +337,13 @@ type AdminClient = pb::admin_client::AdminClient<tonic::transport::Channel>;
 struct Clients(HashMap<String, AdminClient>);
 
 impl Clients {
-    fn get(&mut self, addr: &str, timeout: Duration) -> Option<AdminClient> {
+    /// Channels come from the node's connector (every call is bounded by
+    /// its caller).
+    fn get(&mut self, fd: &FrontDoor, addr: &str) -> Option<AdminClient> {
         if let Some(c) = self.0.get(addr) {
             return Some(c.clone());
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let c = AdminClient::new(ch);
+        let c = AdminClient::new(fd.peer_channel(addr).ok()?);
         if self.0.len() >= 256 {
             self.0.clear();
         }
@@ -367,7 +363,7 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
 
     // Observe every node.
     let calls = map.nodes.iter().filter_map(|(id, e)| {
-        let c = clients.get(&e.public, opts.call_timeout)?;
+        let c = clients.get(fd, &e.public)?;
         let id = *id;
         Some(async move {
             let mut c = c;
@@ -432,7 +428,7 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
         let Some(e) = map.nodes.get(&node) else {
             continue;
         };
-        let Some(mut c) = clients.get(&e.public, opts.call_timeout) else {
+        let Some(mut c) = clients.get(fd, &e.public) else {
             continue;
         };
         let mut req = tonic::Request::new(pb::DropReplicaRequest {
@@ -440,7 +436,10 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
             replica,
         });
         req.set_timeout(opts.call_timeout * 5);
-        match c.drop_replica(req).await {
+        let dropped = tokio::time::timeout(opts.call_timeout * 5, c.drop_replica(req))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("drop replica")));
+        match dropped {
             Ok(_) => tracing::info!(
                 node,
                 shard,
@@ -691,6 +690,8 @@ pub struct Joiner {
     pub addrs: crate::config::PeerAddrs,
     /// Public address of any cluster node to join through.
     pub via: String,
+    /// A (lazy) channel to `via`, from the node's connector.
+    pub channel: tonic::transport::Channel,
     /// Started with no replica list (new, or its data was lost).
     pub fresh: bool,
 }
@@ -705,20 +706,18 @@ pub async fn join(j: Joiner, admitted: watch::Sender<bool>, mut stop: watch::Rec
     loop {
         {
             let r = async {
-                let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", j.via))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(10))
-                    .connect()
-                    .await?;
-                let v = AdminClient::new(ch)
-                    .add_node(pb::AddNodeRequest {
-                        node_id: j.me,
-                        public_addr: j.addrs.public.clone(),
-                        internal_addr: j.addrs.internal.clone(),
-                        shards: j.shards,
-                        fresh: j.fresh,
-                    })
-                    .await?
+                let mut req = tonic::Request::new(pb::AddNodeRequest {
+                    node_id: j.me,
+                    public_addr: j.addrs.public.clone(),
+                    internal_addr: j.addrs.internal.clone(),
+                    shards: j.shards,
+                    fresh: j.fresh,
+                });
+                req.set_timeout(Duration::from_secs(10));
+                let mut client = AdminClient::new(j.channel.clone());
+                let v = tokio::time::timeout(Duration::from_secs(11), client.add_node(req))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("AddNode: no answer within 11 s"))??
                     .into_inner()
                     .map_version;
                 anyhow::Ok(v)
@@ -731,9 +730,12 @@ pub async fn join(j: Joiner, admitted: watch::Sender<bool>, mut stop: watch::Rec
                     return;
                 }
                 Err(e) => {
-                    let refused = e
-                        .downcast_ref::<tonic::Status>()
-                        .is_some_and(|s| s.code() == tonic::Code::FailedPrecondition);
+                    let refused = e.downcast_ref::<tonic::Status>().is_some_and(|s| {
+                        matches!(
+                            s.code(),
+                            tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+                        )
+                    });
                     if refused {
                         tracing::error!(node = j.me, via = j.via, error = %e, "join refused; not retrying");
                         return;

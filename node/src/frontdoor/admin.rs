@@ -102,11 +102,7 @@ impl AdminService {
             Err(ChangeError::Unavailable(why)) => Err(Status::unavailable(why)),
             Err(ChangeError::NotLeader(Some(l))) if !forwarded && l != fd.node => {
                 let addr = fd.public_addr(l).ok_or_else(|| not_leader(fd, None))?;
-                let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .connect_timeout(std::time::Duration::from_secs(1))
-                    .timeout(std::time::Duration::from_secs(10))
-                    .connect_lazy();
+                let ch = fd.peer_channel(&addr).map_err(Status::internal)?;
                 Ok(Changed::Forward(AdminClient::new(ch)))
             }
             Err(ChangeError::NotLeader(l)) => Err(not_leader(fd, l)),
@@ -115,11 +111,46 @@ impl AdminService {
 }
 
 /// The request, marked as forwarded.
+/// How long a membership change forwarded to the metadata leader may take.
+const FORWARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Bounds a forwarded call (the peer may be gone behind a half-open
+/// connection).
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    tokio::time::timeout(FORWARD_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::unavailable(
+                "the metadata leader did not answer in time; retry",
+            ))
+        })
+}
+
 fn marked<M>(m: M) -> Request<M> {
     let mut r = Request::new(m);
+    r.set_timeout(FORWARD_DEADLINE);
     r.metadata_mut()
         .insert(super::FORWARDED, "1".parse().expect("ascii"));
     r
+}
+
+/// `ip:port`, `[ipv6]:port` or `hostname:port` (compose and Kubernetes name
+/// their nodes).
+fn is_host_port(a: &str) -> bool {
+    if a.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|p| p > 0)
+        && !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 fn done(v: u64) -> Result<Response<pb::NodeChangeResponse>, Status> {
@@ -302,7 +333,7 @@ impl Admin for AdminService {
             ("public_addr", &m.public_addr),
             ("internal_addr", &m.internal_addr),
         ] {
-            if a.parse::<std::net::SocketAddr>().is_err() {
+            if !is_host_port(a) {
                 return Err(Status::invalid_argument(format!(
                     "{what}: `{a}` is not host:port"
                 )));
@@ -361,7 +392,7 @@ impl Admin for AdminService {
             .await?;
         match changed {
             Changed::Done(v) => done(v),
-            Changed::Forward(mut c) => c.add_node(marked(m)).await,
+            Changed::Forward(mut c) => bounded(c.add_node(marked(m))).await,
         }
     }
 
@@ -394,7 +425,7 @@ impl Admin for AdminService {
             .await?;
         match changed {
             Changed::Done(v) => done(v),
-            Changed::Forward(mut c) => c.drain_node(marked(m)).await,
+            Changed::Forward(mut c) => bounded(c.drain_node(marked(m))).await,
         }
     }
 
@@ -440,7 +471,7 @@ impl Admin for AdminService {
             .await?;
         match changed {
             Changed::Done(v) => done(v),
-            Changed::Forward(mut c) => c.remove_node(marked(m)).await,
+            Changed::Forward(mut c) => bounded(c.remove_node(marked(m))).await,
         }
     }
 
@@ -466,5 +497,34 @@ impl Admin for AdminService {
             .await
             .map_err(Status::internal)?;
         Ok(Response::new(pb::DropReplicaResponse { dropped }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_port;
+
+    #[test]
+    fn node_addresses_may_be_names_or_ips() {
+        for ok in [
+            "127.0.0.1:50051",
+            "[::1]:7000",
+            "node4:50051",
+            "n1.svc.local:5000",
+        ] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "node4",
+            "node4:",
+            ":5000",
+            "node4:0",
+            "node4:99999",
+            "a b:1",
+            "x..y:1",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
     }
 }

@@ -277,6 +277,23 @@ impl FrontDoor {
         }
     }
 
+    /// A lazy channel to another node's public address: over the injected
+    /// connector once the transport is set (DESIGN §4b: the simulator's
+    /// network carries every node-to-node call), else plain TCP. Callers
+    /// bound each call with their own deadline.
+    pub fn peer_channel(&self, addr: &str) -> Result<Channel, String> {
+        match self.transport.get() {
+            Some(t) => t.channel(addr),
+            None => Ok(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy(),
+            ),
+        }
+    }
+
     fn forward_client(&self, leader: NodeId) -> Result<ChargingClient<Channel>, Status> {
         if let Some(c) = self.forward.get(&leader) {
             return Ok(c.clone());
@@ -287,14 +304,7 @@ impl FrontDoor {
         if self.forward.len() >= self.limits.max_forward_peers {
             self.forward.clear();
         }
-        let ch = match self.transport.get() {
-            Some(t) => t.channel(&addr).map_err(Status::internal)?,
-            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| Status::internal(e.to_string()))?
-                .connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        };
+        let ch = self.peer_channel(&addr).map_err(Status::internal)?;
         let c = ChargingClient::new(ch);
         self.forward.insert(leader, c.clone());
         Ok(c)
