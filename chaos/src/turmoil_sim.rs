@@ -43,6 +43,9 @@ const INTERNAL_PORT: u16 = 7000;
 const T0_MS: u64 = 1_750_000_000_000;
 /// Largest clock jump of a node, either way (the cluster's clock bound is 250 ms).
 const MAX_CLOCK_JUMP_MS: u64 = 200;
+/// Largest delay between a log write and its flush (simulated ms): a crash
+/// loses what is not flushed yet.
+const FLUSH_MS: u64 = 10;
 /// Bound of one run, in simulated steps of 1 ms.
 const MAX_STEPS: u64 = 400_000;
 
@@ -249,7 +252,7 @@ impl Slot {
             id,
             seed,
             logs: Arc::default(),
-            meta: SimLog::new(seed ^ (id << 32) ^ 0xFFFF, 3),
+            meta: SimLog::new(seed ^ (id << 32) ^ 0xFFFF, FLUSH_MS),
             clock: SimClock::default(),
             dir,
             hosted: Arc::default(),
@@ -263,7 +266,7 @@ impl Slot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry((shard, incarnation))
-            .or_insert_with(|| SimLog::new(seed, 3))
+            .or_insert_with(|| SimLog::new(seed, FLUSH_MS))
             .clone()
     }
 
@@ -1002,7 +1005,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
             next_fault = steps + rng.range(0, 300);
         } else if !healed && cfg.faults && steps >= next_fault {
             nemesis.act(&mut sim, &slots);
-            next_fault = steps + rng.range(100, 1000);
+            next_fault = steps + rng.range(50, 600);
         }
     }
     if let Some(e) = shared.setup_failed.lock().expect("lock").take() {

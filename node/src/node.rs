@@ -244,10 +244,11 @@ pub async fn start<L: LogEngine, I: Incoming>(
         Some(dir) => ShardStore::open(config.ledger.clone(), dir.join("meta.snap"))?,
         None => ShardStore::new(config.ledger.clone()),
     };
+    let meta_member = replica_id(me, INITIAL_INCARNATION);
     let meta_raft = crate::raft::Runtime::scope(
         crate::raft::group_seed(config.rng_seed, me, META_GROUP),
         Raft::new(
-            replica_id(me, INITIAL_INCARNATION),
+            meta_member,
             raft_cfg.clone(),
             GroupNetworkFactory {
                 shard: META_GROUP,
@@ -259,7 +260,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     )
     .await?;
     if !fresh_joiner {
-        groups.insert(META_GROUP, meta_raft.clone());
+        groups.insert(META_GROUP, (meta_member, meta_raft.clone()));
     }
     let front_door = FrontDoor::new(
         me,
@@ -368,7 +369,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
         );
         tasks.push(tokio::spawn(async move {
             if admitted.wait_for(|a| *a).await.is_ok() {
-                groups.insert(META_GROUP, meta_raft);
+                groups.insert(META_GROUP, (meta_member, meta_raft));
                 if let Err(e) = replicas.save() {
                     tracing::error!(error = %e, "writing the replica list failed");
                 }

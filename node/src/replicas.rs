@@ -198,7 +198,7 @@ impl<L: LogEngine> ReplicaSet<L> {
             actor,
             deciding,
         };
-        self.groups.insert(shard, raft);
+        self.groups.insert(shard, (replica, raft));
         self.hosted.insert(shard, h.clone());
         self.save()?;
         if incarnation != crate::node::INITIAL_INCARNATION {

@@ -508,6 +508,7 @@ impl Peers {
         &self,
         addr: &str,
         shard: ShardId,
+        to_replica: NodeId,
         kind: RaftKind,
         req: &Req,
         timeout: Duration,
@@ -523,6 +524,7 @@ impl Peers {
             body,
             sender_clock_ms: self.clock.now_ms(),
             from_node: self.me,
+            to_replica,
         });
         request.set_timeout(timeout);
         let reply = match tokio::time::timeout(timeout, client.call(request)).await {
@@ -597,6 +599,7 @@ impl Peers {
         &self,
         addr: &str,
         shard: ShardId,
+        to_replica: NodeId,
         header: (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>),
         data: Vec<u8>,
         ttl: Duration,
@@ -626,6 +629,7 @@ impl Peers {
                 }
                 let chunk = SnapshotChunk {
                     shard,
+                    to_replica,
                     from_node: self.me,
                     header: std::mem::take(&mut header),
                     total_bytes: total as u64,
@@ -735,6 +739,8 @@ struct Session<S> {
     peers: Arc<Peers>,
     id: u64,
     shard: ShardId,
+    /// The member id of the replica this session feeds.
+    to_replica: NodeId,
     rx: mpsc::UnboundedReceiver<SessionEvent>,
     /// Send times of the unanswered requests, oldest first.
     pending: VecDeque<Instant>,
@@ -765,6 +771,7 @@ impl<S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin> Session<S> {
             body,
             end,
             from_node: self.peers.me,
+            to_replica: self.to_replica,
         })
     }
 
@@ -895,6 +902,7 @@ impl<S> Drop for Session<S> {
                 body: Vec::new(),
                 end: true,
                 from_node: self.peers.me,
+                to_replica: self.to_replica,
             });
         }
     }
@@ -913,6 +921,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         GroupNetwork {
             shard: self.shard,
+            replica: target,
             target: super::node_of(target),
             addr: node.addr.clone(),
             peers: self.peers.clone(),
@@ -923,6 +932,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 /// A connection of one group to one peer replica (a view on the peer link).
 pub struct GroupNetwork {
     shard: ShardId,
+    /// The peer replica's member id (node << 32 | incarnation).
+    replica: NodeId,
     /// The peer's node id.
     target: u64,
     addr: String,
@@ -938,7 +949,14 @@ impl GroupNetwork {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let r = self
             .peers
-            .call(&self.addr, self.shard, kind, req, option.hard_ttl())
+            .call(
+                &self.addr,
+                self.shard,
+                self.replica,
+                kind,
+                req,
+                option.hard_ttl(),
+            )
             .await
             .map_err(CallError::into_rpc)?;
         self.peers.note_heard(self.target);
@@ -969,6 +987,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let addr = self.addr.clone();
         let shard = self.shard;
         let target = self.target;
+        let to_replica = self.replica;
         Box::pin(async move {
             if peers.is_isolated() {
                 peers.cut_streams();
@@ -987,6 +1006,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                 peers,
                 id,
                 shard,
+                to_replica,
                 rx,
                 pending: VecDeque::with_capacity(window),
                 next_seq: 0,
@@ -1034,6 +1054,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let send = self.peers.send_snapshot(
             &self.addr,
             self.shard,
+            self.replica,
             (vote, snapshot.meta),
             snapshot.snapshot.into_inner(),
             option.hard_ttl(),

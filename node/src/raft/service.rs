@@ -10,7 +10,7 @@
 //!
 //! Fault injection: while `isolated` is set, new calls are refused and an open
 //! `Append` stream fails on its next frame in either direction.
-use super::{Raft, ShardId, TypeConfig};
+use super::{NodeId, Raft, ShardId, TypeConfig};
 use crate::codec;
 use charging_proto::internal::{
     raft_internal_server::RaftInternal, AppendFrame, AppendReply, RaftKind, RaftReply, RaftRequest,
@@ -33,7 +33,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The groups this node hosts, by shard.
-pub type Groups = Arc<DashMap<ShardId, Raft>>;
+/// The groups a node hosts: for each shard (and the metadata group) the
+/// member id of its replica here and its Raft.
+pub type Groups = Arc<DashMap<ShardId, (NodeId, Raft)>>;
 
 /// Requests one session may have queued before its group takes them. The
 /// sender keeps at most its window (64) unanswered, so a full queue means a
@@ -71,6 +73,23 @@ fn body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
     codec::decode(b).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// The Raft of `shard`'s replica here, if it is the one addressed: a message
+/// for another incarnation (one that left the group, or one not created yet)
+/// must not reach this one, or a leader would take this replica's log for
+/// the other's (openraft then panics when that log seems to go backwards).
+fn group(groups: &Groups, shard: ShardId, to_replica: NodeId) -> Result<Raft, Status> {
+    let Some(g) = groups.get(&shard) else {
+        return Err(Status::not_found(format!("shard {shard} not hosted here")));
+    };
+    let (id, raft) = g.value();
+    if to_replica != 0 && to_replica != *id {
+        return Err(Status::unavailable(format!(
+            "shard {shard}: replica {to_replica} is not hosted here (this node hosts {id})"
+        )));
+    }
+    Ok(raft.clone())
+}
+
 fn isolated_status() -> Status {
     Status::unavailable("isolated (fault injection)")
 }
@@ -80,11 +99,8 @@ impl RaftService {
         self.isolated.load(Ordering::SeqCst)
     }
 
-    fn group(&self, shard: ShardId) -> Result<Raft, Status> {
-        self.groups
-            .get(&shard)
-            .map(|r| r.clone())
-            .ok_or_else(|| Status::not_found(format!("shard {shard} not hosted here")))
+    fn group(&self, shard: ShardId, to_replica: NodeId) -> Result<Raft, Status> {
+        group(&self.groups, shard, to_replica)
     }
 }
 
@@ -155,10 +171,12 @@ async fn demux(
                 }
             }
         } else if frame.seq == 0 {
-            let Some(raft) = groups.get(&frame.shard).map(|r| r.clone()) else {
-                let m = format!("shard {} not hosted here", frame.shard);
-                let _ = out.send(fail(m)).await;
-                continue;
+            let raft = match group(&groups, frame.shard, frame.to_replica) {
+                Ok(r) => r,
+                Err(s) => {
+                    let _ = out.send(fail(s.message().to_string())).await;
+                    continue;
+                }
             };
             let (tx, rx) = mpsc::channel(SESSION_QUEUE);
             let _ = tx.try_send(req);
@@ -223,7 +241,7 @@ impl RaftInternal for RaftService {
         }
         let req = request.into_inner();
         self.heard.insert(req.from_node, std::time::Instant::now());
-        let raft = self.group(req.shard)?;
+        let raft = self.group(req.shard, req.to_replica)?;
         let out = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
             RaftKind::Vote => reply(raft.vote(body(&req.body)?).await)?,
             RaftKind::PreVote => reply(raft.pre_vote(body(&req.body)?).await)?,
@@ -277,7 +295,7 @@ impl RaftInternal for RaftService {
                 self.max_snapshot_bytes
             )));
         }
-        let raft = self.group(first.shard)?;
+        let raft = self.group(first.shard, first.to_replica)?;
         let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = body(&first.header)?;
         let mut data = Vec::with_capacity(total as usize);
         data.extend_from_slice(&first.data);
