@@ -308,11 +308,11 @@ impl ShardState {
                 Applied::Ok(reply)
             }
             Decision::Duplicate(_) => {
-                self.alarms = self.alarms.saturating_add(1);
+                self.alarm(ev, "a duplicate");
                 Applied::Refused(Rejection::RequestIdReused)
             }
             Decision::Reject(r) => {
-                self.alarms = self.alarms.saturating_add(1);
+                self.alarm(ev, &format!("{r:?}"));
                 Applied::Refused(r)
             }
         };
@@ -320,6 +320,20 @@ impl ShardState {
             self.accounts.insert(AccountKey::from(id), a);
         }
         out
+    }
+
+    /// Counts and logs an accepted event whose decision did not reproduce
+    /// on apply: the replicas' states diverged somewhere.
+    fn alarm(&mut self, ev: &AccountEvent, now: &str) {
+        self.alarms = self.alarms.saturating_add(1);
+        tracing::error!(
+            account = %ev.request.account.0,
+            request = ?ev.request.cmd,
+            expected_version = ev.expected_version,
+            decided_ms = ev.decided_ms,
+            on_apply = now,
+            "an accepted event did not reproduce on apply (alarm)"
+        );
     }
 
     pub fn account(&self, id: &AccountId) -> Option<&Arc<Account>> {

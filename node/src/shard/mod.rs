@@ -148,6 +148,11 @@ struct VAccount {
     /// Id of `queue[0]`.
     front_id: u64,
     queue: VecDeque<Waiter>,
+    /// An event of this account failed to commit under this leader; it may
+    /// still commit under the next. Until the account goes idle (and is
+    /// rebuilt from applied state), a duplicate decided on the speculative
+    /// state may be of that very event: it is answered unknown, never OK.
+    uncertain: bool,
 }
 
 struct Inflight {
@@ -412,6 +417,7 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
                 spec,
                 front_id: 0,
                 queue: VecDeque::new(),
+                uncertain: false,
             },
         );
     }
@@ -450,6 +456,10 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
         }
         // Internal requests (expiry) need no answer for a duplicate or a rejection.
         Decision::Duplicate(_) | Decision::Reject(_) if reply.is_none() => None,
+        Decision::Duplicate(_) if acct.uncertain => Some(WaitState::Ready(Outcome::Unknown(
+            "an earlier request on this account has an unknown outcome; \
+             retry with the same request id",
+        ))),
         Decision::Duplicate(r) => Some(WaitState::Ready(Outcome::Done(Ok(r)))),
         Decision::Reject(rej) => {
             st.reads_open.push((account.clone(), waiter_id));
@@ -652,12 +662,8 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
         Err(e) => {
             tracing::warn!(shard = st.a.shard, error = %e, "batch not committed under this leader");
             for (account, id) in batch.members.into_iter().flatten() {
-                // The speculative state includes the lost event: a duplicate
-                // decided on it later would be answered OK for nothing. Start
-                // again from the applied state (in-flight events decided on
-                // the lost one conflict on apply by their expected version).
                 if let Some(a) = st.accounts.get_mut(&account) {
-                    a.spec = st.a.store.view().state.account(&account).cloned();
+                    a.uncertain = true;
                 }
                 set_ready(
                     st,
