@@ -40,6 +40,9 @@ const PINNED: &[(u64, u64, bool)] = &[
     // taken for the newcomer's ("Raft messages name the replica they are
     // for").
     (11, 3, true),
+    // (Seed 1 with 3 nodes, in `three_node_seeds_hold_every_invariant`, once
+    // raised an apply alarm: see "after a batch fails to commit, a duplicate
+    // on that account is answered unknown".)
 ];
 
 fn run(seed: u64, nodes: u64, scale: bool) -> TurmoilRun {
