@@ -16,6 +16,7 @@ pub mod checker;
 mod checker_tests;
 pub mod fast;
 pub mod history;
+pub mod real;
 pub mod rng;
 pub mod simlog;
 pub mod turmoil_sim;

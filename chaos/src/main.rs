@@ -30,8 +30,38 @@ enum Layer {
     Turmoil,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RealTarget {
+    /// Processes of scripts/cluster.sh (kill -9 / restart, SIGSTOP / SIGCONT).
+    Local,
+    /// Containers of scripts/compose.sh (docker kill / start, pause /
+    /// unpause, network disconnect / connect).
+    Compose,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Load and faults against a running cluster, then the checker.
+    Real {
+        #[arg(long, value_enum, default_value = "local")]
+        target: RealTarget,
+        /// scripts/cluster.sh's folder (local target).
+        #[arg(long, default_value = ".cluster")]
+        cluster_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds of load and faults.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        #[arg(long, default_value_t = 8)]
+        accounts: usize,
+        #[arg(long, default_value_t = 20_000)]
+        max_ops_per_client: u32,
+    },
     /// Run seeded simulations.
     Sim {
         #[arg(long, value_enum, default_value = "turmoil")]
@@ -104,6 +134,57 @@ fn main() {
     }
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Real {
+            target,
+            cluster_dir,
+            nodes,
+            seed,
+            duration,
+            clients,
+            accounts,
+            max_ops_per_client,
+        } => {
+            let cfg = charging_chaos::real::RealConfig {
+                target: match target {
+                    RealTarget::Local => charging_chaos::real::Target::Local { dir: cluster_dir },
+                    RealTarget::Compose => charging_chaos::real::Target::Compose,
+                },
+                nodes,
+                seed,
+                duration: std::time::Duration::from_secs(duration),
+                clients,
+                accounts,
+                max_ops_per_client,
+            };
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let run = rt.block_on(charging_chaos::real::run(cfg));
+            let r = &run.report;
+            for l in &run.faults.log {
+                println!("fault {l}");
+            }
+            println!(
+                "real {target:?}: {:.1}s, faults {} (kills {}, pauses {}, disconnects {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, violations {}",
+                run.elapsed.as_secs_f64(),
+                run.faults.total(),
+                run.faults.kills,
+                run.faults.pauses,
+                run.faults.disconnects,
+                run.faults.command_errors,
+                r.ops,
+                r.acked,
+                r.rejected,
+                r.unknown,
+                r.accounts,
+                r.inconclusive,
+                r.violations.len()
+            );
+            for v in r.violations.iter().take(20) {
+                println!("  {v}");
+            }
+            if !r.ok() || run.faults.total() == 0 || r.acked == 0 {
+                std::process::exit(1);
+            }
+        }
         Cmd::Sim {
             layer,
             seed,

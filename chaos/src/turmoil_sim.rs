@@ -983,7 +983,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         }
         steps += 1;
         nemesis.now = steps;
-        if progress && steps % 5_000 == 0 {
+        if progress && steps.is_multiple_of(5_000) {
             eprintln!(
                 "[sim] {steps} ms, ops {}, faults {}, done {}, healed {healed}",
                 shared.history.lock().expect("lock").ops.len(),

@@ -1,0 +1,466 @@
+//! Chaos against real processes (`chargechaos real`): the seeded workload of
+//! the simulators runs over real gRPC against a running cluster while a
+//! seeded nemesis breaks its nodes the way an operator's bad day does, then
+//! everything heals, the replicas converge and the same [`checker`] runs on
+//! the acknowledged history and the balances read back.
+//!
+//! Targets (the cluster is started and stopped by `scripts/chaos.sh`):
+//! - `local`: processes of `scripts/cluster.sh` (node i on 127.0.0.i:50051):
+//!   `kill -9` then restart, `SIGSTOP` then `SIGCONT`.
+//! - `compose`: containers of `scripts/compose.sh` (node i on
+//!   127.0.0.1:5505i): `docker kill` then start, `docker pause` then
+//!   unpause, `docker network disconnect` then connect (the node is cut off
+//!   from every peer and from clients: a partition of one).
+//!
+//! One fault at a time, so a majority of every group stays up; each is
+//! healed before the next. Every wait has a deadline.
+use crate::checker::{self, Kind, Report, Violation};
+use crate::history::{AccountSummary, FinalAccount, FinalState, History, Outcome};
+use crate::rng::Rng;
+use crate::workload::{self, Workload};
+use charging_client::proto::admin_client::AdminClient;
+use charging_client::proto::charging_client::ChargingClient;
+use charging_client::proto::{self as pb};
+use charging_node::ledger::{AccountId, Limits, Request};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `scripts/cluster.sh` processes; the folder holds `nodeN/pid`.
+    Local { dir: PathBuf },
+    /// `scripts/compose.sh` containers.
+    Compose,
+}
+
+#[derive(Clone, Debug)]
+pub struct RealConfig {
+    pub target: Target,
+    pub nodes: u64,
+    pub seed: u64,
+    pub duration: Duration,
+    pub clients: u32,
+    pub accounts: usize,
+    /// Bound on each client's operations (the run also ends at `duration`).
+    pub max_ops_per_client: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RealFaults {
+    pub kills: u64,
+    pub pauses: u64,
+    pub disconnects: u64,
+    /// Fault commands that failed (the run reports them; they are not faults).
+    pub command_errors: u64,
+    pub log: Vec<String>,
+}
+
+impl RealFaults {
+    pub fn total(&self) -> u64 {
+        self.kills + self.pauses + self.disconnects
+    }
+}
+
+pub struct RealRun {
+    pub report: Report,
+    pub faults: RealFaults,
+    pub elapsed: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn public_addr(target: &Target, node: u64) -> String {
+    match target {
+        Target::Local { .. } => format!("127.0.0.{node}:50051"),
+        Target::Compose => format!("127.0.0.1:{}", 55050 + node),
+    }
+}
+
+fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid address")
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// Calls one node after another, following leader hints; retries reuse the
+/// request (and its id). An attempt that fails leaves the outcome unknown.
+struct Caller {
+    channels: Vec<(String, Channel)>,
+    rng: Rng,
+}
+
+impl Caller {
+    fn new(target: &Target, nodes: u64, rng: Rng) -> Caller {
+        let channels = (1..=nodes)
+            .map(|i| {
+                let a = public_addr(target, i);
+                (a.clone(), channel(&a))
+            })
+            .collect();
+        Caller { channels, rng }
+    }
+
+    fn any(&mut self) -> (String, Channel) {
+        let i = self.rng.below(self.channels.len() as u64) as usize;
+        self.channels[i].clone()
+    }
+
+    fn by_addr(&mut self, addr: &str) -> Option<(String, Channel)> {
+        self.channels.iter().find(|(a, _)| a == addr).cloned()
+    }
+
+    async fn call(&mut self, req: &Request) -> Outcome {
+        let (mut addr, mut ch) = self.any();
+        for _ in 0..6 {
+            match crate::wire::send(ch.clone(), req, Duration::from_millis(2000), true).await {
+                Ok(o) => return o,
+                Err(status) => {
+                    let hint = charging_client::leader_hint(&status)
+                        .map(|h| h.trim_start_matches("http://").to_string());
+                    match hint.filter(|h| *h != addr).and_then(|h| self.by_addr(&h)) {
+                        Some((a, c)) => (addr, ch) = (a, c),
+                        None => {
+                            let pause = self.rng.range(20, 200);
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                            (addr, ch) = self.any();
+                        }
+                    }
+                }
+            }
+        }
+        Outcome::Unknown
+    }
+}
+
+struct Shared {
+    history: Mutex<History>,
+    tick: AtomicU64,
+    stop: AtomicBool,
+}
+
+async fn run_op(
+    shared: &Shared,
+    workload: &Mutex<Workload>,
+    caller: &mut Caller,
+    p: u32,
+    req: Request,
+) -> Outcome {
+    let id = {
+        let at = shared.tick.fetch_add(1, Ordering::SeqCst);
+        shared
+            .history
+            .lock()
+            .expect("lock")
+            .invoke(p, req.clone(), now_ms(), at)
+    };
+    let out = caller.call(&req).await;
+    let at = shared.tick.fetch_add(1, Ordering::SeqCst);
+    shared
+        .history
+        .lock()
+        .expect("lock")
+        .complete(id, out.clone(), at);
+    workload.lock().expect("lock").observe(&req, &out);
+    out
+}
+
+/// Runs one fault command (bounded); false if it failed.
+async fn sh(args: &[String]) -> bool {
+    let mut c = tokio::process::Command::new(&args[0]);
+    c.args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(120), c.status()).await,
+        Ok(Ok(s)) if s.success()
+    )
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// The command that applies (`on`) or heals one fault of `kind` on `node`.
+fn fault_cmd(target: &Target, kind: &str, node: u64, on: bool) -> Vec<String> {
+    let n = node.to_string();
+    match target {
+        Target::Local { dir } => {
+            let pid = dir.join(format!("node{node}")).join("pid");
+            let pid = std::fs::read_to_string(pid)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            match (kind, on) {
+                ("kill", true) => s(&["scripts/cluster.sh", "kill", &n]),
+                ("kill", false) => s(&["scripts/cluster.sh", "restart", &n]),
+                ("pause", true) => s(&["kill", "-STOP", &pid]),
+                _ => s(&["kill", "-CONT", &pid]),
+            }
+        }
+        Target::Compose => match (kind, on) {
+            ("kill", true) => s(&["scripts/compose.sh", "kill", &n]),
+            ("kill", false) => s(&["scripts/compose.sh", "start", &n]),
+            ("pause", true) => s(&["scripts/compose.sh", "pause", &n]),
+            ("pause", false) => s(&["scripts/compose.sh", "unpause", &n]),
+            ("disconnect", true) => s(&["scripts/compose.sh", "disconnect", &n]),
+            _ => s(&["scripts/compose.sh", "connect", &n]),
+        },
+    }
+}
+
+async fn nemesis(
+    cfg: RealConfig,
+    shared: Arc<Shared>,
+    mut rng: Rng,
+    started: Instant,
+) -> RealFaults {
+    let mut f = RealFaults::default();
+    let kinds: &[&str] = match cfg.target {
+        Target::Local { .. } => &["kill", "pause"],
+        Target::Compose => &["kill", "pause", "disconnect"],
+    };
+    while !shared.stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.range(1500, 4000))).await;
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let kind = *rng.pick(kinds).expect("kinds");
+        let node = rng.range(1, cfg.nodes);
+        let t = started.elapsed().as_secs_f64();
+        if !sh(&fault_cmd(&cfg.target, kind, node, true)).await {
+            f.command_errors += 1;
+            f.log
+                .push(format!("{t:.1}s {kind} n{node}: command failed"));
+            continue;
+        }
+        match kind {
+            "kill" => f.kills += 1,
+            "pause" => f.pauses += 1,
+            _ => f.disconnects += 1,
+        }
+        let hold = rng.range(1000, 3000);
+        f.log.push(format!("{t:.1}s {kind} n{node} for {hold} ms"));
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+        // Heal, retried: a restart must happen or the run is not checked.
+        let mut healed = false;
+        for _ in 0..3 {
+            if sh(&fault_cmd(&cfg.target, kind, node, false)).await {
+                healed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if !healed {
+            f.command_errors += 1;
+            f.log.push(format!("heal of {kind} n{node} failed"));
+        }
+    }
+    f
+}
+
+/// Waits (bounded) until every shard's replicas report the same applied
+/// index on every node, twice in a row.
+async fn converge(target: &Target, nodes: u64, deadline: Duration) -> Result<(), String> {
+    let until = Instant::now() + deadline;
+    let mut stable = 0;
+    let mut last = String::new();
+    while Instant::now() < until {
+        let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let mut all = true;
+        for i in 1..=nodes {
+            let mut r = tonic::Request::new(pb::StatusRequest {});
+            r.set_timeout(Duration::from_secs(1));
+            let mut c = AdminClient::new(channel(&public_addr(target, i)));
+            match tokio::time::timeout(Duration::from_millis(1500), c.status(r)).await {
+                Ok(Ok(s)) => {
+                    for sh in &s.get_ref().shard_status {
+                        by_shard
+                            .entry(sh.shard_id)
+                            .or_default()
+                            .push(sh.applied_index);
+                    }
+                }
+                _ => all = false,
+            }
+        }
+        let equal = by_shard
+            .values()
+            .all(|v| v.len() >= 3 && v.windows(2).all(|w| w[0] == w[1]));
+        last = format!("{by_shard:?}");
+        if all && equal && !by_shard.is_empty() {
+            stable += 1;
+            if stable >= 2 {
+                return Ok(());
+            }
+        } else {
+            stable = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "replicas did not converge within {deadline:?}: applied by shard {last}"
+    ))
+}
+
+/// Each account's summary, read through the cluster (linearizable reads).
+async fn read_back(
+    caller: &mut Caller,
+    accounts: &[AccountId],
+) -> Result<BTreeMap<AccountId, FinalAccount>, String> {
+    let mut out = BTreeMap::new();
+    for a in accounts {
+        let mut got = None;
+        for _ in 0..20 {
+            let (_, ch) = caller.any();
+            let mut r = tonic::Request::new(pb::BalanceRequest {
+                account_id: a.0.clone(),
+            });
+            r.set_timeout(Duration::from_secs(2));
+            match ChargingClient::new(ch).balance(r).await {
+                Ok(resp) => {
+                    let b = resp.into_inner();
+                    if b.result == pb::ResultCode::Ok as i32 {
+                        let main = b.buckets.iter().find(|x| x.bucket_id == 1);
+                        got = Some(Some(AccountSummary {
+                            version: b.version,
+                            main_balance: main.map_or(0, |m| m.balance),
+                            main_reserved: main.map_or(0, |m| m.reserved),
+                            debt: b.debt,
+                            credit_limit: b.credit_limit,
+                            open_reservations: b.open_reservations,
+                        }));
+                    } else if crate::wire::rejection(b.result)
+                        == Some(charging_node::ledger::Rejection::AccountNotFound)
+                    {
+                        got = Some(None);
+                    }
+                    if got.is_some() {
+                        break;
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        match got {
+            Some(Some(s)) => {
+                out.insert(a.clone(), FinalAccount::View(s));
+            }
+            Some(None) => {}
+            None => return Err(format!("balance of {} never read", a.0)),
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(cfg: RealConfig) -> RealRun {
+    let started = Instant::now();
+    let mut rng = Rng::new(cfg.seed);
+    let limits = Limits {
+        reservation_validity_ms: 3_600_000,
+        ..Limits::default()
+    };
+    let shared = Arc::new(Shared {
+        history: Mutex::new(History::new(workload::tariffs(), limits)),
+        tick: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let prefix = format!("chaos-{}-{}", cfg.seed, now_ms());
+    let workload = Arc::new(Mutex::new(Workload::new(
+        rng.next_u64(),
+        cfg.accounts,
+        &prefix,
+    )));
+    let mut caller = Caller::new(&cfg.target, cfg.nodes, rng.fork());
+    let mut errors = Vec::new();
+    // Setup on a healthy cluster: the tariff, then the accounts (recorded).
+    let rid = crate::history::request_id_at(now_ms(), rng.next_u64()).0;
+    let mut tariff_ok = false;
+    for _ in 0..50 {
+        let (_, ch) = caller.any();
+        let mut r = tonic::Request::new(crate::wire::set_tariff_request(rid));
+        r.set_timeout(Duration::from_secs(2));
+        if let Ok(resp) = ChargingClient::new(ch).set_tariff(r).await {
+            if resp.get_ref().result == 1 {
+                tariff_ok = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !tariff_ok {
+        errors.push("tariff never set".to_string());
+    }
+    let creates = workload.lock().expect("lock").setup(now_ms());
+    for req in creates {
+        run_op(&shared, &workload, &mut caller, 0, req).await;
+    }
+    let nem = tokio::spawn(nemesis(cfg.clone(), shared.clone(), rng.fork(), started));
+    let until = Instant::now() + cfg.duration;
+    let mut tasks = Vec::new();
+    for p in 1..=cfg.clients {
+        let (shared, workload) = (shared.clone(), workload.clone());
+        let mut caller = Caller::new(&cfg.target, cfg.nodes, rng.fork());
+        let max = cfg.max_ops_per_client;
+        tasks.push(tokio::spawn(async move {
+            let mut unknown: Option<Request> = None;
+            for _ in 0..max {
+                if Instant::now() >= until {
+                    break;
+                }
+                let req = match unknown.take() {
+                    Some(r) if caller.rng.chance(70) => r,
+                    _ => workload.lock().expect("lock").next(p, now_ms()),
+                };
+                let out = run_op(&shared, &workload, &mut caller, p, req.clone()).await;
+                if !out.is_definite() {
+                    unknown = Some(req);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    let faults = nem.await.unwrap_or_default();
+    if let Err(e) = converge(&cfg.target, cfg.nodes, Duration::from_secs(60)).await {
+        errors.push(e);
+    }
+    let accounts = workload.lock().expect("lock").accounts.clone();
+    let history = shared.history.lock().expect("lock").clone();
+    let fin = match read_back(&mut caller, &accounts).await {
+        Ok(a) => FinalState {
+            accounts: a,
+            replicas: Vec::new(),
+        },
+        Err(e) => {
+            errors.push(e);
+            FinalState::default()
+        }
+    };
+    let mut report = checker::check(&history, &fin);
+    for e in errors {
+        report.violations.push(Violation {
+            kind: Kind::Invariant,
+            account: None,
+            detail: e,
+        });
+    }
+    RealRun {
+        report,
+        faults,
+        elapsed: started.elapsed(),
+    }
+}
