@@ -82,6 +82,18 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.violations.is_empty()
     }
+
+    /// A run's own failures (no convergence, a setup that failed...) count
+    /// as invariant violations: the run proves nothing.
+    pub fn add_run_errors(&mut self, errors: impl IntoIterator<Item = String>) {
+        for detail in errors {
+            self.violations.push(Violation {
+                kind: Kind::Invariant,
+                account: None,
+                detail,
+            });
+        }
+    }
     pub fn has(&self, kind: Kind) -> bool {
         self.violations.iter().any(|v| v.kind == kind)
     }

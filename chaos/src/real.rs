@@ -14,7 +14,7 @@
 //!
 //! One fault at a time, so a majority of every group stays up; each is
 //! healed before the next. Every wait has a deadline.
-use crate::checker::{self, Kind, Report, Violation};
+use crate::checker::{self, Report};
 use crate::history::{AccountSummary, FinalAccount, FinalState, History, Outcome};
 use crate::rng::Rng;
 use crate::workload::{self, Workload};
@@ -451,13 +451,7 @@ pub async fn run(cfg: RealConfig) -> RealRun {
         }
     };
     let mut report = checker::check(&history, &fin);
-    for e in errors {
-        report.violations.push(Violation {
-            kind: Kind::Invariant,
-            account: None,
-            detail: e,
-        });
-    }
+    report.add_run_errors(errors);
     RealRun {
         report,
         faults,

@@ -14,7 +14,7 @@
 //! (random link breaks), crashes (the sim log loses its unflushed tail) and
 //! restarts with storage kept, bounded clock jumps. See [`nemesis_add_drain`]
 //! for the add/drain hook of issue 5.
-use crate::checker::{self, Kind, Report, Violation};
+use crate::checker::{self, Report};
 use crate::history::{FinalAccount, FinalState, History, Outcome, ReplicaDigest};
 use crate::rng::Rng;
 use crate::simlog::SimLog;
@@ -1037,21 +1037,13 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
     nemesis.faults.drains_accepted = shared.drains_accepted.load(Ordering::SeqCst);
     drop(sim);
     let _ = std::fs::remove_dir_all(&dir);
-    let mut report = checker::check(&history, &f);
     if alarms > 0 {
-        report.violations.push(Violation {
-            kind: Kind::Invariant,
-            account: None,
-            detail: format!("{alarms} events refused in apply (decision did not reproduce)"),
-        });
+        errors.push(format!(
+            "{alarms} events refused in apply (decision did not reproduce)"
+        ));
     }
-    for e in errors {
-        report.violations.push(Violation {
-            kind: Kind::Invariant,
-            account: None,
-            detail: e,
-        });
-    }
+    let mut report = checker::check(&history, &f);
+    report.add_run_errors(errors);
     TurmoilRun {
         seed,
         nodes: cfg.nodes,
