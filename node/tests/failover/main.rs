@@ -4,6 +4,7 @@ mod t10_kill_leader;
 mod t20_deposed_leader;
 mod t30_front_door;
 mod t40_scale_out;
+mod t41_duplicate_lost_epoch;
 
 use charging_client::proto::{Price, Tariff, Units};
 use charging_client::{Client, ClientConfig};
