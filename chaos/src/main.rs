@@ -221,8 +221,7 @@ fn main() {
                     Layer::Turmoil => {
                         let run = charging_chaos::turmoil_sim::run(s, nodes, !no_scale);
                         let repro = format!(
-                            "RUSTFLAGS=\"--cfg tokio_unstable\" CARGO_TARGET_DIR=target/sim cargo run -p charging-chaos --bin chargechaos -- sim --seed {s} --iterations 1 --nodes {}{} --verbose",
-                            run.nodes,
+                            "RUSTFLAGS=\"--cfg tokio_unstable\" CARGO_TARGET_DIR=target/sim cargo run -p charging-chaos --bin chargechaos -- sim --seed {s} --iterations 1 --nodes {nodes}{} --verbose",
                             if no_scale { " --no-scale" } else { "" }
                         );
                         if verbose {

@@ -67,6 +67,15 @@ impl SimLog {
         self.lock().lost
     }
 
+    /// For diagnosis: every entry (durable, then the unflushed tail shadowing
+    /// it), as (index, term, the entry).
+    pub fn dump(&self) -> Vec<(u64, u64, EntryOf<TypeConfig>)> {
+        let g = self.lock();
+        Self::entries(&g)
+            .map(|(i, e)| (*i, e.log_id().leader_id.term, e.clone()))
+            .collect()
+    }
+
     fn entries(g: &Inner) -> impl Iterator<Item = (&u64, &EntryOf<TypeConfig>)> {
         // The volatile tail shadows durable entries at the same index.
         g.durable

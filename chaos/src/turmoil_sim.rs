@@ -66,6 +66,8 @@ impl TurmoilConfig {
     /// 3 or 5 nodes and 2..=4 shards, by seed (unless `nodes` is given).
     pub fn for_seed(seed: u64, nodes: u64) -> TurmoilConfig {
         let mut r = Rng::new(seed ^ 0xC0FFEE);
+        // Giving `nodes` changes the draws that follow: a reproduction
+        // passes `nodes` exactly as the failing run was given it.
         let nodes = if nodes == 0 {
             if r.chance(50) {
                 3
@@ -1076,6 +1078,9 @@ fn final_state(slots: &[Slot], shards: u32) -> (FinalState, u64) {
                 best = Some((idx, view.state.clone()));
             }
         }
+        if std::env::var_os("CHAOS_DUMP").is_some() {
+            dump_differences(slots, s);
+        }
         if let Some((_, st)) = best {
             alarms += st.alarms;
             for (id, a) in st.accounts.iter() {
@@ -1087,4 +1092,66 @@ fn final_state(slots: &[Slot], shards: u32) -> (FinalState, u64) {
         }
     }
     (f, alarms)
+}
+
+/// For diagnosis: the accounts on which replicas of `shard` at the same
+/// applied index differ, and each replica's log position.
+fn dump_differences(slots: &[Slot], shard: u32) {
+    let views: Vec<(u64, _)> = slots
+        .iter()
+        .filter_map(|slot| slot.replica(shard).map(|h| (slot.id, h.store.view())))
+        .collect();
+    for (id, v) in &views {
+        eprintln!(
+            "shard {shard} node {id}: applied {:?} hash {:#x} alarms {}",
+            v.applied,
+            v.state.state_hash(),
+            v.state.alarms
+        );
+    }
+    if let Ok(acct) = std::env::var("CHAOS_DUMP") {
+        for slot in slots {
+            let logs: Vec<((u32, u32), SimLog)> = slot
+                .logs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|((s, _), _)| *s == shard)
+                .map(|(k, l)| (*k, l.clone()))
+                .collect();
+            for ((_, inc), l) in logs {
+                for (i, term, e) in l.dump() {
+                    if let openraft::EntryPayload::Normal(b) = &e.payload {
+                        for ev in &b.events {
+                            if let charging_node::ledger::Event::Account(a) = ev {
+                                if a.request.account.0 == acct {
+                                    eprintln!(
+                                        "log n{} inc {inc} #{i} t{term}: v{} at {} {:?}",
+                                        slot.id, a.expected_version, a.decided_ms, a.request.cmd
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let Some((first, base)) = views.first() else {
+        return;
+    };
+    for (id, v) in views.iter().skip(1) {
+        if v.applied != base.applied {
+            continue;
+        }
+        for (k, a) in v.state.accounts.iter() {
+            let b = base.state.accounts.get(k);
+            if b.map(|b| b.as_ref()) != Some(a.as_ref()) {
+                eprintln!(
+                    "  account {} differs: node {first} {b:?}\n    node {id} {a:?}",
+                    k.0
+                );
+            }
+        }
+    }
 }
