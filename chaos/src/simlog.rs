@@ -202,6 +202,18 @@ impl RaftLogStorage<TypeConfig> for SimLog {
     ) -> Result<(), io::Error> {
         let start = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         let mut g = self.lock();
+        if std::env::var_os("CHAOS_DUMP").is_some() {
+            let cut: Vec<(u64, u64)> = Self::entries(&g)
+                .filter(|(i, _)| **i >= start)
+                .map(|(i, e)| (*i, e.log_id().leader_id.term))
+                .collect();
+            if !cut.is_empty() {
+                eprintln!(
+                    "simlog truncate_after {last_log_id:?}: cuts {cut:?} (vote {:?})",
+                    g.vote
+                );
+            }
+        }
         let _ = g.durable.split_off(&start);
         let _ = g.volatile.split_off(&start);
         Ok(())
