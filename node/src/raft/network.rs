@@ -538,13 +538,22 @@ impl Peers {
     /// The open `Append` stream to `addr`, opening one if there is none.
     async fn mux(&self, addr: &str, ttl: Duration) -> Result<Arc<AppendMux>, CallError> {
         let link = self.link(addr)?;
+        let retry_at = {
+            let slot = link.stream.lock().await;
+            if let Some(m) = slot.mux.as_ref().filter(|m| !m.is_closed()) {
+                return Ok(m.clone());
+            }
+            slot.retry_at
+        };
+        if let Some(at) = retry_at {
+            // Bounded (at most STREAM_REOPEN_MAX), and not under the lock:
+            // every group waiting on this peer waits the same pause at once,
+            // not one after another.
+            tokio::time::sleep_until(at).await;
+        }
         let mut slot = link.stream.lock().await;
         if let Some(m) = slot.mux.as_ref().filter(|m| !m.is_closed()) {
             return Ok(m.clone());
-        }
-        if let Some(at) = slot.retry_at {
-            // Bounded: at most STREAM_REOPEN_MAX, shorter than any open timeout.
-            tokio::time::sleep_until(at).await;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let mut client = link.main.clone();
