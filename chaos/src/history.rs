@@ -255,3 +255,56 @@ pub fn request_id_at(unix_ms: u64, low: u64) -> RequestId {
         | u128::from(low & 0x3FFF_FFFF_FFFF_FFFF);
     RequestId(v)
 }
+
+/// A history recorded by concurrent clients, ordered by its own logical
+/// clock: each operation is invoked, awaited, then completed (and the
+/// workload told its outcome). Shared by the turmoil and real runners.
+#[derive(Default)]
+pub struct Recorder {
+    pub history: std::sync::Mutex<History>,
+    tick: std::sync::atomic::AtomicU64,
+}
+
+impl Recorder {
+    pub fn new(history: History) -> Recorder {
+        Recorder {
+            history: std::sync::Mutex::new(history),
+            tick: Default::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.tick.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the invocation; returns the op's id.
+    pub fn invoke(&self, process: u32, req: &Request, client_ms: u64) -> usize {
+        let at = self.now();
+        self.lock().invoke(process, req.clone(), client_ms, at)
+    }
+
+    /// Records the outcome and tells the workload.
+    pub fn complete(
+        &self,
+        id: usize,
+        req: &Request,
+        out: &Outcome,
+        workload: &std::sync::Mutex<crate::workload::Workload>,
+    ) {
+        let at = self.now();
+        self.lock().complete(id, out.clone(), at);
+        workload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(req, out);
+    }
+
+    /// A copy of the history so far.
+    pub fn snapshot(&self) -> History {
+        self.lock().clone()
+    }
+}

@@ -15,7 +15,7 @@
 //! One fault at a time, so a majority of every group stays up; each is
 //! healed before the next. Every wait has a deadline.
 use crate::checker::{self, Report};
-use crate::history::{AccountSummary, FinalAccount, FinalState, History, Outcome};
+use crate::history::{AccountSummary, FinalAccount, FinalState, History, Outcome, Recorder};
 use crate::rng::Rng;
 use crate::workload::{self, Workload};
 use charging_client::proto::admin_client::AdminClient;
@@ -24,7 +24,7 @@ use charging_client::proto::{self as pb};
 use charging_node::ledger::{AccountId, Limits, Request};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint};
@@ -144,8 +144,7 @@ impl Caller {
 }
 
 struct Shared {
-    history: Mutex<History>,
-    tick: AtomicU64,
+    rec: Recorder,
     stop: AtomicBool,
 }
 
@@ -156,22 +155,9 @@ async fn run_op(
     p: u32,
     req: Request,
 ) -> Outcome {
-    let id = {
-        let at = shared.tick.fetch_add(1, Ordering::SeqCst);
-        shared
-            .history
-            .lock()
-            .expect("lock")
-            .invoke(p, req.clone(), now_ms(), at)
-    };
+    let id = shared.rec.invoke(p, &req, now_ms());
     let out = caller.call(&req).await;
-    let at = shared.tick.fetch_add(1, Ordering::SeqCst);
-    shared
-        .history
-        .lock()
-        .expect("lock")
-        .complete(id, out.clone(), at);
-    workload.lock().expect("lock").observe(&req, &out);
+    shared.rec.complete(id, &req, &out, workload);
     out
 }
 
@@ -272,17 +258,17 @@ async fn nemesis(
 
 /// Waits (bounded) until every shard's replicas report the same applied
 /// index on every node, twice in a row.
-async fn converge(target: &Target, nodes: u64, deadline: Duration) -> Result<(), String> {
+async fn converge(caller: &Caller, deadline: Duration) -> Result<(), String> {
     let until = Instant::now() + deadline;
     let mut stable = 0;
     let mut last = String::new();
     while Instant::now() < until {
         let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let mut all = true;
-        for i in 1..=nodes {
+        for (_, ch) in &caller.channels {
             let mut r = tonic::Request::new(pb::StatusRequest {});
             r.set_timeout(Duration::from_secs(1));
-            let mut c = AdminClient::new(channel(&public_addr(target, i)));
+            let mut c = AdminClient::new(ch.clone());
             match tokio::time::timeout(Duration::from_millis(1500), c.status(r)).await {
                 Ok(Ok(s)) => {
                     for sh in &s.get_ref().shard_status {
@@ -372,8 +358,7 @@ pub async fn run(cfg: RealConfig) -> RealRun {
         ..Limits::default()
     };
     let shared = Arc::new(Shared {
-        history: Mutex::new(History::new(workload::tariffs(), limits)),
-        tick: AtomicU64::new(0),
+        rec: Recorder::new(History::new(workload::tariffs(), limits)),
         stop: AtomicBool::new(false),
     });
     let prefix = format!("chaos-{}-{}", cfg.seed, now_ms());
@@ -435,11 +420,11 @@ pub async fn run(cfg: RealConfig) -> RealRun {
     }
     shared.stop.store(true, Ordering::SeqCst);
     let faults = nem.await.unwrap_or_default();
-    if let Err(e) = converge(&cfg.target, cfg.nodes, Duration::from_secs(60)).await {
+    if let Err(e) = converge(&caller, Duration::from_secs(60)).await {
         errors.push(e);
     }
     let accounts = workload.lock().expect("lock").accounts.clone();
-    let history = shared.history.lock().expect("lock").clone();
+    let history = shared.rec.snapshot();
     let fin = match read_back(&mut caller, &accounts).await {
         Ok(a) => FinalState {
             accounts: a,

@@ -15,7 +15,7 @@
 //! restarts with storage kept, bounded clock jumps. See [`nemesis_add_drain`]
 //! for the add/drain hook of issue 5.
 use crate::checker::{self, Report};
-use crate::history::{FinalAccount, FinalState, History, Outcome, ReplicaDigest};
+use crate::history::{FinalAccount, FinalState, History, Outcome, Recorder, ReplicaDigest};
 use crate::rng::Rng;
 use crate::simlog::SimLog;
 use crate::workload::{self, Workload};
@@ -381,8 +381,7 @@ async fn run_node(cfg: NodeConfig, slot: Slot) -> turmoil::Result {
 /// State shared by the client host and the driver (one thread: turmoil).
 #[derive(Default)]
 struct Shared {
-    history: Mutex<History>,
-    tick: AtomicU64,
+    rec: Recorder,
     /// The workload is over: the driver heals everything.
     done: AtomicBool,
     /// The driver healed: the client waits for convergence.
@@ -398,12 +397,6 @@ struct Shared {
     drains_accepted: AtomicU64,
     /// For diagnosis: the sim time and nodes each op's attempts went to.
     via: Mutex<BTreeMap<usize, Vec<(u64, String)>>>,
-}
-
-impl Shared {
-    fn now(&self) -> u64 {
-        self.tick.fetch_add(1, Ordering::SeqCst)
-    }
 }
 
 /// An admin call the nemesis wants made (from the client host: the driver
@@ -639,28 +632,14 @@ async fn run_op(
     process: u32,
     req: Request,
 ) -> Outcome {
-    let client_ms = clock.now_ms();
-    let id = {
-        let at = shared.now();
-        shared
-            .history
-            .lock()
-            .expect("lock")
-            .invoke(process, req.clone(), client_ms, at)
-    };
+    let id = shared.rec.invoke(process, &req, clock.now_ms());
     let out = caller.call(&req).await;
     shared
         .via
         .lock()
         .expect("lock")
         .insert(id, std::mem::take(&mut caller.tried));
-    let at = shared.now();
-    shared
-        .history
-        .lock()
-        .expect("lock")
-        .complete(id, out.clone(), at);
-    workload.lock().expect("lock").observe(&req, &out);
+    shared.rec.complete(id, &req, &out, workload);
     out
 }
 
@@ -940,7 +919,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         sim.host(name(id), move || run_node(ncfg.clone(), slot.clone()));
     }
     let shared = Arc::new(Shared {
-        history: Mutex::new(History::new(workload::tariffs(), limits())),
+        rec: Recorder::new(History::new(workload::tariffs(), limits())),
         nodes: Arc::new(AtomicU64::new(cfg.nodes)),
         ..Shared::default()
     });
@@ -988,7 +967,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         if progress && steps.is_multiple_of(5_000) {
             eprintln!(
                 "[sim] {steps} ms, ops {}, faults {}, done {}, healed {healed}",
-                shared.history.lock().expect("lock").ops.len(),
+                shared.rec.history.lock().expect("lock").ops.len(),
                 nemesis.faults.total(),
                 shared.done.load(Ordering::SeqCst)
             );
@@ -1019,7 +998,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
             replica_report(&slots, cfg.shards)
         ));
     }
-    let history = shared.history.lock().expect("lock").clone();
+    let history = shared.rec.snapshot();
     if let Some(acct) = std::env::var_os("CHAOS_DUMP") {
         let acct = acct.to_string_lossy().to_string();
         for op in history.ops.iter().filter(|o| o.request.account.0 == acct) {
