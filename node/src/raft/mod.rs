@@ -145,6 +145,15 @@ pub fn raft_config(cluster_name: &str, snapshot_logs: u64) -> openraft::Config {
         // does not come back with an inflated term and depose a healthy
         // leader (and stall its shard) on every partition heal.
         enable_pre_vote: Some(true),
+        // A leader that restarts comes back a follower, never leader of its
+        // old term. A leader replicates entries before its own log write is
+        // durable (the WAL queues writes for its writer thread; the sim log
+        // flushes late), so a crash can lose an entry that followers already
+        // hold. Restored as leader of the same term, it would append a
+        // different entry under the same log id, which followers take for the
+        // one they have: replicas diverge (turmoil seed 1037, 3 nodes). The
+        // cost is one election after a leader restarts.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
 }
