@@ -140,6 +140,23 @@ impl TurmoilRun {
             self.nodes, self.shards, self.sim_ms, self.faults
         )
     }
+
+    /// What the run did, as one number: every op's request, outcome and
+    /// place in the history, the faults, and the simulated time. Equal for
+    /// two runs of one seed (`DefaultHasher::new` has fixed keys), in one
+    /// process or two: `chargechaos sim --verbose` prints it.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        for op in &self.history.ops {
+            format!("{:?}", op.request).hash(&mut h);
+            format!("{:?}", op.outcome).hash(&mut h);
+            (op.process, op.invoke, op.complete, op.client_ms).hash(&mut h);
+        }
+        format!("{:?}", self.faults).hash(&mut h);
+        self.sim_ms.hash(&mut h);
+        h.finish()
+    }
 }
 
 // ---- edges over turmoil -------------------------------------------------------

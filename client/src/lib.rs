@@ -940,7 +940,7 @@ impl Client {
 
     /// Cluster status as seen by the node the client is connected to.
     pub async fn status(&self) -> Result<StatusResponse, Error> {
-        self.call("status", StatusRequest {}, |ch, r| async move {
+        self.call("status", StatusRequest::default(), |ch, r| async move {
             AdminClient::new(ch).status(r).await
         })
         .await

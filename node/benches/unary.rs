@@ -4,6 +4,9 @@
 //! machine's cores, so these are upper bounds of server latency.
 //!
 //! `cargo bench -p charging-node --bench unary`
+// Tests and benches run in real time and read the OS clock; the node core
+// may not (node/clippy.toml).
+#![allow(clippy::disallowed_methods)]
 use charging_client::proto::{Price, Tariff, Units};
 use charging_client::{Client, ClientConfig};
 use charging_node::cluster::{ClusterOptions, LocalCluster};

@@ -11,6 +11,9 @@
 //!
 //! `cargo bench -p charging-node --bench wal` (`WAL_BENCH_SECS` sets the run
 //! time per row, default 3).
+// Tests and benches run in real time and read the OS clock; the node core
+// may not (node/clippy.toml).
+#![allow(clippy::disallowed_methods)]
 use charging_node::codec;
 use charging_node::config::FsyncPolicy;
 use charging_node::ledger::{BucketKind, Event, Price, RequestId, Tariff};

@@ -9,8 +9,9 @@ use crate::raft::network::TcpConnector;
 use crate::raft::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 /// Adjusts a node's config before it starts.
 pub type ConfigTweak = Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;

@@ -13,7 +13,8 @@
 //! - [`meta`]: the replicated cluster map; [`placement`]: scale-out (the
 //!   placement driver, membership reconciler, join); [`replicas`]: the shard
 //!   replicas a node hosts, created and dropped at run time.
-//! - [`config`], [`clock`], [`codec`], [`metrics_http`]: limits, time, bytes, metrics.
+//! - [`config`], [`clock`], [`codec`], [`maps`], [`metrics_http`]: limits, time,
+//!   bytes, fixed-hasher maps, metrics.
 pub mod clock;
 pub mod cluster;
 pub mod codec;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod config_file;
 pub mod frontdoor;
 pub mod ledger;
+pub mod maps;
 pub mod meta;
 pub mod metrics_http;
 pub mod node;

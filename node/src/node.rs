@@ -190,7 +190,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let transport: TransportOptions = config.transport.clone();
     let max_snapshot_bytes = transport.snapshot_max_bytes;
     let peers = Peers::new(me, edges.connector, edges.clock.clone(), transport);
-    let groups: Groups = Arc::new(dashmap::DashMap::new());
+    let groups: Groups = Arc::new(crate::maps::DashMap::default());
     let raft_cfg = Arc::new(raft_config("charging", config.snapshot_logs).validate()?);
     let isolated = Arc::new(AtomicBool::new(false));
     peers.set_isolation(isolated.clone());

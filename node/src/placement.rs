@@ -25,6 +25,7 @@
 //! Open reservations are shard state: they move with the shard's log and
 //! snapshots, so a reservation opened before a move commits after it.
 use crate::frontdoor::{FrontDoor, ShardHandle};
+use crate::maps::HashMap;
 use crate::meta::ClusterMap;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{node_of, replica_id, NodeId, ShardId};
@@ -32,7 +33,7 @@ use crate::replicas::Hosted;
 use charging_proto::v1 as pb;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -367,11 +368,11 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
         let id = *id;
         Some(async move {
             let mut c = c;
-            let mut req = tonic::Request::new(pb::StatusRequest {});
+            let mut req = tonic::Request::new(pb::StatusRequest::default());
             req.set_timeout(opts.call_timeout);
             match tokio::time::timeout(opts.call_timeout, c.status(req)).await {
                 Ok(Ok(r)) => {
-                    fd.heard.insert(id, std::time::Instant::now());
+                    fd.heard.insert(id, tokio::time::Instant::now());
                     Some(r.into_inner())
                 }
                 _ => {

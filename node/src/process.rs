@@ -61,7 +61,7 @@ async fn cluster_exists(cfg: &ProcessConfig) -> bool {
             continue;
         };
         let mut admin = pb::admin_client::AdminClient::new(ch);
-        if let Ok(s) = admin.status(pb::StatusRequest {}).await {
+        if let Ok(s) = admin.status(pb::StatusRequest::default()).await {
             if s.into_inner()
                 .shard_status
                 .iter()

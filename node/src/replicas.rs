@@ -14,13 +14,13 @@
 use crate::clock::SharedClock;
 use crate::config::NodeConfig;
 use crate::frontdoor::ShardHandle;
+use crate::maps::DashMap;
 use crate::raft::log_store::LogEngine;
 use crate::raft::network::{GroupNetworkFactory, Peers};
 use crate::raft::service::Groups;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{incarnation_of, replica_id, NodeId, Raft, ShardId};
 use crate::shard::{ShardActor, ShardArgs};
-use dashmap::DashMap;
 use futures::future::BoxFuture;
 use ractor::Actor;
 use std::collections::BTreeMap;
@@ -105,7 +105,7 @@ impl<L: LogEngine> ReplicaSet<L> {
             raft_cfg,
             peers,
             groups,
-            hosted: Arc::new(DashMap::new()),
+            hosted: Arc::new(DashMap::default()),
             clock,
             active: Arc::new(AtomicUsize::new(0)),
             logs,

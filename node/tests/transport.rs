@@ -3,6 +3,9 @@
 //! group to one peer shares one stream; a follower that fell behind the
 //! purged log catches up by a chunked, paced snapshot on its own connection
 //! while the other shards' latency stays flat; isolation cuts open streams.
+// Tests and benches run in real time and read the OS clock; the node core
+// may not (node/clippy.toml).
+#![allow(clippy::disallowed_methods)]
 use charging_client::proto::ResultCode;
 use charging_client::{result_name, Client, ClientConfig};
 use charging_node::cluster::{ClusterOptions, ConfigTweak, LocalCluster};

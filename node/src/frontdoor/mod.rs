@@ -12,6 +12,7 @@
 //! Admission: at most `max_inflight_requests` requests are in the node at
 //! once; beyond that, `RESOURCE_EXHAUSTED` at once rather than a queue.
 use crate::ledger::{AccountId, Rejection, Reply, Request};
+use crate::maps::DashMap;
 use crate::meta::ClusterMap;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{NodeId, Raft, ShardId};
@@ -19,14 +20,14 @@ use crate::replicas::{Hosted, ReplicaControl};
 use crate::shard::{Outcome, ShardMsg};
 use charging_proto::v1 as pb;
 use charging_proto::v1::charging_client::ChargingClient;
-use dashmap::DashMap;
 use metrics::{counter, histogram};
 use openraft::ReadPolicy;
 use ractor::ActorRef;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request as TReq, Status};
 
@@ -149,14 +150,14 @@ impl FrontDoor {
             public_addrs,
             internal_addrs,
             meta,
-            hints: DashMap::new(),
+            hints: DashMap::default(),
             heard: Default::default(),
             placement: Default::default(),
             admission: Semaphore::new(limits.max_inflight_requests),
             transport: std::sync::OnceLock::new(),
             limits,
             clock,
-            forward: DashMap::new(),
+            forward: DashMap::default(),
             node_label: crate::metrics_http::label(node),
         })
     }

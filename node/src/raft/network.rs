@@ -27,11 +27,11 @@
 use super::{NodeId, ShardId, TypeConfig};
 use crate::clock::SharedClock;
 use crate::codec;
+use crate::maps::{DashMap, HashMap};
 use charging_proto::internal::{
     raft_internal_client::RaftInternalClient, AppendFrame, AppendReply, RaftKind, RaftRequest,
     SnapshotChunk,
 };
-use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::base::{BoxFuture, BoxStream};
@@ -43,7 +43,7 @@ use openraft::raft::{
 };
 use openraft::{AnyError, BasicNode};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -389,7 +389,7 @@ impl Peers {
         Arc::new(Peers {
             me,
             connector,
-            links: DashMap::new(),
+            links: DashMap::default(),
             clock,
             isolated: Default::default(),
             heard: Default::default(),
@@ -417,7 +417,7 @@ impl Peers {
 
     fn note_heard(&self, node: u64) {
         if let Some(h) = self.heard.get() {
-            h.insert(node, std::time::Instant::now());
+            h.insert(node, Instant::now());
         }
     }
 
@@ -584,7 +584,7 @@ impl Peers {
         };
         let mux = Arc::new(AppendMux {
             tx: Mutex::new(Some(tx)),
-            sessions: Mutex::new(Some(HashMap::new())),
+            sessions: Mutex::new(Some(HashMap::default())),
             next_session: AtomicU64::new(0),
             stop: Notify::new(),
             counters: self.counters.clone(),

@@ -12,16 +12,15 @@
 //! `Append` stream fails on its next frame in either direction.
 use super::{NodeId, Raft, ShardId, TypeConfig};
 use crate::codec;
+use crate::maps::{DashMap, HashMap};
 use charging_proto::internal::{
     raft_internal_server::RaftInternal, AppendFrame, AppendReply, RaftKind, RaftReply, RaftRequest,
     SnapshotChunk,
 };
-use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::io::Cursor;
 use std::pin::Pin;
@@ -51,7 +50,7 @@ const REPLY_QUEUE: usize = 1024;
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When this node last heard from each peer node (any Raft message).
-pub type PeerHealth = Arc<dashmap::DashMap<u64, std::time::Instant>>;
+pub type PeerHealth = Arc<DashMap<u64, tokio::time::Instant>>;
 
 pub struct RaftService {
     pub groups: Groups,
@@ -125,11 +124,12 @@ async fn demux(
     mut inbound: Streaming<AppendFrame>,
     out: Replies,
 ) {
-    let mut sessions: HashMap<u64, mpsc::Sender<AppendEntriesRequest<TypeConfig>>> = HashMap::new();
+    let mut sessions: HashMap<u64, mpsc::Sender<AppendEntriesRequest<TypeConfig>>> =
+        HashMap::default();
     loop {
         let frame = match inbound.message().await {
             Ok(Some(f)) => {
-                heard.insert(f.from_node, std::time::Instant::now());
+                heard.insert(f.from_node, tokio::time::Instant::now());
                 f
             }
             Ok(None) => break,
@@ -240,7 +240,8 @@ impl RaftInternal for RaftService {
             return Err(isolated_status());
         }
         let req = request.into_inner();
-        self.heard.insert(req.from_node, std::time::Instant::now());
+        self.heard
+            .insert(req.from_node, tokio::time::Instant::now());
         let raft = self.group(req.shard, req.to_replica)?;
         let out = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
             RaftKind::Vote => reply(raft.vote(body(&req.body)?).await)?,

@@ -21,17 +21,19 @@ use crate::ledger::{
     decide, AccountEvent, AccountId, Applied, Command, Decision, Event, Rejection, Reply, Request,
     Tariff, Tariffs,
 };
+use crate::maps::HashMap;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{Batch, LeaderId, NodeId, Raft, ShardId, WriteResult};
 use metrics::{counter, gauge, histogram};
 use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 pub mod sweeper;
 
@@ -225,7 +227,7 @@ impl Actor for ShardActor {
         Ok(State {
             a,
             epoch: Epoch::Follower { leader: None },
-            accounts: HashMap::new(),
+            accounts: HashMap::default(),
             open: Vec::new(),
             open_members: Vec::new(),
             open_tariff_replies: Vec::new(),

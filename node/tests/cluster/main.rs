@@ -2,6 +2,9 @@
 //! in one process, real openraft and real gRPC on loopback, driven through
 //! `charging_client` (or the raw generated client for malformed input).
 //! Each test starts its own cluster and uses its own account ids.
+// Tests and benches run in real time and read the OS clock; the node core
+// may not (node/clippy.toml).
+#![allow(clippy::disallowed_methods)]
 mod support;
 mod t10_operations;
 mod t20_sessions;

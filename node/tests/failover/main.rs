@@ -1,5 +1,8 @@
 //! Failover through the real stack: 3 in-process nodes, real gRPC on loopback,
 //! real openraft. One binary, one file per scenario.
+// Tests and benches run in real time and read the OS clock; the node core
+// may not (node/clippy.toml).
+#![allow(clippy::disallowed_methods)]
 mod t10_kill_leader;
 mod t20_deposed_leader;
 mod t30_front_door;

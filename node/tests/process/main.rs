@@ -12,6 +12,9 @@
 //!   over the WAL's per-incarnation groups), survives kill -9 with its
 //!   replicas, then drains to nothing; every acknowledged top-up is there
 //!   (`t20`).
+// Tests and benches run in real time and read the OS clock; the node core
+// may not (node/clippy.toml).
+#![allow(clippy::disallowed_methods)]
 mod support;
 mod t10_processes;
 mod t20_scale_out;

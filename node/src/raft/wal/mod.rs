@@ -25,6 +25,7 @@ mod writer;
 
 use crate::codec;
 use crate::config::FsyncPolicy;
+use crate::maps::HashMap;
 use crate::raft::log_store::LogEngine;
 use crate::raft::{ShardId, TypeConfig};
 use openraft::entry::RaftEntry;
@@ -33,7 +34,7 @@ use openraft::{LogState, RaftLogReader};
 use record::{Entry, LogId, Record, Scan, Vote};
 use state::{GroupState, Op, Tracker};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
