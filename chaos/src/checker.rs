@@ -76,6 +76,9 @@ pub struct Report {
     pub inconclusive: usize,
     /// Model steps taken by the linearizability search.
     pub search_steps: u64,
+    /// Replica digests compared with another replica's at the same applied
+    /// index (invariant 5); 0 means that invariant went unchecked.
+    pub replicas_compared: usize,
 }
 
 impl Report {
@@ -163,6 +166,7 @@ fn check_replicas(f: &FinalState, r: &mut Report) {
                 seen.insert((d.shard, d.applied_index), (d.node, d.state_hash));
             }
             Some((node, hash)) if *hash != d.state_hash => {
+                r.replicas_compared += 1;
                 r.violations.push(Violation {
                     kind: Kind::ReplicaDivergence,
                     account: None,
@@ -172,7 +176,7 @@ fn check_replicas(f: &FinalState, r: &mut Report) {
                     ),
                 });
             }
-            Some(_) => {}
+            Some(_) => r.replicas_compared += 1,
         }
     }
 }

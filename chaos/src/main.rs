@@ -163,7 +163,7 @@ fn main() {
                 println!("fault {l}");
             }
             println!(
-                "real {target:?}: {:.1}s, faults {} (kills {}, pauses {}, disconnects {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, violations {}",
+                "real {target:?}: {:.1}s, faults {} (kills {}, pauses {}, disconnects {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, replica digests compared {}, violations {}",
                 run.elapsed.as_secs_f64(),
                 run.faults.total(),
                 run.faults.kills,
@@ -176,12 +176,15 @@ fn main() {
                 r.unknown,
                 r.accounts,
                 r.inconclusive,
+                r.replicas_compared,
                 r.violations.len()
             );
             for v in r.violations.iter().take(20) {
                 println!("  {v}");
             }
-            if !r.ok() || run.faults.total() == 0 || r.acked == 0 {
+            // A run without a fault, an acknowledged op or two replicas
+            // compared at one index proved nothing.
+            if !r.ok() || run.faults.total() == 0 || r.acked == 0 || r.replicas_compared == 0 {
                 std::process::exit(1);
             }
         }
@@ -225,7 +228,11 @@ fn main() {
                             if no_scale { " --no-scale" } else { "" }
                         );
                         if verbose {
-                            println!("seed {s}: {}", run.summary());
+                            println!(
+                                "seed {s}: {}, fingerprint {:016x}",
+                                run.summary(),
+                                run.fingerprint()
+                            );
                         }
                         t.add(s, &run.report, run.faults.total(), &repro, verbose);
                     }

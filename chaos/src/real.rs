@@ -15,7 +15,9 @@
 //! One fault at a time, so a majority of every group stays up; each is
 //! healed before the next. Every wait has a deadline.
 use crate::checker::{self, Report};
-use crate::history::{AccountSummary, FinalAccount, FinalState, History, Outcome, Recorder};
+use crate::history::{
+    AccountSummary, FinalAccount, FinalState, History, Outcome, Recorder, ReplicaDigest,
+};
 use crate::rng::Rng;
 use crate::workload::{self, Workload};
 use charging_client::proto::admin_client::AdminClient;
@@ -266,7 +268,7 @@ async fn converge(caller: &Caller, deadline: Duration) -> Result<(), String> {
         let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
         let mut all = true;
         for (_, ch) in &caller.channels {
-            let mut r = tonic::Request::new(pb::StatusRequest {});
+            let mut r = tonic::Request::new(pb::StatusRequest::default());
             r.set_timeout(Duration::from_secs(1));
             let mut c = AdminClient::new(ch.clone());
             match tokio::time::timeout(Duration::from_millis(1500), c.status(r)).await {
@@ -298,6 +300,52 @@ async fn converge(caller: &Caller, deadline: Duration) -> Result<(), String> {
     Err(format!(
         "replicas did not converge within {deadline:?}: applied by shard {last}"
     ))
+}
+
+/// Every node's digest of each replica it hosts (Admin/Status with
+/// `with_state_hash`), for the replica-agreement check. Asked again (bounded)
+/// until the replicas of every shard stand at one applied index, so each
+/// shard's digests are really compared. A node that does not answer is an
+/// error: its replicas would go unchecked.
+async fn digests(caller: &Caller) -> Result<Vec<ReplicaDigest>, String> {
+    let mut out = Vec::new();
+    for _ in 0..10 {
+        out.clear();
+        for (node, ch) in &caller.channels {
+            let mut r = tonic::Request::new(pb::StatusRequest {
+                with_state_hash: true,
+            });
+            r.set_timeout(Duration::from_secs(2));
+            let mut c = AdminClient::new(ch.clone());
+            let s = match tokio::time::timeout(Duration::from_millis(2500), c.status(r)).await {
+                Ok(Ok(s)) => s.into_inner(),
+                _ => return Err(format!("node {node} gave no state digests")),
+            };
+            for sh in s.shard_status {
+                let Some(state_hash) = sh.state_hash else {
+                    return Err(format!(
+                        "node {node} sent shard {} without a digest",
+                        sh.shard_id
+                    ));
+                };
+                out.push(ReplicaDigest {
+                    node: s.node_id,
+                    shard: sh.shard_id,
+                    applied_index: sh.state_index,
+                    state_hash,
+                });
+            }
+        }
+        let mut at: BTreeMap<u32, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for d in &out {
+            at.entry(d.shard).or_default().insert(d.applied_index);
+        }
+        if at.values().all(|i| i.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(out)
 }
 
 /// Each account's summary, read through the cluster (linearizable reads).
@@ -425,10 +473,14 @@ pub async fn run(cfg: RealConfig) -> RealRun {
     }
     let accounts = workload.lock().expect("lock").accounts.clone();
     let history = shared.rec.snapshot();
+    let replicas = digests(&caller).await.unwrap_or_else(|e| {
+        errors.push(e);
+        Vec::new()
+    });
     let fin = match read_back(&mut caller, &accounts).await {
         Ok(a) => FinalState {
             accounts: a,
-            replicas: Vec::new(),
+            replicas,
         },
         Err(e) => {
             errors.push(e);

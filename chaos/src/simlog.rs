@@ -3,6 +3,11 @@
 //! seeded delay of simulated time. A simulated crash ([`SimLog::crash`])
 //! drops the unflushed tail, so a node that acknowledged before its flush
 //! would be caught. Storage is shared by clones and survives a restart.
+//!
+//! Like the node's WAL, it is one ordered stream: the vote is durable when
+//! `save_vote` returns, and a saved `committed` is durable only once every
+//! entry written before it is (the WAL writes it as a record after them), so
+//! a crash never leaves `committed` ahead of the surviving log.
 use charging_node::raft::log_store::LogEngine;
 use charging_node::raft::TypeConfig;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
@@ -23,7 +28,14 @@ struct Inner {
     durable: BTreeMap<u64, EntryOf<TypeConfig>>,
     /// Written, not yet flushed: lost on a crash.
     volatile: BTreeMap<u64, EntryOf<TypeConfig>>,
+    /// The latest `committed` saved (what a running node reads back).
     committed: Option<LogIdOf<TypeConfig>>,
+    /// The `committed` a crash keeps: saved when nothing was unflushed, or
+    /// made durable by the flush of everything written before it.
+    durable_committed: Option<LogIdOf<TypeConfig>>,
+    /// A saved `committed` waiting for the entries before it: (value, the
+    /// highest unflushed index when it was saved).
+    pending_committed: Option<(Option<LogIdOf<TypeConfig>>, u64)>,
     vote: Option<VoteOf<TypeConfig>>,
     /// Bumped by each crash: a flush scheduled before it does nothing.
     epoch: u64,
@@ -59,7 +71,21 @@ impl SimLog {
         let mut g = self.lock();
         g.lost += g.volatile.len() as u64;
         g.volatile.clear();
+        g.committed = g.durable_committed;
+        g.pending_committed = None;
         g.epoch += 1;
+    }
+
+    /// Log ids of the unflushed tail (what a crash now would lose).
+    pub fn unflushed(&self) -> Vec<LogIdOf<TypeConfig>> {
+        self.lock().volatile.values().map(|e| e.log_id()).collect()
+    }
+
+    /// Whether this log holds `id`, flushed or not.
+    pub fn holds(&self, id: &LogIdOf<TypeConfig>) -> bool {
+        let g = self.lock();
+        let e = g.volatile.get(&id.index()).or(g.durable.get(&id.index()));
+        e.is_some_and(|e| e.log_id() == *id)
     }
 
     /// Entries lost to crashes so far.
@@ -139,7 +165,15 @@ impl RaftLogStorage<TypeConfig> for SimLog {
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        self.lock().committed = committed;
+        let mut g = self.lock();
+        g.committed = committed;
+        match g.volatile.keys().next_back().copied() {
+            None => {
+                g.durable_committed = committed;
+                g.pending_committed = None;
+            }
+            Some(last) => g.pending_committed = Some((committed, last)),
+        }
         Ok(())
     }
 
@@ -182,6 +216,12 @@ impl RaftLogStorage<TypeConfig> for SimLog {
             let keep = g.volatile.split_off(&(upto + 1));
             let flushed = std::mem::replace(&mut g.volatile, keep);
             g.durable.extend(flushed);
+            if let Some((c, last)) = g.pending_committed {
+                if last <= upto || g.volatile.is_empty() {
+                    g.durable_committed = c;
+                    g.pending_committed = None;
+                }
+            }
             drop(g);
             callback.io_completed(Ok(()));
         };
@@ -228,5 +268,78 @@ impl RaftLogStorage<TypeConfig> for SimLog {
             g.last_purged = Some(log_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use charging_node::raft::Batch;
+
+    fn log_id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
+        openraft::testing::log_id::<TypeConfig>(term, 1, index)
+    }
+
+    fn entry(index: u64) -> EntryOf<TypeConfig> {
+        EntryOf::<TypeConfig>::new_normal(
+            log_id(1, index),
+            Batch {
+                log_ts_ms: index,
+                events: Vec::new(),
+            },
+        )
+    }
+
+    async fn append(log: &mut SimLog, range: std::ops::RangeInclusive<u64>) {
+        log.append(range.map(entry), IOFlushed::noop())
+            .await
+            .expect("append");
+    }
+
+    /// A `committed` saved after entries that were never flushed does not
+    /// survive a crash: the WAL writes it after them, so it cannot outlive
+    /// them. Left ahead of the surviving log, it made a restarted node fail
+    /// to start ("Failed to get log entries"), a failure the real WAL
+    /// cannot have.
+    #[tokio::test]
+    async fn committed_is_no_more_durable_than_the_entries_before_it() {
+        // Flushes at once: entries 1..=3 and committed 3 are durable.
+        let mut log = SimLog::new(7, 0);
+        append(&mut log, 1..=3).await;
+        log.save_committed(Some(log_id(1, 3))).await.expect("save");
+        // From now on, flushes are 1000 s away: entries 4..=5 stay volatile.
+        log.max_flush_ms = 1_000_000;
+        append(&mut log, 4..=5).await;
+        assert_eq!(log.unflushed().len(), 2);
+        log.save_committed(Some(log_id(1, 5))).await.expect("save");
+        assert_eq!(
+            log.read_committed().await.expect("read"),
+            Some(log_id(1, 5))
+        );
+        log.crash();
+        assert_eq!(
+            log.read_committed().await.expect("read"),
+            Some(log_id(1, 3))
+        );
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1, 3)));
+        assert!(log.holds(&log_id(1, 3)) && !log.holds(&log_id(1, 4)));
+        assert_eq!(log.lost(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_vote_and_a_committed_with_nothing_unflushed_survive_a_crash() {
+        let mut log = SimLog::new(7, 0);
+        append(&mut log, 1..=2).await;
+        let vote = VoteOf::<TypeConfig>::new(2, 1);
+        log.save_vote(&vote).await.expect("vote");
+        log.save_committed(Some(log_id(1, 2))).await.expect("save");
+        log.crash();
+        assert_eq!(log.read_vote().await.expect("read"), Some(vote));
+        assert_eq!(
+            log.read_committed().await.expect("read"),
+            Some(log_id(1, 2))
+        );
+        assert_eq!(log.lost(), 0);
     }
 }

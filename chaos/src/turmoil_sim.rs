@@ -106,6 +106,11 @@ pub struct TurmoilFaults {
     pub drains_accepted: u64,
     pub repairs: u64,
     pub lost_tail_entries: u64,
+    /// Traps set on a leader: crash it the moment another replica holds an
+    /// entry its own log has not flushed, and restart it at once.
+    pub tail_traps: u64,
+    /// Traps that went off (the rest expired unsprung).
+    pub tail_crashes: u64,
 }
 
 impl TurmoilFaults {
@@ -118,6 +123,7 @@ impl TurmoilFaults {
             + self.crashes
             + self.restarts
             + self.clock_jumps
+            + self.tail_crashes
             + self.adds
             + self.drains
     }
@@ -293,6 +299,15 @@ impl Slot {
     fn all_logs(&self) -> Vec<SimLog> {
         let g = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         g.values().cloned().chain([self.meta.clone()]).collect()
+    }
+
+    /// Every log of this node by group (`None`: the metadata group's).
+    fn logs_by_group(&self) -> Vec<(Option<u32>, SimLog)> {
+        let g = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter()
+            .map(|((shard, _), l)| (Some(*shard), l.clone()))
+            .chain([(None, self.meta.clone())])
+            .collect()
     }
 
     /// The replicas the running node hosts now (`None`: down or not started).
@@ -727,6 +742,8 @@ struct Nemesis {
     cfg: TurmoilConfig,
     seed: u64,
     shared: Arc<Shared>,
+    /// A tail trap: (leader, last step it may go off at).
+    trap: Option<(u64, u64)>,
 }
 
 impl Nemesis {
@@ -835,21 +852,20 @@ impl Nemesis {
                 self.faults.losses += 1;
                 self.trace(format!("loss n{a} <-> n{b}"));
             }
-            56..=67 => {
+            56..=61 => {
                 if (self.crashed.len() as u64) < (n - 1) / 2 && !self.crashed.contains(&a) {
-                    sim.crash(name(a));
-                    let s = &slots[a as usize - 1];
-                    let logs = s.all_logs();
-                    let before: u64 = logs.iter().map(SimLog::lost).sum();
-                    for l in &logs {
-                        l.crash();
-                    }
-                    let after: u64 = logs.iter().map(SimLog::lost).sum();
-                    self.faults.lost_tail_entries += after - before;
-                    *s.hosted.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    let lost = self.crash(sim, slots, a);
                     self.crashed.push(a);
-                    self.faults.crashes += 1;
-                    self.trace(format!("crash n{a} (lost {} entries)", after - before));
+                    self.trace(format!("crash n{a} (lost {lost} entries)"));
+                }
+            }
+            62..=67 => {
+                if self.trap.is_none() {
+                    if let Some(l) = self.leader_of_some_shard(slots) {
+                        self.trap = Some((l, self.now + 2_000));
+                        self.faults.tail_traps += 1;
+                        self.trace(format!("tail trap on leader n{l}"));
+                    }
                 }
             }
             68..=79 => {
@@ -870,6 +886,63 @@ impl Nemesis {
                 self.trace(format!("clock n{a} {j:+} ms"));
             }
             _ => self.repair(sim),
+        }
+    }
+
+    /// Crashes `id`: its runtime is gone and every log loses its unflushed
+    /// tail. Returns the entries lost.
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, slots: &[Slot], id: u64) -> u64 {
+        sim.crash(name(id));
+        let s = &slots[id as usize - 1];
+        let logs = s.all_logs();
+        let before: u64 = logs.iter().map(SimLog::lost).sum();
+        for l in &logs {
+            l.crash();
+        }
+        let after: u64 = logs.iter().map(SimLog::lost).sum();
+        self.faults.lost_tail_entries += after - before;
+        *s.hosted.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.faults.crashes += 1;
+        after - before
+    }
+
+    /// Springs the tail trap, if set: once the trapped leader's log has an
+    /// unflushed entry that another replica of the group already holds (a
+    /// leader replicates before its own write is durable), the leader
+    /// crashes, loses that entry, and restarts at once, before its followers
+    /// time out. The window is a few simulated ms wide, too narrow for
+    /// crashes drawn at random to hit often: a restarted leader that took
+    /// its old term back wrote another entry under that log id (seed 1037).
+    fn spring(&mut self, sim: &mut turmoil::Sim<'_>, slots: &[Slot]) {
+        let Some((id, until)) = self.trap else { return };
+        if self.now > until || self.crashed.contains(&id) {
+            self.trap = None;
+            return;
+        }
+        let others: Vec<(Option<u32>, SimLog)> = slots
+            .iter()
+            .filter(|s| s.id != id && s.is_active() && !self.crashed.contains(&s.id))
+            .flat_map(|s| s.logs_by_group())
+            .collect();
+        let held = slots[id as usize - 1]
+            .logs_by_group()
+            .into_iter()
+            .any(|(group, log)| {
+                log.unflushed().iter().any(|lid| {
+                    others
+                        .iter()
+                        .any(|(g, other)| *g == group && other.holds(lid))
+                })
+            });
+        if held {
+            self.trap = None;
+            let lost = self.crash(sim, slots, id);
+            sim.bounce(name(id));
+            self.faults.restarts += 1;
+            self.faults.tail_crashes += 1;
+            self.trace(format!(
+                "tail trap: crash n{id} (lost {lost} entries), restart"
+            ));
         }
     }
 
@@ -961,6 +1034,7 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         cfg: cfg.clone(),
         seed,
         shared: shared.clone(),
+        trap: None,
     };
     nemesis.add_at = nemesis.rng.range(1, 6);
     nemesis.drain_at = nemesis.add_at + nemesis.rng.range(2, 8);
@@ -1004,6 +1078,9 @@ pub fn run_with(seed: u64, cfg: TurmoilConfig) -> TurmoilRun {
         } else if !healed && cfg.faults && steps >= next_fault {
             nemesis.act(&mut sim, &slots);
             next_fault = steps + rng.range(50, 600);
+        }
+        if !healed {
+            nemesis.spring(&mut sim, &slots);
         }
     }
     if let Some(e) = shared.setup_failed.lock().expect("lock").take() {

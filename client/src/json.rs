@@ -251,6 +251,9 @@ impl ToJson for ShardStatus {
             "joint": self.joint,
             "learner_replicas": self.learner_replicas,
             "intended": self.intended,
+            // Hex: a u64 is past JSON's exact integers.
+            "state_hash": self.state_hash.map(|h| format!("{h:016x}")),
+            "state_index": self.state_index,
         })
     }
 }

@@ -940,7 +940,21 @@ impl Client {
 
     /// Cluster status as seen by the node the client is connected to.
     pub async fn status(&self) -> Result<StatusResponse, Error> {
-        self.call("status", StatusRequest::default(), |ch, r| async move {
+        self.status_request(StatusRequest::default()).await
+    }
+
+    /// [`Client::status`] with a digest of each replica the node hosts
+    /// (`state_hash` at `state_index`): replicas of a shard at one index
+    /// must agree. Walks every account of each replica, so it costs more.
+    pub async fn status_digest(&self) -> Result<StatusResponse, Error> {
+        self.status_request(StatusRequest {
+            with_state_hash: true,
+        })
+        .await
+    }
+
+    async fn status_request(&self, req: StatusRequest) -> Result<StatusResponse, Error> {
+        self.call("status", req, |ch, r| async move {
             AdminClient::new(ch).status(r).await
         })
         .await

@@ -242,7 +242,12 @@ enum Command {
     /// List the tariffs.
     Tariffs,
     /// Cluster status: nodes, shards, leaders, applied index, lag, moves.
-    Status,
+    Status {
+        /// Also digest each replica this node hosts (state hash at its
+        /// applied index): replicas of a shard at one index must agree.
+        #[arg(long)]
+        digest: bool,
+    },
     /// Cluster membership: list, add, drain, remove nodes.
     Node {
         #[command(subcommand)]
@@ -292,9 +297,10 @@ impl Command {
             | Command::Debit { id, .. }
             | Command::SetState { id, .. }
             | Command::SetTariff { id, .. } => id,
-            Command::Balance { .. } | Command::Tariffs | Command::Status | Command::Node { .. } => {
-                return None
-            }
+            Command::Balance { .. }
+            | Command::Tariffs
+            | Command::Status { .. }
+            | Command::Node { .. } => return None,
         };
         Some(id.request_id.unwrap_or_else(new_request_id))
     }
@@ -648,8 +654,12 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             let r = client.get_tariffs().await?;
             Outcome::new(None, r.to_json(), vec![]).with_text(tariffs_text(&r.tariffs))
         }
-        Command::Status => {
-            let r = client.status().await?;
+        Command::Status { digest } => {
+            let r = if digest {
+                client.status_digest().await?
+            } else {
+                client.status().await?
+            };
             Outcome::new(None, r.to_json(), vec![]).with_text(status_text(&r))
         }
         Command::Node { cmd } => {
@@ -1023,6 +1033,9 @@ fn status_text(s: &StatusResponse) -> String {
                 sh.accounts.to_string(),
                 lag.iter().map(|(_, l)| *l).max().unwrap_or(0).to_string(),
                 lag_s,
+                sh.state_hash
+                    .map(|h| format!("{h:016x}@{}", sh.state_index))
+                    .unwrap_or_else(|| "-".to_string()),
             ]
         })
         .collect();
@@ -1048,7 +1061,8 @@ fn status_text(s: &StatusResponse) -> String {
                 "VOTERS",
                 "ACCOUNTS",
                 "MAX-LAG",
-                "LAG (node:entries)"
+                "LAG (node:entries)",
+                "DIGEST@INDEX"
             ],
             &shards
         )

@@ -229,9 +229,10 @@ impl Admin for AdminService {
 
     async fn status(
         &self,
-        _r: Request<pb::StatusRequest>,
+        r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let fd = &self.0;
+        let with_hash = r.get_ref().with_state_hash;
         let map = fd.map();
         let mut hosted: Vec<ShardHandle> = fd.hosted.iter().map(|h| h.clone()).collect();
         hosted.sort_by_key(|h| h.shard);
@@ -289,6 +290,8 @@ impl Admin for AdminService {
                     learner_replicas,
                     joint,
                     intended,
+                    state_hash: with_hash.then(|| view.state.state_hash()),
+                    state_index: view.applied.map(|l| l.index).unwrap_or(0),
                 }
             })
             .collect();

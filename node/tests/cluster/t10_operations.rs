@@ -754,6 +754,23 @@ async fn every_node_serves_every_shard() {
         })
         .await;
     }
+    // Status leaves the digest out unless asked; asked, every node's replica
+    // of a shard gives one digest once they stand at one applied index.
+    let st = clients[0].status().await.expect("status");
+    assert!(st.shard_status.iter().all(|s| s.state_hash.is_none()));
+    for shard in 0..SHARDS {
+        poll(Duration::from_secs(10), "replicas agree", || async {
+            let mut seen = Vec::new();
+            for c in &clients {
+                let st = c.status_digest().await.expect("status");
+                let s = st.shard_status.iter().find(|s| s.shard_id == shard)?;
+                seen.push((s.state_index, s.state_hash.expect("digest asked for")));
+            }
+            seen.dedup();
+            (seen.len() == 1).then_some(())
+        })
+        .await;
+    }
     env.shutdown().await;
 }
 
