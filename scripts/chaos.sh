@@ -12,7 +12,9 @@
 # local:   3 chargerd processes (scripts/cluster.sh, own folder .chaos-cluster,
 #          fsync always): kill -9 + restart, SIGSTOP + SIGCONT.
 # compose: the 3-container cluster (scripts/compose.sh): docker kill + start,
-#          pause + unpause, network disconnect + connect.
+#          pause + unpause, network disconnect + connect, and partitions
+#          (two nodes both ways or one way, a node cut off from its peers
+#          while clients reach it) as iptables rules, healed after each.
 # Binaries: debug builds (cargo build), made on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ while (($#)); do
     --target) target=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
-    *) sed -n '2,16p' "$0"; exit 64 ;;
+    *) sed -n '2,18p' "$0"; exit 64 ;;
   esac
 done
 

@@ -10,6 +10,9 @@
 #   scripts/compose.sh ps | logs N
 #   scripts/compose.sh kill N | start N | stop N | pause N | unpause N
 #   scripts/compose.sh disconnect N | connect N   cut node N off the network / reattach it
+#   scripts/compose.sh partition N M [--oneway]   drop node N <-> M traffic (--oneway: N -> M only)
+#   scripts/compose.sh isolate N     cut node N off its peers; clients still reach it
+#   scripts/compose.sh heal          remove every partition rule (iptables DOCKER-USER, needs root)
 #   scripts/compose.sh add N         start node4 or node5 (profile scale): it joins, replicas move
 #   scripts/compose.sh drain N       move every replica off node N (waits)
 #
@@ -26,7 +29,7 @@ chargectl_given=${CHARGECTL:+1}
 chargectl=${CHARGECTL:-${CARGO_TARGET_DIR:-target}/release/chargectl}
 export CHARGECTL=$chargectl COMPOSE_PROJECT=$project
 
-usage() { sed -n '2,17p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,20p' "$0"; exit "${1:-64}"; }
 die() { echo "compose.sh: $*" >&2; exit 1; }
 
 # `docker compose` (v2 plugin) if present, else docker-compose (v1.28+ for profiles).
@@ -51,6 +54,18 @@ container() { # container id of service nodeN (running or not)
   echo "$id"
 }
 network() { echo "${project}_charging"; }
+
+# Partitions are DROP rules in the host's DOCKER-USER chain (container-to-
+# container traffic on the bridge passes it with br_netfilter), tagged so that
+# `heal` removes exactly these. Node i is 172.28.0.1i; clients come through the
+# bridge gateway 172.28.0.1, which no rule names.
+chaos_tag=chargerd-chaos-$project
+drop_rule() { # N M: drop packets from node N to node M
+  command -v iptables >/dev/null || die "partition: iptables is not installed"
+  iptables -I DOCKER-USER -s "172.28.0.1$1" -d "172.28.0.1$2" \
+    -m comment --comment "$chaos_tag" -j DROP ||
+    die "partition: iptables refused (root, and Docker's DOCKER-USER chain, are needed)"
+}
 
 ensure_chargectl() {
   if [[ -z "$chargectl_given" && ! -x "$chargectl" ]]; then
@@ -118,6 +133,10 @@ case "$cmd" in
     esac
     # With the profile, so that node4/node5 (if started) go too.
     compose --profile scale down --remove-orphans "${args[@]}"
+    # No partition rule outlives its cluster.
+    if command -v iptables >/dev/null && iptables -S DOCKER-USER 2>/dev/null | grep -q -- "--comment $chaos_tag"; then
+      "$0" heal
+    fi
     ;;
   smoke)
     ensure_chargectl
@@ -162,6 +181,40 @@ case "$cmd" in
     s=$(node_arg "$n")
     docker network connect --ip "172.28.0.1$n" "$(network)" "$(container "$s")"
     echo "$s: reconnected to $(network) as 172.28.0.1$n"
+    ;;
+  partition)
+    a=${1:-} b=${2:-}
+    node_arg "$a" >/dev/null
+    node_arg "$b" >/dev/null
+    [[ "$a" != "$b" ]] || die "partition: two different nodes"
+    drop_rule "$a" "$b"
+    if [[ "${3:-}" == --oneway ]]; then
+      echo "node$a -> node$b: dropped (one way)"
+    else
+      drop_rule "$b" "$a"
+      echo "node$a <-> node$b: dropped"
+    fi
+    ;;
+  isolate)
+    n=${1:-}
+    node_arg "$n" >/dev/null
+    for m in 1 2 3 4 5; do
+      if [[ "$m" != "$n" ]]; then
+        drop_rule "$n" "$m"
+        drop_rule "$m" "$n"
+      fi
+    done
+    echo "node$n: cut off from its peers (clients still reach it)"
+    ;;
+  heal)
+    command -v iptables >/dev/null || die "heal: iptables is not installed"
+    n=0
+    while read -r rule; do
+      # shellcheck disable=SC2086 # the rule's words, as iptables -S prints them
+      iptables ${rule/-A DOCKER-USER/-D DOCKER-USER}
+      n=$((n + 1))
+    done < <(iptables -S DOCKER-USER | grep -- "--comment $chaos_tag" || true)
+    echo "healed: $n partition rule(s) removed"
     ;;
   add)
     n=${1:-}

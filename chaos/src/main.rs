@@ -163,12 +163,15 @@ fn main() {
                 println!("fault {l}");
             }
             println!(
-                "real {target:?}: {:.1}s, faults {} (kills {}, pauses {}, disconnects {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, replica digests compared {}, violations {}",
+                "real {target:?}: {:.1}s, faults {} (kills {}, pauses {}, disconnects {}, partitions {}, one-way {}, isolated {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, replica digests compared {}, violations {}",
                 run.elapsed.as_secs_f64(),
                 run.faults.total(),
                 run.faults.kills,
                 run.faults.pauses,
                 run.faults.disconnects,
+                run.faults.partitions,
+                run.faults.oneway_partitions,
+                run.faults.isolations,
                 run.faults.command_errors,
                 r.ops,
                 r.acked,

@@ -10,7 +10,10 @@
 //! - `compose`: containers of `scripts/compose.sh` (node i on
 //!   127.0.0.1:5505i): `docker kill` then start, `docker pause` then
 //!   unpause, `docker network disconnect` then connect (the node is cut off
-//!   from every peer and from clients: a partition of one).
+//!   from every peer and from clients: a partition of one), and partitions
+//!   made of host firewall rules (`scripts/compose.sh partition|isolate`,
+//!   then `heal`): two nodes cut apart both ways or one way, or a node cut
+//!   off from its peers while clients still reach it (an isolated leader).
 //!
 //! One fault at a time, so a majority of every group stays up; each is
 //! healed before the next. Every wait has a deadline.
@@ -56,6 +59,12 @@ pub struct RealFaults {
     pub kills: u64,
     pub pauses: u64,
     pub disconnects: u64,
+    /// Two nodes cut apart, both ways.
+    pub partitions: u64,
+    /// Two nodes cut apart one way only.
+    pub oneway_partitions: u64,
+    /// A node cut off from its peers, clients still reaching it.
+    pub isolations: u64,
     /// Fault commands that failed (the run reports them; they are not faults).
     pub command_errors: u64,
     pub log: Vec<String>,
@@ -63,7 +72,12 @@ pub struct RealFaults {
 
 impl RealFaults {
     pub fn total(&self) -> u64 {
-        self.kills + self.pauses + self.disconnects
+        self.kills
+            + self.pauses
+            + self.disconnects
+            + self.partitions
+            + self.oneway_partitions
+            + self.isolations
     }
 }
 
@@ -180,9 +194,10 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
-/// The command that applies (`on`) or heals one fault of `kind` on `node`.
-fn fault_cmd(target: &Target, kind: &str, node: u64, on: bool) -> Vec<String> {
-    let n = node.to_string();
+/// The command that applies (`on`) or heals one fault of `kind` on `node`
+/// (partitions: between `node` and `peer`).
+fn fault_cmd(target: &Target, kind: &str, node: u64, peer: u64, on: bool) -> Vec<String> {
+    let (n, p) = (node.to_string(), peer.to_string());
     match target {
         Target::Local { dir } => {
             let pid = dir.join(format!("node{node}")).join("pid");
@@ -203,7 +218,11 @@ fn fault_cmd(target: &Target, kind: &str, node: u64, on: bool) -> Vec<String> {
             ("pause", true) => s(&["scripts/compose.sh", "pause", &n]),
             ("pause", false) => s(&["scripts/compose.sh", "unpause", &n]),
             ("disconnect", true) => s(&["scripts/compose.sh", "disconnect", &n]),
-            _ => s(&["scripts/compose.sh", "connect", &n]),
+            ("disconnect", false) => s(&["scripts/compose.sh", "connect", &n]),
+            ("partition", true) => s(&["scripts/compose.sh", "partition", &n, &p]),
+            ("oneway", true) => s(&["scripts/compose.sh", "partition", &n, &p, "--oneway"]),
+            ("isolate", true) => s(&["scripts/compose.sh", "isolate", &n]),
+            _ => s(&["scripts/compose.sh", "heal"]),
         },
     }
 }
@@ -217,7 +236,14 @@ async fn nemesis(
     let mut f = RealFaults::default();
     let kinds: &[&str] = match cfg.target {
         Target::Local { .. } => &["kill", "pause"],
-        Target::Compose => &["kill", "pause", "disconnect"],
+        Target::Compose => &[
+            "kill",
+            "pause",
+            "disconnect",
+            "partition",
+            "oneway",
+            "isolate",
+        ],
     };
     while !shared.stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(rng.range(1500, 4000))).await;
@@ -226,25 +252,34 @@ async fn nemesis(
         }
         let kind = *rng.pick(kinds).expect("kinds");
         let node = rng.range(1, cfg.nodes);
+        // Another node (partitions only).
+        let peer = (node + rng.range(0, cfg.nodes - 2)) % cfg.nodes + 1;
+        let what = match kind {
+            "partition" => format!("partition n{node} <-> n{peer}"),
+            "oneway" => format!("partition n{node} -> n{peer}"),
+            _ => format!("{kind} n{node}"),
+        };
         let t = started.elapsed().as_secs_f64();
-        if !sh(&fault_cmd(&cfg.target, kind, node, true)).await {
+        if !sh(&fault_cmd(&cfg.target, kind, node, peer, true)).await {
             f.command_errors += 1;
-            f.log
-                .push(format!("{t:.1}s {kind} n{node}: command failed"));
+            f.log.push(format!("{t:.1}s {what}: command failed"));
             continue;
         }
         match kind {
             "kill" => f.kills += 1,
             "pause" => f.pauses += 1,
-            _ => f.disconnects += 1,
+            "disconnect" => f.disconnects += 1,
+            "partition" => f.partitions += 1,
+            "oneway" => f.oneway_partitions += 1,
+            _ => f.isolations += 1,
         }
         let hold = rng.range(1000, 3000);
-        f.log.push(format!("{t:.1}s {kind} n{node} for {hold} ms"));
+        f.log.push(format!("{t:.1}s {what} for {hold} ms"));
         tokio::time::sleep(Duration::from_millis(hold)).await;
         // Heal, retried: a restart must happen or the run is not checked.
         let mut healed = false;
         for _ in 0..3 {
-            if sh(&fault_cmd(&cfg.target, kind, node, false)).await {
+            if sh(&fault_cmd(&cfg.target, kind, node, peer, false)).await {
                 healed = true;
                 break;
             }
@@ -252,7 +287,7 @@ async fn nemesis(
         }
         if !healed {
             f.command_errors += 1;
-            f.log.push(format!("heal of {kind} n{node} failed"));
+            f.log.push(format!("heal of {what} failed"));
         }
     }
     f

@@ -365,12 +365,9 @@ async fn main() -> ExitCode {
                 if let (Some(id), Value::Object(m)) = (request_id, &mut out.json) {
                     m.insert("request_id".into(), json!(id.to_string()));
                 }
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&out.json).unwrap_or_default()
-                );
+                print_out(&serde_json::to_string_pretty(&out.json).unwrap_or_default());
             } else {
-                println!("{}", out.render(request_id));
+                print_out(&out.render(request_id));
             }
             match out.code {
                 Some(c) if !is_ok(c) => ExitCode::from(1),
@@ -398,7 +395,7 @@ async fn main() -> ExitCode {
                 if let Some(id) = request_id {
                     v["request_id"] = json!(id.to_string());
                 }
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                print_out(&serde_json::to_string_pretty(&v).unwrap_or_default());
             }
             eprintln!("error: {code}: {message}");
             if let Some(id) = request_id {
@@ -999,6 +996,15 @@ fn nodes_text(s: &StatusResponse) -> String {
         ],
         &nodes,
     )
+}
+
+/// Prints one result to stdout. A reader that went away (`chargectl status |
+/// head -1`) is no error of ours: the rest is dropped quietly, where
+/// `println!` would panic on the broken pipe.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 fn status_text(s: &StatusResponse) -> String {
