@@ -10,7 +10,8 @@
 # --quick: a bounded standard scenario (local: 60 s of load and faults; the
 #          whole script stays under 3 minutes once the binaries are built).
 # local:   3 chargerd processes (scripts/cluster.sh, own folder .chaos-cluster,
-#          fsync always): kill -9 + restart, SIGSTOP + SIGCONT.
+#          fsync always): kill -9 + restart, SIGSTOP + SIGCONT; on either
+#          target, now and then every node killed at once, then restarted.
 # compose: the 3-container cluster (scripts/compose.sh): docker kill + start,
 #          pause + unpause, network disconnect + connect, and partitions
 #          (two nodes both ways or one way, a node cut off from its peers
@@ -26,7 +27,7 @@ while (($#)); do
     --target) target=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
-    *) sed -n '2,18p' "$0"; exit 64 ;;
+    *) sed -n '2,19p' "$0"; exit 64 ;;
   esac
 done
 

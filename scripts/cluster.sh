@@ -6,7 +6,8 @@
 #   scripts/cluster.sh status            nodes, shards, leaders, applied, lag
 #   scripts/cluster.sh stop              graceful stop of every node (SIGTERM)
 #   scripts/cluster.sh kill N            kill -9 node N
-#   scripts/cluster.sh restart N         (re)start node N with its data kept
+#   scripts/cluster.sh restart N [--no-wait]  (re)start node N with its data kept
+#                                        (waits for every shard to have a leader unless --no-wait)
 #   scripts/cluster.sh add               start node N+1; it joins and replicas move onto it
 #   scripts/cluster.sh drain N           move every replica off node N (waits, bounded)
 #   scripts/cluster.sh remove N          take drained node N out of the cluster and stop it
@@ -22,7 +23,7 @@ ready_timeout=${CLUSTER_READY_TIMEOUT:-60}
 chargerd=${CHARGERD:-target/release/chargerd}
 chargectl=${CHARGECTL:-target/release/chargectl}
 
-usage() { sed -n '2,16p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,17p' "$0"; exit "${1:-64}"; }
 
 build() {
   if [[ -z "${CHARGERD:-}" && ! -x "$chargerd" ]] || [[ -z "${CHARGECTL:-}" && ! -x "$chargectl" ]]; then
@@ -176,7 +177,8 @@ case "$cmd" in
     build
     if alive "$id"; then kill -TERM "$(pid_of "$id")"; while alive "$id"; do sleep 0.1; done; fi
     launch "$id"
-    wait_ready
+    # With every node down, the first one back has no majority to elect.
+    [[ "${2:-}" == --no-wait ]] || wait_ready
     ;;
   add)
     build

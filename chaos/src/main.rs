@@ -163,10 +163,11 @@ fn main() {
                 println!("fault {l}");
             }
             println!(
-                "real {target:?}: {:.1}s, faults {} (kills {}, pauses {}, disconnects {}, partitions {}, one-way {}, isolated {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, replica digests compared {}, violations {}",
+                "real {target:?}: {:.1}s, faults {} (kills {}, all killed at once {}, pauses {}, disconnects {}, partitions {}, one-way {}, isolated {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, replica digests compared {}, violations {}",
                 run.elapsed.as_secs_f64(),
                 run.faults.total(),
                 run.faults.kills,
+                run.faults.kill_alls,
                 run.faults.pauses,
                 run.faults.disconnects,
                 run.faults.partitions,

@@ -15,8 +15,10 @@
 //!   then `heal`): two nodes cut apart both ways or one way, or a node cut
 //!   off from its peers while clients still reach it (an isolated leader).
 //!
-//! One fault at a time, so a majority of every group stays up; each is
-//! healed before the next. Every wait has a deadline.
+//! One fault at a time, each healed before the next; now and then the fault
+//! is every node killed at once (`kill -9` / `docker kill`), so no majority
+//! is left and only what was durable before its acknowledgement survives.
+//! Every wait has a deadline.
 use crate::checker::{self, Report};
 use crate::history::{
     AccountSummary, FinalAccount, FinalState, History, Outcome, Recorder, ReplicaDigest,
@@ -57,6 +59,8 @@ pub struct RealConfig {
 #[derive(Clone, Debug, Default)]
 pub struct RealFaults {
     pub kills: u64,
+    /// Every node killed at once (no majority left), then all restarted.
+    pub kill_alls: u64,
     pub pauses: u64,
     pub disconnects: u64,
     /// Two nodes cut apart, both ways.
@@ -73,6 +77,7 @@ pub struct RealFaults {
 impl RealFaults {
     pub fn total(&self) -> u64 {
         self.kills
+            + self.kill_alls
             + self.pauses
             + self.disconnects
             + self.partitions
@@ -194,11 +199,36 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
-/// The command that applies (`on`) or heals one fault of `kind` on `node`
-/// (partitions: between `node` and `peer`).
-fn fault_cmd(target: &Target, kind: &str, node: u64, peer: u64, on: bool) -> Vec<String> {
+/// The commands that apply (`on`) or heal one fault of `kind` on `node`
+/// (partitions: between `node` and `peer`; `kill-all`: every node), in order.
+fn fault_cmds(
+    target: &Target,
+    kind: &str,
+    nodes: u64,
+    node: u64,
+    peer: u64,
+    on: bool,
+) -> Vec<Vec<String>> {
+    if kind == "kill-all" {
+        return (1..=nodes)
+            .map(|i| {
+                let last = i == nodes;
+                let i = i.to_string();
+                match (target, on) {
+                    (Target::Local { .. }, true) => s(&["scripts/cluster.sh", "kill", &i]),
+                    // The last one back waits for every shard's leader.
+                    (Target::Local { .. }, false) if !last => {
+                        s(&["scripts/cluster.sh", "restart", &i, "--no-wait"])
+                    }
+                    (Target::Local { .. }, false) => s(&["scripts/cluster.sh", "restart", &i]),
+                    (Target::Compose, true) => s(&["scripts/compose.sh", "kill", &i]),
+                    (Target::Compose, false) => s(&["scripts/compose.sh", "start", &i]),
+                }
+            })
+            .collect();
+    }
     let (n, p) = (node.to_string(), peer.to_string());
-    match target {
+    let cmd = match target {
         Target::Local { dir } => {
             let pid = dir.join(format!("node{node}")).join("pid");
             let pid = std::fs::read_to_string(pid)
@@ -224,7 +254,8 @@ fn fault_cmd(target: &Target, kind: &str, node: u64, peer: u64, on: bool) -> Vec
             ("isolate", true) => s(&["scripts/compose.sh", "isolate", &n]),
             _ => s(&["scripts/compose.sh", "heal"]),
         },
-    }
+    };
+    vec![cmd]
 }
 
 async fn nemesis(
@@ -250,23 +281,37 @@ async fn nemesis(
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
-        let kind = *rng.pick(kinds).expect("kinds");
+        // Now and then every node dies at once: no majority is left, so
+        // only what was fsynced before its acknowledgement comes back.
+        let kind = if rng.chance(12) {
+            "kill-all"
+        } else {
+            *rng.pick(kinds).expect("kinds")
+        };
         let node = rng.range(1, cfg.nodes);
         // Another node (partitions only).
         let peer = (node + rng.range(0, cfg.nodes - 2)) % cfg.nodes + 1;
         let what = match kind {
             "partition" => format!("partition n{node} <-> n{peer}"),
             "oneway" => format!("partition n{node} -> n{peer}"),
+            "kill-all" => format!("kill every node (n1-n{})", cfg.nodes),
             _ => format!("{kind} n{node}"),
         };
         let t = started.elapsed().as_secs_f64();
-        if !sh(&fault_cmd(&cfg.target, kind, node, peer, true)).await {
+        let mut applied = 0;
+        for c in fault_cmds(&cfg.target, kind, cfg.nodes, node, peer, true) {
+            if sh(&c).await {
+                applied += 1;
+            }
+        }
+        if applied == 0 {
             f.command_errors += 1;
             f.log.push(format!("{t:.1}s {what}: command failed"));
             continue;
         }
         match kind {
             "kill" => f.kills += 1,
+            "kill-all" => f.kill_alls += 1,
             "pause" => f.pauses += 1,
             "disconnect" => f.disconnects += 1,
             "partition" => f.partitions += 1,
@@ -276,18 +321,22 @@ async fn nemesis(
         let hold = rng.range(1000, 3000);
         f.log.push(format!("{t:.1}s {what} for {hold} ms"));
         tokio::time::sleep(Duration::from_millis(hold)).await;
-        // Heal, retried: a restart must happen or the run is not checked.
-        let mut healed = false;
-        for _ in 0..3 {
-            if sh(&fault_cmd(&cfg.target, kind, node, peer, false)).await {
-                healed = true;
-                break;
+        // Heal, each command retried: a restart must happen or the run is
+        // not checked.
+        for c in fault_cmds(&cfg.target, kind, cfg.nodes, node, peer, false) {
+            let mut healed = false;
+            for _ in 0..3 {
+                if sh(&c).await {
+                    healed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        if !healed {
-            f.command_errors += 1;
-            f.log.push(format!("heal of {what} failed"));
+            if !healed {
+                f.command_errors += 1;
+                f.log
+                    .push(format!("heal of {what} failed: {}", c.join(" ")));
+            }
         }
     }
     f
