@@ -142,3 +142,12 @@ fn a_seed_replays_its_run_exactly() {
         b.summary()
     );
 }
+
+/// The pinned seeds above prove the fix only if the suite runs the fixed
+/// node: the bug behind seeds 12 and 14 exists as a test-only feature
+/// (`teeth_restore.rs`), which must not be compiled in here.
+#[test]
+fn a_restarted_leader_comes_back_a_follower() {
+    let c = charging_node::raft::raft_config("guard", 1000);
+    assert_eq!(c.enable_leader_restore, Some(false));
+}

@@ -152,8 +152,10 @@ pub fn raft_config(cluster_name: &str, snapshot_logs: u64) -> openraft::Config {
         // hold. Restored as leader of the same term, it would append a
         // different entry under the same log id, which followers take for the
         // one they have: replicas diverge (turmoil seed 1037, 3 nodes). The
-        // cost is one election after a leader restarts.
-        enable_leader_restore: Some(false),
+        // cost is one election after a leader restarts. (The feature puts the
+        // bug back for the checker's teeth test, chaos/tests/teeth_restore.rs;
+        // it is never a default.)
+        enable_leader_restore: Some(cfg!(feature = "chaos-bug-leader-restore")),
         ..Default::default()
     }
 }
