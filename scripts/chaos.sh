@@ -10,12 +10,14 @@
 # --quick: a bounded standard scenario (local: 60 s of load and faults; the
 #          whole script stays under 3 minutes once the binaries are built).
 # local:   3 chargerd processes (scripts/cluster.sh, own folder .chaos-cluster,
-#          fsync always): kill -9 + restart, SIGSTOP + SIGCONT; on either
-#          target, now and then every node killed at once, then restarted.
+#          fsync always): kill -9 + restart, SIGSTOP + SIGCONT (one node or
+#          two: the third serves with no majority); on either target, now and
+#          then every node killed at once, then restarted.
 # compose: the 3-container cluster (scripts/compose.sh): docker kill + start,
 #          pause + unpause, network disconnect + connect, and partitions
 #          (two nodes both ways or one way, a node cut off from its peers
-#          while clients reach it) as iptables rules, healed after each.
+#          while clients reach it, two such: every node alone) as iptables
+#          rules, healed after each.
 # Bench load: chargebench (reserve-commit, 16 callers, its own 500 accounts on
 #          rating group 40, spread over every node) runs alongside for the
 #          length of the faults and checks its own drift at the end; a drift,
@@ -33,7 +35,7 @@ while (($#)); do
     --seed) seed=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --no-bench) bench=0; shift ;;
-    *) sed -n '2,24p' "$0"; exit 64 ;;
+    *) sed -n '2,26p' "$0"; exit 64 ;;
   esac
 done
 

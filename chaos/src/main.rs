@@ -163,12 +163,14 @@ fn main() {
                 println!("fault {l}");
             }
             println!(
-                "real {target:?}: {:.1}s, faults {} (kills {}, all killed at once {}, pauses {}, disconnects {}, partitions {}, one-way {}, isolated {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, replica digests compared {}, violations {}",
+                "real {target:?}: {:.1}s, faults {} (kills {}, all killed at once {}, pauses {}, two paused {}, splits {}, disconnects {}, partitions {}, one-way {}, isolated {}, failed commands {}), ops {} (acked {}, rejected {}, unknown {}), accounts {}, inconclusive {}, replica digests compared {}, violations {}",
                 run.elapsed.as_secs_f64(),
                 run.faults.total(),
                 run.faults.kills,
                 run.faults.kill_alls,
                 run.faults.pauses,
+                run.faults.majority_pauses,
+                run.faults.splits,
                 run.faults.disconnects,
                 run.faults.partitions,
                 run.faults.oneway_partitions,

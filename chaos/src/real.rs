@@ -15,9 +15,12 @@
 //!   then `heal`): two nodes cut apart both ways or one way, or a node cut
 //!   off from its peers while clients still reach it (an isolated leader).
 //!
-//! One fault at a time, each healed before the next; now and then the fault
-//! is every node killed at once (`kill -9` / `docker kill`), so no majority
-//! is left and only what was durable before its acknowledgement survives.
+//! One fault at a time, each healed before the next. Some take the majority
+//! away: every node killed at once (`kill -9` / `docker kill`: only what was
+//! durable before its acknowledgement may come back), two nodes paused at
+//! once, or (compose) two nodes isolated so every node is alone; then the
+//! nodes still up keep answering clients with no majority behind them and
+//! must acknowledge nothing new.
 //! Every wait has a deadline.
 use crate::checker::{self, Report};
 use crate::history::{
@@ -61,6 +64,10 @@ pub struct RealFaults {
     pub kills: u64,
     /// Every node killed at once (no majority left), then all restarted.
     pub kill_alls: u64,
+    /// Two nodes paused at once: the third serves with no majority.
+    pub majority_pauses: u64,
+    /// Two nodes cut off from their peers: every node alone, all serving.
+    pub splits: u64,
     pub pauses: u64,
     pub disconnects: u64,
     /// Two nodes cut apart, both ways.
@@ -78,6 +85,8 @@ impl RealFaults {
     pub fn total(&self) -> u64 {
         self.kills
             + self.kill_alls
+            + self.majority_pauses
+            + self.splits
             + self.pauses
             + self.disconnects
             + self.partitions
@@ -209,6 +218,20 @@ fn fault_cmds(
     peer: u64,
     on: bool,
 ) -> Vec<Vec<String>> {
+    if kind == "pause-two" || kind == "split" {
+        // Two nodes at once: the third keeps serving clients with no
+        // majority behind it, so it must acknowledge nothing new.
+        let one = if kind == "pause-two" {
+            "pause"
+        } else {
+            "isolate"
+        };
+        let mut cmds = fault_cmds(target, one, nodes, node, peer, on);
+        if on || kind == "pause-two" {
+            cmds.extend(fault_cmds(target, one, nodes, peer, node, on));
+        }
+        return cmds;
+    }
     if kind == "kill-all" {
         return (1..=nodes)
             .map(|i| {
@@ -266,10 +289,12 @@ async fn nemesis(
 ) -> RealFaults {
     let mut f = RealFaults::default();
     let kinds: &[&str] = match cfg.target {
-        Target::Local { .. } => &["kill", "pause"],
+        Target::Local { .. } => &["kill", "pause", "pause-two"],
         Target::Compose => &[
             "kill",
             "pause",
+            "pause-two",
+            "split",
             "disconnect",
             "partition",
             "oneway",
@@ -295,6 +320,8 @@ async fn nemesis(
             "partition" => format!("partition n{node} <-> n{peer}"),
             "oneway" => format!("partition n{node} -> n{peer}"),
             "kill-all" => format!("kill every node (n1-n{})", cfg.nodes),
+            "pause-two" => format!("pause n{node} and n{peer}"),
+            "split" => format!("isolate n{node} and n{peer} (every node alone)"),
             _ => format!("{kind} n{node}"),
         };
         let t = started.elapsed().as_secs_f64();
@@ -312,6 +339,8 @@ async fn nemesis(
         match kind {
             "kill" => f.kills += 1,
             "kill-all" => f.kill_alls += 1,
+            "pause-two" => f.majority_pauses += 1,
+            "split" => f.splits += 1,
             "pause" => f.pauses += 1,
             "disconnect" => f.disconnects += 1,
             "partition" => f.partitions += 1,
