@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks of the compose cluster from the host, through the published ports
-only (node i: api 127.0.0.1:5505i, metrics 127.0.0.1:5910i). Used by
+only (node i: api 127.0.0.1:2505i, metrics 127.0.0.1:2910i). Used by
 scripts/compose.sh; needs CHARGECTL (path of chargectl) in the environment.
 
   smoke.py ready [--timeout S]        every node 1-3 answers and sees a leader for every shard
@@ -37,7 +37,7 @@ def log(msg):
 
 
 def endpoint(n):
-    return f"http://127.0.0.1:{55050 + n}"
+    return f"http://127.0.0.1:{25050 + n}"
 
 
 def ctl(n, *args, request_id=None, deadline_ms=3000, max_retries=5):
@@ -187,7 +187,7 @@ def run():
     wait("every node sees a leader for every shard it hosts", 30, lambda: all_led(NODES))
 
     for n in NODES:
-        url = f"http://127.0.0.1:{59100 + n}/metrics"
+        url = f"http://127.0.0.1:{29100 + n}/metrics"
         with urllib.request.urlopen(url, timeout=5) as r:
             body = r.read()  # may be empty: a node that never led has no series yet
             if r.status != 200 or not r.headers.get("content-type", "").startswith("text/plain"):

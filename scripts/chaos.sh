@@ -55,7 +55,7 @@ case "$target" in
     export CHARGECTL=$bin/chargectl
     trap 'scripts/compose.sh down -v >/dev/null 2>&1 || true' EXIT
     scripts/compose.sh up
-    endpoints=(http://127.0.0.1:55051 http://127.0.0.1:55052 http://127.0.0.1:55053)
+    endpoints=(http://127.0.0.1:25051 http://127.0.0.1:25052 http://127.0.0.1:25053)
     ;;
   *) echo "chaos.sh: unknown target $target" >&2; exit 64 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The 3-node container cluster of compose.yaml (image chargerd:dev, FROM scratch).
-# Node i: api 127.0.0.1:5505i, metrics http://127.0.0.1:5910i/metrics.
+# Node i: api 127.0.0.1:2505i, metrics http://127.0.0.1:2910i/metrics.
 #
 #   scripts/compose.sh up            build the image if missing, start node1-3, wait for leaders
 #   scripts/compose.sh down [-v]     stop and remove the containers (-v: and the data volumes)
@@ -87,12 +87,12 @@ ensure_image() {
 any_endpoint() {
   local i
   for i in 1 2 3 4 5; do
-    if "$chargectl" --endpoint "http://127.0.0.1:5505$i" status >/dev/null 2>&1; then
-      echo "http://127.0.0.1:5505$i"
+    if "$chargectl" --endpoint "http://127.0.0.1:2505$i" status >/dev/null 2>&1; then
+      echo "http://127.0.0.1:2505$i"
       return 0
     fi
   done
-  die "no node answers on 127.0.0.1:55051-5"
+  die "no node answers on 127.0.0.1:25051-5"
 }
 
 # Polls `chargectl node list --json` until the python predicate over `nodes` holds.
@@ -122,7 +122,7 @@ case "$cmd" in
       echo "compose.sh: not ready; see scripts/compose.sh logs N (down -v starts a fresh cluster)" >&2
       exit 1
     fi
-    echo "up in $((SECONDS - t0)) s: api 127.0.0.1:55051-55053, metrics 127.0.0.1:59101-59103"
+    echo "up in $((SECONDS - t0)) s: api 127.0.0.1:25051-25053, metrics 127.0.0.1:29101-29103"
     ;;
   down)
     args=()
@@ -145,9 +145,9 @@ case "$cmd" in
   status)
     ensure_chargectl
     for i in 1 2 3 4 5; do
-      if "$chargectl" --endpoint "http://127.0.0.1:5505$i" --deadline-ms 1000 --max-retries 0 status 2>/dev/null; then exit 0; fi
+      if "$chargectl" --endpoint "http://127.0.0.1:2505$i" --deadline-ms 1000 --max-retries 0 status 2>/dev/null; then exit 0; fi
     done
-    die "no node answers on 127.0.0.1:55051-55055"
+    die "no node answers on 127.0.0.1:25051-25055"
     ;;
   ps) compose --profile scale ps ;;
   logs) compose logs --no-color "$(node_arg "${1:-}")" ;;

@@ -8,7 +8,7 @@
 //! - `local`: processes of `scripts/cluster.sh` (node i on 127.0.0.i:50051):
 //!   `kill -9` then restart, `SIGSTOP` then `SIGCONT`.
 //! - `compose`: containers of `scripts/compose.sh` (node i on
-//!   127.0.0.1:5505i): `docker kill` then start, `docker pause` then
+//!   127.0.0.1:2505i): `docker kill` then start, `docker pause` then
 //!   unpause, `docker network disconnect` then connect (the node is cut off
 //!   from every peer and from clients: a partition of one), and partitions
 //!   made of host firewall rules (`scripts/compose.sh partition|isolate`,
@@ -111,7 +111,7 @@ fn now_ms() -> u64 {
 fn public_addr(target: &Target, node: u64) -> String {
     match target {
         Target::Local { .. } => format!("127.0.0.{node}:50051"),
-        Target::Compose => format!("127.0.0.1:{}", 55050 + node),
+        Target::Compose => format!("127.0.0.1:{}", 25050 + node),
     }
 }
 
