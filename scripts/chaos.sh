@@ -43,24 +43,39 @@ bin=${CARGO_TARGET_DIR:-target}/debug
 echo "== building chargerd, chargectl, chargechaos, chargebench (debug)"
 cargo build -q --bin chargerd --bin chargectl --bin chargechaos --bin chargebench
 
+# One exit path: the bench (if started) first, then the target's cluster.
+bench_pid="" bench_json="" bench_log=""
+stop_cluster() { :; }
+cleanup() {
+  [[ -z "$bench_pid" ]] || kill "$bench_pid" 2>/dev/null || true
+  [[ -z "$bench_log" ]] || rm -f "$bench_log"
+  [[ -n "${CHAOS_BENCH_JSON:-}" || -z "$bench_json" ]] || rm -f "$bench_json"
+  stop_cluster
+}
+trap cleanup EXIT
+
 case "$target" in
   local)
     export CLUSTER_DIR=.chaos-cluster CHARGERD=$bin/chargerd CHARGECTL=$bin/chargectl
     scripts/cluster.sh wipe >/dev/null 2>&1 || true
-    trap 'scripts/cluster.sh stop >/dev/null 2>&1 || true; for p in .chaos-cluster/node*/pid; do kill -CONT "$(cat "$p" 2>/dev/null)" 2>/dev/null || true; done; scripts/cluster.sh wipe >/dev/null 2>&1 || true' EXIT
+    stop_cluster() {
+      # First resume a node left SIGSTOPped, or the stop waits 20 s for it.
+      for p in .chaos-cluster/node*/pid; do kill -CONT "$(cat "$p" 2>/dev/null)" 2>/dev/null || true; done
+      scripts/cluster.sh stop >/dev/null 2>&1 || true
+      scripts/cluster.sh wipe >/dev/null 2>&1 || true
+    }
     scripts/cluster.sh start --nodes 3 --shards 4 --fsync always
     endpoints=(http://127.0.0.1:50051 http://127.0.0.2:50051 http://127.0.0.3:50051)
     ;;
   compose)
     export CHARGECTL=$bin/chargectl
-    trap 'scripts/compose.sh down -v >/dev/null 2>&1 || true' EXIT
+    stop_cluster() { scripts/compose.sh down -v >/dev/null 2>&1 || true; }
     scripts/compose.sh up
     endpoints=(http://127.0.0.1:25051 http://127.0.0.1:25052 http://127.0.0.1:25053)
     ;;
   *) echo "chaos.sh: unknown target $target" >&2; exit 64 ;;
 esac
 
-bench_pid="" bench_json=""
 if ((bench)); then
   # Its own rating group and account prefix: the checked workload's accounts
   # and tariff (rating group 32) are untouched.
@@ -75,10 +90,6 @@ if ((bench)); then
     --concurrency 16 --rating-groups 40 --accounts 500 --prefix chaosbench \
     --duration "$duration" --quiet --json "$bench_json" >"$bench_log" 2>&1 &
   bench_pid=$!
-  trap_prev=$(trap -p EXIT | sed "s/^trap -- '//; s/' EXIT$//")
-  # shellcheck disable=SC2064 # the earlier trap's text, expanded now
-  keep=${CHAOS_BENCH_JSON:+1}
-  trap "kill $bench_pid 2>/dev/null || true; rm -f '$bench_log'; [[ -n '$keep' ]] || rm -f '$bench_json'; $trap_prev" EXIT
 fi
 
 echo "== chargechaos real --target $target --seed $seed --duration $duration"

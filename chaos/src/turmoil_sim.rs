@@ -295,13 +295,8 @@ impl Slot {
             .clone()
     }
 
-    /// Every log of this node: each replica incarnation's and the metadata's.
-    fn all_logs(&self) -> Vec<SimLog> {
-        let g = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-        g.values().cloned().chain([self.meta.clone()]).collect()
-    }
-
-    /// Every log of this node by group (`None`: the metadata group's).
+    /// Every log of this node (each replica incarnation's and the
+    /// metadata's) by group (`None`: the metadata group's).
     fn logs_by_group(&self) -> Vec<(Option<u32>, SimLog)> {
         let g = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         g.iter()
@@ -894,7 +889,7 @@ impl Nemesis {
     fn crash(&mut self, sim: &mut turmoil::Sim<'_>, slots: &[Slot], id: u64) -> u64 {
         sim.crash(name(id));
         let s = &slots[id as usize - 1];
-        let logs = s.all_logs();
+        let logs: Vec<SimLog> = s.logs_by_group().into_iter().map(|(_, l)| l).collect();
         let before: u64 = logs.iter().map(SimLog::lost).sum();
         for l in &logs {
             l.crash();

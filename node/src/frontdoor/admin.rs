@@ -236,12 +236,27 @@ impl Admin for AdminService {
         let map = fd.map();
         let mut hosted: Vec<ShardHandle> = fd.hosted.iter().map(|h| h.clone()).collect();
         hosted.sort_by_key(|h| h.shard);
+        // One published state per replica: the digest and the index it is at
+        // come from the same one.
+        let views: Vec<_> = hosted.iter().map(|h| h.store.view()).collect();
+        // A digest walks every account of the replica: off the async
+        // workers, so the requests they serve do not wait behind it.
+        let hashes: Vec<Option<u64>> = if with_hash {
+            let views = views.clone();
+            tokio::task::spawn_blocking(move || {
+                views.iter().map(|v| Some(v.state.state_hash())).collect()
+            })
+            .await
+            .map_err(|e| Status::internal(format!("state digest: {e}")))?
+        } else {
+            vec![None; views.len()]
+        };
         let mut led_moving = 0;
         let shard_status = hosted
             .iter()
-            .map(|h| {
+            .zip(views.iter().zip(hashes))
+            .map(|(h, (view, state_hash))| {
                 let m = h.raft.metrics().borrow_watched().clone();
-                let view = h.store.view();
                 let last_log = m.last_log_index.unwrap_or(0);
                 let lag = m
                     .replication
@@ -290,7 +305,7 @@ impl Admin for AdminService {
                     learner_replicas,
                     joint,
                     intended,
-                    state_hash: with_hash.then(|| view.state.state_hash()),
+                    state_hash,
                     state_index: view.applied.map(|l| l.index).unwrap_or(0),
                 }
             })
