@@ -285,7 +285,7 @@ mod tests {
             log_id(1, index),
             Batch {
                 log_ts_ms: index,
-                events: Vec::new(),
+                events: Default::default(),
             },
         )
     }

@@ -1190,7 +1190,7 @@ fn dump_differences(slots: &[Slot], shard: u32) {
             for ((_, inc), l) in logs {
                 for (i, term, e) in l.dump() {
                     if let openraft::EntryPayload::Normal(b) = &e.payload {
-                        for ev in &b.events {
+                        for ev in b.events.iter() {
                             if let charging_node::ledger::Event::Account(a) = ev {
                                 if a.request.account.0 == acct {
                                     eprintln!(

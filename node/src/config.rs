@@ -116,6 +116,10 @@ impl NodeConfig {
             "shard.max_inflight_batches: must be >= 1",
         )?;
         check(
+            (1..=self.shard.max_inflight_batches).contains(&self.shard.pipelined_batches_max),
+            "shard.pipelined_batches_max: must be 1..=max_inflight_batches",
+        )?;
+        check(
             self.shard.max_waiters_per_account >= 1,
             "shard.max_waiters_per_account: must be >= 1",
         )?;

@@ -80,6 +80,7 @@ struct FileLimits {
     max_batch_events: Option<usize>,
     max_waiters_per_account: Option<usize>,
     max_inflight_batches: Option<usize>,
+    pipelined_batches_max: Option<usize>,
     max_active_accounts: Option<usize>,
     sweep_period_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -225,6 +226,7 @@ impl ProcessConfig {
             max_batch_events => node.shard.max_batch_events,
             max_waiters_per_account => node.shard.max_waiters_per_account,
             max_inflight_batches => node.shard.max_inflight_batches,
+            pipelined_batches_max => node.shard.pipelined_batches_max,
             max_active_accounts => node.max_active_accounts,
             snapshot_logs => node.snapshot_logs,
             append_window => node.transport.append_window,
@@ -296,6 +298,7 @@ max_forward_peers = {mfp}
 max_batch_events = {mbe}
 max_waiters_per_account = {mwa}
 max_inflight_batches = {mib}
+pipelined_batches_max = {pbm}          # proposed at once; later events wait for one to apply
 max_active_accounts = {maa}
 sweep_period_ms = {sp}
 connect_timeout_ms = {ct}
@@ -324,6 +327,7 @@ max_moves = {mm}                      # shards the placement driver moves at onc
         mbe = d.shard.max_batch_events,
         mwa = d.shard.max_waiters_per_account,
         mib = d.shard.max_inflight_batches,
+        pbm = d.shard.pipelined_batches_max,
         maa = d.max_active_accounts,
         sp = d.sweep_period.as_millis(),
         ct = d.connect_timeout.as_millis(),

@@ -126,10 +126,11 @@ pub async fn run_writer(
         if store.view().state.cluster_map.is_none() && raft.as_leader().is_ok() {
             let batch = Batch {
                 log_ts_ms: clock.now_ms(),
-                events: vec![Event::ClusterMap {
+                events: [Event::ClusterMap {
                     map: initial.clone(),
                     expected_version: 0,
-                }],
+                }]
+                .into(),
             };
             match tokio::time::timeout(Duration::from_secs(5), raft.client_write(batch)).await {
                 Ok(Ok(_)) => tracing::info!(version = initial.version, "cluster map written"),
@@ -193,10 +194,11 @@ pub async fn change(
         };
         let batch = Batch {
             log_ts_ms: clock.now_ms(),
-            events: vec![Event::ClusterMap {
+            events: [Event::ClusterMap {
                 map: next,
                 expected_version: current.version,
-            }],
+            }]
+            .into(),
         };
         match tokio::time::timeout(Duration::from_secs(5), raft.client_write(batch)).await {
             Ok(Ok(resp)) => match resp.data.0.first() {

@@ -452,11 +452,11 @@ impl FrontDoor {
                         self.record("balance", "unknown", started);
                         return Err(self.unavailable(None, "read index not confirmed"));
                     }
-                    let view = h.store.view();
+                    let balance = h
+                        .store
+                        .read_at(|s, ts| s.account(&account).map(|a| a.view(ts)));
                     self.record("balance", "ok", started);
-                    return Ok(convert::balance(
-                        view.state.account(&account).map(|a| a.view(view.log_ts_ms)),
-                    ));
+                    return Ok(convert::balance(balance));
                 }
                 Err(fwd) => leader = fwd.leader_id.map(crate::raft::node_of),
             }

@@ -190,13 +190,19 @@ impl Charging for ChargingService {
     ) -> Result<Response<pb::GetTariffsResponse>, Status> {
         // Every shard holds the same tariffs; any hosted shard's applied
         // view answers.
-        let Some(view) = self.0.hosted.iter().next().map(|h| h.store.view()) else {
+        let Some(tariffs) = self
+            .0
+            .hosted
+            .iter()
+            .next()
+            .map(|h| h.store.read(|s| s.tariffs.clone()))
+        else {
             return Err(Status::unavailable(
                 "this node hosts no shard yet; ask another node",
             ));
         };
         Ok(Response::new(pb::GetTariffsResponse {
-            tariffs: view.state.tariffs.values().map(convert::tariff).collect(),
+            tariffs: tariffs.values().map(convert::tariff).collect(),
         }))
     }
 

@@ -56,7 +56,10 @@ pub struct Batch {
     /// Leader wall clock when the batch was proposed. Apply uses
     /// `max(log_ts_ms, previous log_ts)`, so log time never goes backwards.
     pub log_ts_ms: u64,
-    pub events: Vec<Event>,
+    /// Shared: an entry is cloned for the log, for each follower's append
+    /// and for apply; sharing makes each of those a reference count, not a
+    /// copy of every event. Same bytes on the wire as a `Vec` (serde `rc`).
+    pub events: std::sync::Arc<[Event]>,
 }
 
 /// One result per event of the batch, in order.

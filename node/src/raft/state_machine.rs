@@ -1,10 +1,15 @@
 //! The shard state machine: decodes nothing itself (entries arrive typed),
 //! applies each [`Batch`] to the shard's [`ShardState`] with log time, and
-//! publishes a frozen copy-on-write view after every entry.
+//! makes frozen copy-on-write views of it on demand.
 //!
-//! Publishing happens before the entry's responder fires, so a shard actor
-//! that hears "applied" always finds the new account versions in the view.
-//! Balance reads use the view too: they never queue behind apply.
+//! A view is made when someone asks ([`ShardStore::view`]) and kept until
+//! the next apply: not after every entry. Holding a view shares the state's
+//! tree nodes, so the next write to each account copies its path and the
+//! account itself; publishing per entry made every replica pay that on every
+//! operation. The shard actor reads single accounts and tariffs under the
+//! lock instead ([`ShardStore::read`]), always current: apply updates the
+//! state before an entry's responder fires. Balance reads use a view (or wait
+//! at most for the entry being applied).
 //!
 //! With a snapshot file (a node with a data dir), every snapshot built or
 //! installed is written to it (temp file, fsync, rename) before openraft
@@ -48,6 +53,9 @@ struct Inner {
     /// back when openraft asks): keeping them would cost every replica the
     /// serialized size of its whole state in RAM.
     current: Option<CurrentSnapshot>,
+    /// The view handed out since the last apply, if any (dropped by apply,
+    /// so an unread state shares nothing and is written in place).
+    view: Option<Arc<Published>>,
 }
 
 /// Shard state machine handle (cheap to clone).
@@ -128,7 +136,8 @@ impl ShardStore {
         g.applied = meta.last_log_id;
         g.membership = meta.last_membership.clone();
         g.current = Some((meta.clone(), self.keep_bytes(data)));
-        self.publish(&g);
+        g.view = None;
+        self.notify(&mut g);
     }
 
     fn empty(limits: Limits, snapshot_file: Option<Arc<PathBuf>>) -> Self {
@@ -145,6 +154,7 @@ impl ShardStore {
                 membership: Default::default(),
                 log_ts_ms: 0,
                 current: None,
+                view: None,
             })),
             published: Arc::new(tx),
             snapshot_file,
@@ -165,25 +175,62 @@ impl ShardStore {
         self.bulk_since_snapshot.load(Ordering::Relaxed)
     }
 
-    /// The latest frozen view of the applied state.
+    /// A frozen view of the applied state, current as of this call.
     pub fn view(&self) -> Arc<Published> {
-        self.published.borrow().clone()
+        let mut g = self.lock();
+        Self::view_of(&mut g)
     }
 
+    /// Reads the applied state in place, under the state machine's lock (so
+    /// at most one entry's apply is waited for): for small reads on the hot
+    /// path, which must not make a view (see the module doc).
+    pub fn read<R>(&self, f: impl FnOnce(&ShardState) -> R) -> R {
+        f(&self.lock().state)
+    }
+
+    /// [`ShardStore::read`], with the log time of the state read.
+    pub fn read_at<R>(&self, f: impl FnOnce(&ShardState, u64) -> R) -> R {
+        let g = self.lock();
+        f(&g.state, g.log_ts_ms)
+    }
+
+    /// The last applied log id.
+    pub fn applied(&self) -> Option<LogIdOf<TypeConfig>> {
+        self.lock().applied
+    }
+
+    /// Views of the applied state as it changes (the metadata group's map
+    /// watchers). A subscribed store makes a view after every apply.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
-        self.published.subscribe()
+        let mut g = self.lock();
+        let rx = self.published.subscribe();
+        // The channel holds whatever was last sent: bring it up to date.
+        self.published.send_replace(Self::view_of(&mut g));
+        rx
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, g: &Inner) {
-        self.published.send_replace(Arc::new(Published {
+    fn view_of(g: &mut Inner) -> Arc<Published> {
+        if let Some(v) = &g.view {
+            return v.clone();
+        }
+        let v = Arc::new(Published {
             state: g.state.clone(),
             applied: g.applied,
             log_ts_ms: g.log_ts_ms,
-        }));
+        });
+        g.view = Some(v.clone());
+        v
+    }
+
+    /// Publishes a new view to subscribers, if there are any.
+    fn notify(&self, g: &mut Inner) {
+        if self.published.receiver_count() > 0 {
+            self.published.send_replace(Self::view_of(g));
+        }
     }
 }
 
@@ -263,6 +310,7 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = {
                 let mut g = self.lock();
+                g.view = None;
                 g.applied = Some(entry.log_id);
                 let result = match &entry.payload {
                     EntryPayload::Blank => BatchResult::default(),
@@ -270,7 +318,7 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
                         g.log_ts_ms = g.log_ts_ms.max(*log_ts_ms);
                         let ts = g.log_ts_ms;
                         let mut out = Vec::with_capacity(events.len());
-                        for ev in events {
+                        for ev in events.iter() {
                             if let crate::ledger::Event::BulkCreate { accounts, .. } = ev {
                                 self.bulk_since_snapshot
                                     .fetch_add(accounts.len() as u64, Ordering::Relaxed);
@@ -285,7 +333,7 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
                         BatchResult::default()
                     }
                 };
-                self.publish(&g);
+                self.notify(&mut g);
                 result
             };
             if let Some(r) = responder {

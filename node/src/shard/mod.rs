@@ -102,6 +102,13 @@ pub struct ShardLimits {
     pub max_waiters_per_account: usize,
     /// Batches proposed but not yet applied.
     pub max_inflight_batches: usize,
+    /// Batches proposed at once while others are in flight. Past this,
+    /// decided events wait in the open batch until one is applied (or the
+    /// batch is full), so a busy shard sends few, large entries: about half
+    /// of a node's CPU per operation is paid per Raft entry (WAL record,
+    /// append per follower, apply wakeups), not per event. An idle shard
+    /// still proposes a lone event at once.
+    pub pipelined_batches_max: usize,
 }
 
 impl Default for ShardLimits {
@@ -110,6 +117,7 @@ impl Default for ShardLimits {
             max_batch_events: 512,
             max_waiters_per_account: 1024,
             max_inflight_batches: 64,
+            pipelined_batches_max: 1,
         }
     }
 }
@@ -288,11 +296,17 @@ impl Actor for ShardActor {
             } => {
                 if on_bulk(st, accounts, currency, credit_limit, initial_balance, reply) {
                     // One bulk event per Raft entry: bounds the entry size.
-                    flush(&myself, st).await;
+                    flush(&myself, st, true).await;
                 }
             }
-            ShardMsg::Flush => flush(&myself, st).await,
-            ShardMsg::BatchDone { seq, result } => on_batch_done(st, seq, *result),
+            ShardMsg::Flush => flush(&myself, st, false).await,
+            ShardMsg::BatchDone { seq, result } => {
+                on_batch_done(st, seq, *result);
+                // Events held back while the pipeline was full go now.
+                if !st.open.is_empty() {
+                    schedule_flush(&myself, st);
+                }
+            }
             ShardMsg::ReadDone { seq, ok } => on_read_done(st, seq, ok),
             ShardMsg::Leadership { leader, me_id } => on_leadership(&myself, st, leader, me_id),
             ShardMsg::EpochReady { leader } => {
@@ -309,7 +323,7 @@ impl Actor for ShardActor {
             }
         }
         if st.open.len() >= st.a.limits.max_batch_events {
-            flush(&myself, st).await;
+            flush(&myself, st, true).await;
         }
         Ok(())
     }
@@ -344,13 +358,13 @@ fn on_bulk(
         return false;
     }
     let now_ms = st.now_ms();
-    let view = st.a.store.view();
+    let limits = st.a.store.read(|s| s.limits.clone());
     let template = match crate::ledger::decide::new_account(
         &currency,
         credit_limit,
         initial_balance,
         &[],
-        &view.state.limits,
+        &limits,
         now_ms,
     ) {
         Ok(a) => Arc::new(a),
@@ -379,7 +393,19 @@ fn on_bulk(
     true
 }
 
+/// True while the open batch waits for an applied one (see
+/// [`ShardLimits::pipelined_batches_max`]).
+fn pipeline_full(st: &State) -> bool {
+    st.inflight.len() >= st.a.limits.pipelined_batches_max
+}
+
+/// Queues a `Flush` behind the messages already in the mailbox, so the
+/// requests that arrived meanwhile join the batch. Not while the pipeline is
+/// full and no rejection waits: then `BatchDone` schedules it.
 fn schedule_flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
+    if st.reads_open.is_empty() && pipeline_full(st) {
+        return;
+    }
     if !st.flush_scheduled {
         st.flush_scheduled = true;
         let _ = myself.cast(ShardMsg::Flush);
@@ -401,9 +427,26 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
     }
     let started = Instant::now();
     let now_ms = st.now_ms();
-    let view = st.a.store.view();
+    let activate = !st.accounts.contains_key(&req.account);
+    // One short read of the applied state: the account (to activate it),
+    // exactly the tariffs the decision may read (they travel in the event),
+    // and the limits.
+    let (applied, tariffs, limits) = st.a.store.read(|s| {
+        let applied = if activate {
+            s.account(&req.account).cloned()
+        } else {
+            None
+        };
+        let mut tariffs = Tariffs::new();
+        for rg in req.cmd.rating_groups() {
+            if let Some(t) = s.tariffs.get(&rg) {
+                tariffs.insert(rg, t.clone());
+            }
+        }
+        (applied, tariffs, s.limits.clone())
+    });
     // Activate the virtual account on first use.
-    if !st.accounts.contains_key(&req.account) {
+    if activate {
         if st.a.active_accounts.load(Ordering::Relaxed) >= st.a.max_active_accounts {
             if let Some(tx) = reply {
                 let _ = tx.send(Outcome::Overloaded("too many active accounts on this node"));
@@ -412,11 +455,10 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
         }
         let n = st.a.active_accounts.fetch_add(1, Ordering::Relaxed) + 1;
         gauge!("charging_active_accounts", "node" => st.node_label.clone()).set(n as f64);
-        let spec = view.state.account(&req.account).cloned();
         st.accounts.insert(
             req.account.clone(),
             VAccount {
-                spec,
+                spec: applied,
                 front_id: 0,
                 queue: VecDeque::new(),
                 uncertain: false,
@@ -432,15 +474,8 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
         }
         return;
     }
-    // Exactly the tariffs the decision may read travel in the event.
-    let mut tariffs = Tariffs::new();
-    for rg in req.cmd.rating_groups() {
-        if let Some(t) = view.state.tariffs.get(&rg) {
-            tariffs.insert(rg, t.clone());
-        }
-    }
     let expected_version = acct.spec.as_ref().map(|a| a.version).unwrap_or(0);
-    let decision = decide(&mut acct.spec, &tariffs, &view.state.limits, &req, now_ms);
+    let decision = decide(&mut acct.spec, &tariffs, &limits, &req, now_ms);
     histogram!("charging_decision_seconds", "node" => st.node_label.clone())
         .record(started.elapsed().as_secs_f64());
     let waiter_id = acct.front_id + acct.queue.len() as u64;
@@ -547,12 +582,15 @@ fn set_ready(st: &mut State, account: &AccountId, id: u64, outcome: Outcome) {
     }
 }
 
-async fn flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
+/// Proposes the open batch (unless the pipeline is full and `force` is not
+/// set: a full batch, or a bulk event, which must travel alone) and takes
+/// one read index for the rejections decided since the last flush.
+async fn flush(myself: &ActorRef<ShardMsg>, st: &mut State, force: bool) {
     st.flush_scheduled = false;
     let Epoch::Leading(leader) = st.epoch.clone_id() else {
         return;
     };
-    if !st.open.is_empty() {
+    if !st.open.is_empty() && (force || !pipeline_full(st)) {
         st.batch_seq += 1;
         let seq = st.batch_seq;
         let events = std::mem::take(&mut st.open);
@@ -577,7 +615,10 @@ async fn flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
         // `write` only enqueues into the Raft core and returns once the core
         // has the message; awaiting it keeps proposals in order without a
         // task per write. `with_leader` fences the entry to this epoch.
-        let batch = Batch { log_ts_ms, events };
+        let batch = Batch {
+            log_ts_ms,
+            events: events.into(),
+        };
         let sent =
             st.a.raft
                 .write(batch)
@@ -652,7 +693,7 @@ fn on_batch_done(st: &mut State, seq: u64, result: WriteResult) {
                         counter!("charging_conflicts_total", "node" => st.node_label.clone())
                             .increment(1);
                         if let Some(a) = st.accounts.get_mut(&account) {
-                            a.spec = st.a.store.view().state.account(&account).cloned();
+                            a.spec = st.a.store.read(|s| s.account(&account).cloned());
                         }
                         Outcome::Unknown("event conflicted on apply; retry")
                     }
@@ -809,20 +850,27 @@ fn end_epoch(st: &mut State) {
     st.reads_pending.clear();
 }
 
-/// Watches this replica's Raft metrics and tells the actor which node leads
-/// (`me` is this replica's member id; the actor hears node ids).
+/// Watches this replica's Raft server metrics (vote, state, leader: they
+/// change on elections only, unlike the full metrics, which change with
+/// every entry and would wake this task per entry) and tells the actor which
+/// node leads (`me` is this replica's member id; the actor hears node ids).
+/// This replica leads under the committed vote naming it, as in
+/// `Raft::as_leader`, read from the same snapshot of the metrics.
 fn spawn_leadership_watcher(raft: Raft, me: NodeId, actor: ActorRef<ShardMsg>) {
+    use openraft::vote::RaftLeaderId;
     tokio::spawn(async move {
-        let mut rx = raft.metrics();
+        let mut rx = raft.server_metrics();
+        drop(raft);
         let mut last: Option<(Option<NodeId>, Option<LeaderId>)> = None;
         loop {
-            // Release the metrics borrow before `as_leader()`, which borrows
-            // the same watch: a nested read would deadlock against a waiting
-            // writer (the Raft core publishing metrics).
-            let leader = rx.borrow_watched().current_leader;
-            let me_id = match raft.as_leader() {
-                Ok(l) if leader == Some(me) => Some(l.to_committed_leader_id()),
-                _ => None,
+            let (leader, me_id) = {
+                let m = rx.borrow_watched();
+                let vote_leader = m.vote.leader_id();
+                let me_id = (m.vote.is_committed()
+                    && *vote_leader.node_id() == me
+                    && m.current_leader == Some(me))
+                .then(|| vote_leader.to_committed());
+                (m.current_leader, me_id)
             };
             let leader = leader.map(crate::raft::node_of);
             if last != Some((leader, me_id)) {
@@ -854,10 +902,14 @@ const BULK_COMPACT_QUIET: Duration = Duration::from_secs(2);
 fn spawn_compactor(raft: Raft, store: ShardStore) {
     tokio::spawn(async move {
         let mut rx = raft.metrics();
+        // Server metrics change on elections only: waiting on them with a
+        // timeout is a 1 s tick that also ends with the Raft instance (the
+        // full metrics would wake this task on every entry).
+        let mut ends = raft.server_metrics();
         let mut seen = 0u64;
         let mut changed_at = Instant::now();
         loop {
-            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await {
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), ends.changed()).await {
                 return;
             }
             let bulk = store.bulk_since_snapshot();
@@ -868,15 +920,14 @@ fn spawn_compactor(raft: Raft, store: ShardStore) {
             if bulk == 0 {
                 continue;
             }
-            let view = store.view();
-            let big = bulk >= BULK_COMPACT_ACCOUNTS.max(view.state.accounts.len() as u64 / 2);
+            let accounts = store.read(|s| s.accounts.len() as u64);
+            let big = bulk >= BULK_COMPACT_ACCOUNTS.max(accounts / 2);
             if !big && changed_at.elapsed() < BULK_COMPACT_QUIET {
                 continue;
             }
-            let Some(target) = view.applied else {
+            let Some(target) = store.applied() else {
                 continue;
             };
-            drop(view);
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
