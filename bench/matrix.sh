@@ -16,12 +16,15 @@ bench=target/release/chargebench
 bench/cluster3.sh start --fsync "$fsync"
 trap 'bench/cluster3.sh stop >/dev/null' EXIT
 read -r -a eps <<<"$(bench/cluster3.sh endpoints)"
+# Node CPU µs per op (issue 14): the three node processes' CPU time over
+# each measured window.
+pids=$(bench/cluster3.sh pids)
 run() { # NAME ARGS...
   local name=$1; shift
   echo "== $name (fsync $fsync, load $(cut -d' ' -f1-3 /proc/loadavg)): $*"
   timeout 300 "$bench" run "${eps[@]}" --quiet --duration "$d" --accounts "$acc" \
-    --json "$out/matrix-$fsync-$name.json" "$@" 2>&1 |
-    grep -E "^(charging|echo|ratio|pairs|drift|errors)" || echo "FAILED: $name"
+    --node-pids "$pids" --json "$out/matrix-$fsync-$name.json" "$@" 2>&1 |
+    grep -E "^(charging|echo|ratio|pairs|drift|errors|node|warning)" || echo "FAILED: $name"
 }
 run rc-unary-c1 --workload reserve-commit --concurrency 1 --baseline echo
 run rc-unary-c16 --workload reserve-commit --concurrency 16

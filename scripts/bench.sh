@@ -69,7 +69,8 @@ run() { # run NAME ARGS...: one chargebench run, its JSON and HTML in $out
   local f="$out/$stamp-$(printf %02d $n)-$name"
   echo "== $name: chargebench run $*"
   # Exit code 2 = drift: keep the report, go on, fail at the end.
-  if "$bench" run "${eps[@]}" --quiet --json "$f.json" --html "$f.html" "$@"; then :; else
+  # --node-pids: chargerd dev is one process; its CPU time per op is reported.
+  if "$bench" run "${eps[@]}" --quiet --node-pids "$pid" --json "$f.json" --html "$f.html" "$@"; then :; else
     failed+=("$name (exit $?)")
   fi
   [[ -f $f.json ]] && files+=("$f.json")

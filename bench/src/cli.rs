@@ -3,6 +3,7 @@
 use crate::cluster::{self, Preload};
 use crate::echo::EchoServer;
 use crate::exec::{connect, Exec, Target};
+use crate::nodecpu::NodeCpu;
 use crate::report::{put_baseline, put_measured, round1, table, Measured};
 use crate::stats::Recorder;
 use crate::workload::{run_load, Engine, Expect, LoadOpts, LoadResult, WorkCfg, Workload};
@@ -124,6 +125,9 @@ pub fn report(a: ReportArgs) -> anyhow::Result<Value> {
                 r["ratio_p50"],
                 r["ratio_p99"]
             );
+        }
+        if let Some(line) = crate::report::node_cpu_line(r, "") {
+            println!("{:<15} {line}", "");
         }
     }
     if let Some(p) = &a.json {
@@ -257,6 +261,12 @@ pub struct Common {
     /// Write a self-contained HTML report here.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// PIDs of the node processes (separated by commas or spaces, e.g.
+    /// "$(bench/cluster3.sh pids)"; default: $CHARGEBENCH_NODE_PIDS). Their
+    /// user + system CPU time over the measured window (not the preload, not
+    /// the read-back) is reported as node CPU µs per operation and cores.
+    #[arg(long, value_name = "PID,PID,...")]
+    pub node_pids: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -361,6 +371,13 @@ impl Common {
 
     fn progress(&self) -> bool {
         !self.quiet && std::io::stderr().is_terminal()
+    }
+
+    /// The node processes to measure (`--node-pids`, else
+    /// `CHARGEBENCH_NODE_PIDS`); an error if one cannot be read now.
+    pub fn node_cpu(&self) -> anyhow::Result<Option<NodeCpu>> {
+        NodeCpu::from_option(self.node_pids.as_deref())
+            .map_err(|e| anyhow::anyhow!("--node-pids / CHARGEBENCH_NODE_PIDS: {e}"))
     }
 }
 
@@ -536,6 +553,26 @@ pub async fn load(
     run_load(engine, opts).await
 }
 
+/// [`load`], measured: with `cpu`, the node processes' CPU time is sampled
+/// right before the load starts and right after its last op is counted, so
+/// the window is the one ops/s is computed over.
+pub async fn load_measured(
+    exec: Exec,
+    cfg: Arc<WorkCfg>,
+    expect: Option<Arc<Expect>>,
+    opts: &LoadOpts,
+    max_ops: Option<u64>,
+    cpu: Option<&NodeCpu>,
+) -> Measured {
+    let start = cpu.map(NodeCpu::sample);
+    let r = load(exec, cfg, expect, opts, max_ops).await;
+    let mut m = Measured::from_load(&r);
+    if let (Some(cpu), Some(start)) = (cpu, start) {
+        m.node_cpu = Some(cpu.finish(start, r.totals.ops));
+    }
+    m
+}
+
 /// The echo baseline: same transport, connections, concurrency, rate, duration.
 pub async fn echo_baseline(
     c: &Common,
@@ -650,6 +687,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<Value> {
     if a.duration.is_nan() || a.duration <= 0.0 {
         bail!("--duration must be > 0");
     }
+    let cpu = c.node_cpu()?;
     let s = setup(c).await?;
     let width = s.exec.width();
     let concurrency = a
@@ -664,15 +702,15 @@ pub async fn run(a: RunArgs) -> anyhow::Result<Value> {
         progress: c.progress(),
         label: c.workload.name().into(),
     };
-    let r = load(
+    let ours = load_measured(
         s.exec.clone(),
         s.cfg.clone(),
         s.expect.clone(),
         &opts,
         a.max_ops,
+        cpu.as_ref(),
     )
     .await;
-    let ours = Measured::from_load(&r);
     let mut o = Map::new();
     common_fields(&mut o, c, &s);
     o.insert(
@@ -722,6 +760,7 @@ pub async fn sweep(a: SweepArgs) -> anyhow::Result<Value> {
     {
         bail!("--start-rate > 0, --step-factor > 1 and --step-duration > 0 please");
     }
+    let cpu = c.node_cpu()?;
     let s = setup(c).await?;
     let mut rate = a.start_rate;
     let mut steps = Vec::new();
@@ -740,8 +779,15 @@ pub async fn sweep(a: SweepArgs) -> anyhow::Result<Value> {
             progress: c.progress(),
             label: format!("{rate:.0}/s"),
         };
-        let r = load(s.exec.clone(), s.cfg.clone(), s.expect.clone(), &opts, None).await;
-        let m = Measured::from_load(&r);
+        let m = load_measured(
+            s.exec.clone(),
+            s.cfg.clone(),
+            s.expect.clone(),
+            &opts,
+            None,
+            cpu.as_ref(),
+        )
+        .await;
         let kept_up = m.ops_per_sec >= 0.9 * rate;
         let pass = m.lat.p99 <= a.p99_target_us && kept_up;
         println!(
@@ -759,6 +805,17 @@ pub async fn sweep(a: SweepArgs) -> anyhow::Result<Value> {
                 "FAIL (could not keep up)"
             }
         );
+        if let Some(c) = &m.node_cpu {
+            match &c.result {
+                Ok(f) => println!(
+                    "  {:>16}  node cpu {:.1} µs/op ({:.2} cores)",
+                    "",
+                    f.us_per_op.unwrap_or(0.0),
+                    f.cores
+                ),
+                Err(w) => println!("  {:>16}  node cpu absent ({w})", ""),
+            }
+        }
         let mut o = Map::new();
         common_fields(&mut o, c, &s);
         o.insert("mode".into(), json!("open"));
@@ -856,6 +913,16 @@ mod tests {
         assert!(a.common.endpoints().is_ok());
         assert_eq!(a.common.distribution, Distribution::Zipf(0.99));
         assert_eq!(a.common.rating_groups, vec![32, 10]);
+        assert_eq!(a.common.node_pids, None);
+        // The pid list as bench/cluster3.sh prints it, or comma-separated.
+        let me = std::process::id();
+        let cli = Cli::parse_from(["chargebench", "run", "--node-pids", &format!("{me} {me} ")]);
+        let Cmd::Run(a) = cli.cmd else { panic!() };
+        let cpu = a.common.node_cpu().unwrap().expect("pids given");
+        assert_eq!(cpu.pids, vec![me]);
+        let cli = Cli::parse_from(["chargebench", "run", "--node-pids", "1,x"]);
+        let Cmd::Run(a) = cli.cmd else { panic!() };
+        assert!(a.common.node_cpu().is_err());
     }
 
     #[test]

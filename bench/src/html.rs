@@ -160,7 +160,7 @@ fn timeline(r: &Value, prefix: &str, key: &str) -> Vec<(f64, f64)> {
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .filter(|p| p["ops"].as_u64().unwrap_or(0) > 0 || key == "ops")
+                .filter(|p| p["ops"].as_u64().unwrap_or(0) > 0)
                 .map(|p| {
                     (
                         p["t_s"].as_f64().unwrap_or(0.0),
@@ -170,6 +170,40 @@ fn timeline(r: &Value, prefix: &str, key: &str) -> Vec<(f64, f64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// (end of interval s, ops/s) of the timeline: each interval's ops over its
+/// real length, so the last, partial second is not drawn as a dip. Reports
+/// without `ops_per_sec` (older JSON) get the length from consecutive `t_s`,
+/// and lose a last interval too short for a rate (the recorder now folds
+/// that one into the interval before).
+fn throughput(r: &Value, prefix: &str) -> Vec<(f64, f64)> {
+    let Some(a) = r.get(format!("{prefix}timeline")).and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut prev_t = 0.0;
+    let mut pts: Vec<(f64, f64, f64)> = a
+        .iter()
+        .map(|p| {
+            let t = p["t_s"].as_f64().unwrap_or(0.0);
+            let dt = p["dt_s"].as_f64().unwrap_or(t - prev_t);
+            prev_t = t;
+            let rate = p["ops_per_sec"].as_f64().unwrap_or_else(|| {
+                let ops = p["ops"].as_f64().unwrap_or(0.0);
+                if dt > 0.0 {
+                    ops / dt
+                } else {
+                    0.0
+                }
+            });
+            (t, dt, rate)
+        })
+        .collect();
+    let min_dt = crate::stats::MIN_LAST_INTERVAL.as_secs_f64();
+    if pts.len() > 1 && pts.last().is_some_and(|&(_, dt, _)| dt < min_dt) {
+        pts.pop();
+    }
+    pts.into_iter().map(|(t, _, rate)| (t, rate)).collect()
 }
 
 fn percentiles(r: &Value, prefix: &str) -> Vec<(f64, f64)> {
@@ -241,6 +275,25 @@ fn section(r: &Value) -> String {
             s("ratio_p99")
         );
     }
+    if let Some(line) = crate::report::node_cpu_line(r, "") {
+        let pids = r
+            .get("node_pids")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let text = line.strip_prefix("node cpu: ").unwrap_or(&line);
+        h += &format!(
+            "<tr><th>node cpu</th><td colspan='7' style='text-align:left'>{} \
+             <small>(user + system CPU of node pids {} over the measured window)</small></td></tr>",
+            esc(text),
+            esc(&pids)
+        );
+    }
     h += "</table>";
     h += &format!(
         "<p>drift: <b>{}</b> · errors by code: {} · accounts {} ({})</p>",
@@ -284,7 +337,7 @@ fn section(r: &Value) -> String {
         &[Series {
             name: "ops/s".into(),
             color: "#2ca02c",
-            pts: timeline(r, "", "ops"),
+            pts: throughput(r, ""),
         }],
         false,
         false,
@@ -332,5 +385,46 @@ mod tests {
         assert!(p.contains("t &lt;x&gt;"));
         assert!(!p.contains(" src=") && !p.contains(" href="));
         assert!(!p.contains("<script"));
+    }
+
+    /// The throughput plot of a steady 1000 ops/s run whose last interval
+    /// lasted 0.25 s: 1000/s throughout (it was drawn as 250).
+    #[test]
+    fn throughput_of_the_partial_last_second_is_a_rate() {
+        let new = json!({"timeline": [
+            {"t_s": 1.0, "dt_s": 1.0, "ops": 1000, "ops_per_sec": 1000.0},
+            {"t_s": 2.0, "dt_s": 1.0, "ops": 1000, "ops_per_sec": 1000.0},
+            {"t_s": 2.25, "dt_s": 0.25, "ops": 250, "ops_per_sec": 1000.0}]});
+        assert_eq!(
+            throughput(&new, ""),
+            vec![(1.0, 1000.0), (2.0, 1000.0), (2.25, 1000.0)]
+        );
+        // An older report, without dt_s / ops_per_sec: from the t_s steps.
+        let old = json!({"timeline": [
+            {"t_s": 1.0, "ops": 1000}, {"t_s": 2.0, "ops": 1000},
+            {"t_s": 2.25, "ops": 250}]});
+        assert_eq!(throughput(&old, ""), throughput(&new, ""));
+        // ... and a last interval of 4 ms is no rate at all: left out.
+        let old = json!({"timeline": [
+            {"t_s": 1.0, "ops": 1000}, {"t_s": 2.0, "ops": 1000},
+            {"t_s": 2.004, "ops": 3}]});
+        assert_eq!(throughput(&old, ""), vec![(1.0, 1000.0), (2.0, 1000.0)]);
+    }
+
+    #[test]
+    fn node_cpu_row() {
+        let r = json!({"workload": "debit", "ops_per_sec": 10.0, "node_pids": [11, 12],
+            "node_cpu_us_per_op": 123.4, "node_cpu_cores": 1.5});
+        let p = page("t", &[r]);
+        assert!(p.contains("<th>node cpu</th>"), "{p}");
+        assert!(p.contains("123.4 µs/op (1.50 cores)"), "{p}");
+        assert!(p.contains("node pids 11, 12"), "{p}");
+        let r = json!({"workload": "debit", "node_pids": [11],
+            "node_cpu_us_per_op": null, "node_cpu_cores": null,
+            "node_cpu_warning": "node pid 11 cannot be read"});
+        let p = page("t", &[r]);
+        assert!(p.contains("absent (node pid 11 cannot be read)"), "{p}");
+        let p = page("t", &[json!({"workload": "debit"})]);
+        assert!(!p.contains("node cpu"));
     }
 }

@@ -7,6 +7,7 @@
 //!   cluster or the [`echo`] baseline.
 //! - [`cluster`]: bulk preload, tariffs, balance read-back (drift).
 //! - [`stats`], [`report`], [`html`]: histograms, table, JSON, HTML.
+//! - [`nodecpu`]: CPU µs per operation of the node processes (`--node-pids`).
 //! - [`cli`]: the command line and the `run` / `sweep` commands.
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod cluster;
 pub mod echo;
 pub mod exec;
 pub mod html;
+pub mod nodecpu;
 pub mod report;
 pub mod stats;
 pub mod workload;

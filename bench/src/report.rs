@@ -17,6 +17,8 @@ pub struct Measured {
     pub timeline: Vec<Point>,
     pub percentiles: Vec<(f64, u64)>,
     pub avg_batch: Option<f64>,
+    /// Node CPU over the measured window (`None`: no `--node-pids`).
+    pub node_cpu: Option<crate::nodecpu::Report>,
 }
 
 impl Measured {
@@ -32,6 +34,7 @@ impl Measured {
             timeline: r.timeline.clone(),
             percentiles: distribution(&r.totals.hist),
             avg_batch: r.avg_batch,
+            node_cpu: None,
         }
     }
 
@@ -60,6 +63,24 @@ pub fn put_measured(o: &mut Map<String, Value>, prefix: &str, m: &Measured) {
     if let Some(b) = m.avg_batch {
         put("avg_ops_per_message", json!(round1(b)));
     }
+    // Absent without --node-pids; null, with the reason, when a node
+    // process vanished or restarted during the window.
+    if let Some(c) = &m.node_cpu {
+        put("node_pids", json!(c.pids));
+        match &c.result {
+            Ok(f) => {
+                put("node_cpu_us_per_op", json!(f.us_per_op.map(round1)));
+                put("node_cpu_cores", json!(round3(f.cores)));
+                put("node_cpu_seconds", json!(round3(f.cpu_us / 1e6)));
+                put("node_cpu_window_s", json!(round3(f.wall_s)));
+            }
+            Err(w) => {
+                put("node_cpu_us_per_op", Value::Null);
+                put("node_cpu_cores", Value::Null);
+                put("node_cpu_warning", json!(w));
+            }
+        }
+    }
     put(
         "percentiles",
         Value::Array(
@@ -75,7 +96,8 @@ pub fn put_measured(o: &mut Map<String, Value>, prefix: &str, m: &Measured) {
             m.timeline
                 .iter()
                 .map(|p| {
-                    json!({"t_s": round3(p.t_s), "ops": p.ops, "errors": p.errors,
+                    json!({"t_s": round3(p.t_s), "dt_s": round3(p.dt_s), "ops": p.ops,
+                           "ops_per_sec": round1(p.ops_per_sec), "errors": p.errors,
                            "p50_us": p.p50_us, "p99_us": p.p99_us, "max_us": p.max_us})
                 })
                 .collect(),
@@ -112,6 +134,22 @@ pub fn round1(x: f64) -> f64 {
 }
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// `node cpu: X µs/op (Y cores)` of a run report (fields prefixed with
+/// `prefix`), or why it is absent; `None` when node CPU was not measured.
+pub fn node_cpu_line(r: &Value, prefix: &str) -> Option<String> {
+    let g = |k: &str| r.get(format!("{prefix}{k}"));
+    g("node_cpu_us_per_op")?;
+    if let Some(w) = g("node_cpu_warning").and_then(Value::as_str) {
+        return Some(format!("node cpu: absent ({w})"));
+    }
+    let us = g("node_cpu_us_per_op").and_then(Value::as_f64);
+    let cores = g("node_cpu_cores").and_then(Value::as_f64).unwrap_or(0.0);
+    Some(match us {
+        Some(us) => format!("node cpu: {us:.1} µs/op ({cores:.2} cores)"),
+        None => format!("node cpu: no ops completed ({cores:.2} cores)"),
+    })
 }
 
 /// The human-readable summary of a run report.
@@ -156,6 +194,10 @@ pub fn table(r: &Value) -> String {
             "",
             n("ratio_p99")
         );
+    }
+    if let Some(line) = node_cpu_line(r, "") {
+        s += &line;
+        s += "\n";
     }
     if let Some(p) = r.get("pairs_per_sec") {
         s += &format!("pairs/s: {p}\n");
@@ -262,5 +304,58 @@ mod tests {
         // Round trip through text.
         let back: Value = serde_json::from_str(&v.to_string()).unwrap();
         assert_eq!(back["p99_us"], json!(990));
+        for k in ["t_s", "dt_s", "ops", "ops_per_sec", "p99_us"] {
+            assert!(back["timeline"][0].get(k).is_some(), "timeline: no {k}");
+        }
+    }
+
+    #[test]
+    fn node_cpu_fields_and_line() {
+        use crate::nodecpu::{Figures, Report};
+        let load = LoadResult {
+            timeline: Vec::new(),
+            totals: Recorder::new(0).finish().0,
+            elapsed: Duration::from_secs(2),
+            avg_batch: None,
+            txns_started: 0,
+        };
+        let mut m = Measured::from_load(&load);
+        // Without --node-pids: no field at all, no line.
+        let mut o = Map::new();
+        put_measured(&mut o, "", &m);
+        assert!(o.get("node_cpu_us_per_op").is_none());
+        assert!(!table(&Value::Object(o)).contains("node cpu"));
+        m.node_cpu = Some(Report {
+            pids: vec![5, 6],
+            result: Ok(Figures {
+                cpu_us: 3e6,
+                wall_s: 2.0,
+                ops: 12_345,
+                us_per_op: Some(3e6 / 12_345.0),
+                cores: 1.5,
+            }),
+        });
+        let mut o = Map::new();
+        put_measured(&mut o, "", &m);
+        let v = Value::Object(o);
+        assert_eq!(v["node_cpu_us_per_op"], json!(243.0));
+        assert_eq!(v["node_cpu_cores"], json!(1.5));
+        assert_eq!(v["node_pids"], json!([5, 6]));
+        let t = table(&v);
+        assert!(
+            t.lines().any(|l| l == "node cpu: 243.0 µs/op (1.50 cores)"),
+            "{t}"
+        );
+        // A node that vanished: null, and the reason.
+        m.node_cpu = Some(Report {
+            pids: vec![5],
+            result: Err("node pid 5 cannot be read".into()),
+        });
+        let mut o = Map::new();
+        put_measured(&mut o, "", &m);
+        let v = Value::Object(o);
+        assert_eq!(v["node_cpu_us_per_op"], Value::Null);
+        assert_eq!(v["node_cpu_cores"], Value::Null);
+        assert!(table(&v).contains("node cpu: absent (node pid 5 cannot be read)"));
     }
 }

@@ -56,6 +56,11 @@ pub fn corrected_latency(intended: Instant, sent: Instant, done: Instant) -> Dur
 /// How early the open-loop generator may wake for a due time.
 pub const EARLY_WAKE: Duration = Duration::from_millis(1);
 
+/// A last timeline interval shorter than this is folded into the one before
+/// it: over a few milliseconds (the in-flight ops that finish after the
+/// stop) a rate says nothing.
+pub const MIN_LAST_INTERVAL: Duration = Duration::from_millis(100);
+
 #[derive(Default)]
 struct Interval {
     ops: u64,
@@ -64,11 +69,18 @@ struct Interval {
     raw: Option<Histogram<u64>>,
 }
 
-/// One point of the per-second timeline.
+/// One point of the per-second timeline: the interval that ends `t_s`
+/// seconds after the start and lasts `dt_s` seconds (about 1, except the
+/// last one, which ends when the load does).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub t_s: f64,
+    pub dt_s: f64,
+    /// Operations completed in the interval.
     pub ops: u64,
+    /// `ops / dt_s`: the rate over the interval's real length, so that a
+    /// short last interval is not drawn as a dip.
+    pub ops_per_sec: f64,
     pub errors: u64,
     pub p50_us: u64,
     pub p99_us: u64,
@@ -96,6 +108,24 @@ pub struct Totals {
     pub raw: Histogram<u64>,
     pub timeline: Vec<Point>,
     last_flush: Instant,
+    /// Latencies of the last timeline point (to fold a short last interval in).
+    last_hist: Option<Histogram<u64>>,
+}
+
+impl Point {
+    fn new(t_s: f64, dt_s: f64, ops: u64, errors: u64, h: &Histogram<u64>) -> Point {
+        let q = |q: f64| if ops > 0 { h.value_at_quantile(q) } else { 0 };
+        Point {
+            t_s,
+            dt_s,
+            ops,
+            ops_per_sec: if dt_s > 0.0 { ops as f64 / dt_s } else { 0.0 },
+            errors,
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            max_us: h.max(),
+        }
+    }
 }
 
 impl Recorder {
@@ -115,15 +145,20 @@ impl Recorder {
                 raw: new_hist(),
                 timeline: Vec::new(),
                 last_flush: now,
+                last_hist: None,
             }),
         }
     }
 
     /// Restarts the clock (call right before the load starts).
     pub fn start_now(&self) {
+        self.start_at(Instant::now());
+    }
+
+    fn start_at(&self, at: Instant) {
         let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        t.start = Instant::now();
-        t.last_flush = t.start;
+        t.start = at;
+        t.last_flush = at;
     }
 
     pub fn stopped(&self) -> bool {
@@ -161,6 +196,12 @@ impl Recorder {
     /// Drains the shards into the totals and appends a timeline point.
     /// Returns that point.
     pub fn flush(&self) -> Point {
+        self.flush_at(Instant::now(), false)
+    }
+
+    /// [`Recorder::flush`] at `now`; `last`: the final interval, folded into
+    /// the previous point if shorter than [`MIN_LAST_INTERVAL`].
+    fn flush_at(&self, now: Instant, last: bool) -> Point {
         let mut ih = new_hist();
         let mut iraw = new_hist();
         let mut ops = 0;
@@ -179,29 +220,36 @@ impl Recorder {
             }
         }
         let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let errors = errs.values().sum();
+        let now = now.max(t.last_flush);
+        let errors: u64 = errs.values().sum();
         t.ops += ops;
         for (k, v) in errs {
             *t.errors.entry(k).or_default() += v;
         }
         let _ = t.hist.add(&ih);
         let _ = t.raw.add(&iraw);
-        let p = Point {
-            t_s: now.duration_since(t.start).as_secs_f64(),
-            ops,
-            errors,
-            p50_us: if ops > 0 {
-                ih.value_at_quantile(0.5)
-            } else {
-                0
-            },
-            p99_us: if ops > 0 {
-                ih.value_at_quantile(0.99)
-            } else {
-                0
-            },
-            max_us: ih.max(),
+        let t_s = now.duration_since(t.start).as_secs_f64();
+        let dt = now.duration_since(t.last_flush);
+        let fold = last && dt < MIN_LAST_INTERVAL && !t.timeline.is_empty();
+        let p = match (fold, t.timeline.pop(), t.last_hist.take()) {
+            (true, Some(prev), Some(mut h)) => {
+                let _ = h.add(&ih);
+                let p = Point::new(
+                    t_s,
+                    prev.dt_s + dt.as_secs_f64(),
+                    prev.ops + ops,
+                    prev.errors + errors,
+                    &h,
+                );
+                t.last_hist = Some(h);
+                p
+            }
+            (_, prev, _) => {
+                t.timeline.extend(prev);
+                let p = Point::new(t_s, dt.as_secs_f64(), ops, errors, &ih);
+                t.last_hist = Some(ih);
+                p
+            }
         };
         t.last_flush = now;
         t.timeline.push(p.clone());
@@ -210,7 +258,11 @@ impl Recorder {
 
     /// Final flush; returns the totals and the elapsed time since start.
     pub fn finish(&self) -> (Totals, Duration) {
-        self.flush();
+        self.finish_at(Instant::now())
+    }
+
+    fn finish_at(&self, now: Instant) -> (Totals, Duration) {
+        self.flush_at(now, true);
         let t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = t.last_flush.duration_since(t.start);
         let out = Totals {
@@ -221,6 +273,7 @@ impl Recorder {
             raw: t.raw.clone(),
             timeline: t.timeline.clone(),
             last_flush: t.last_flush,
+            last_hist: None,
         };
         (out, elapsed)
     }
@@ -351,12 +404,78 @@ mod tests {
         let (t, _) = r.finish();
         assert_eq!(t.ops, 5);
         assert_eq!(t.errors.len(), 2);
-        assert_eq!(t.timeline.len(), 2);
+        // The last interval lasted microseconds: folded into the first.
+        assert_eq!(t.timeline.len(), 1);
+        assert_eq!((t.timeline[0].ops, t.timeline[0].errors), (5, 2));
         let s = summarize(&t.hist);
         assert_eq!(s.count, 5);
         assert!((4990..=5010).contains(&s.max));
         let d = distribution(&t.hist);
         assert_eq!(d.first().unwrap().1, 100);
         assert_eq!(d.last().unwrap().0, 100.0);
+    }
+
+    fn record_n(r: &Recorder, n: u64) {
+        for i in 0..n {
+            let d = Duration::from_micros(100 + i % 100);
+            r.record(i as usize, d, d, None);
+        }
+    }
+
+    /// A steady 1000 ops/s for 2.25 s: the last, partial interval (0.25 s,
+    /// 250 ops) is a rate of 1000/s, not a dip to 250.
+    #[test]
+    fn the_last_partial_second_is_a_rate_over_its_length() {
+        let r = Recorder::new(0);
+        let t0 = Instant::now();
+        r.start_at(t0);
+        record_n(&r, 1000);
+        r.flush_at(t0 + Duration::from_secs(1), false);
+        record_n(&r, 1000);
+        r.flush_at(t0 + Duration::from_secs(2), false);
+        record_n(&r, 250);
+        let (t, elapsed) = r.finish_at(t0 + Duration::from_millis(2250));
+        assert_eq!(elapsed, Duration::from_millis(2250));
+        assert_eq!(t.timeline.len(), 3);
+        let last = t.timeline.last().unwrap();
+        assert_eq!(last.ops, 250);
+        assert!((last.dt_s - 0.25).abs() < 1e-9, "{last:?}");
+        assert!((last.t_s - 2.25).abs() < 1e-9, "{last:?}");
+        for p in &t.timeline {
+            assert!((p.ops_per_sec - 1000.0).abs() < 1e-6, "{p:?}");
+        }
+        assert_eq!(t.timeline.iter().map(|p| p.ops).sum::<u64>(), t.ops);
+    }
+
+    /// A last interval of a few ms (the in-flight ops finishing after the
+    /// stop) is folded into the one before: no spike, no dip, no op lost.
+    #[test]
+    fn a_very_short_last_interval_is_folded_in() {
+        let r = Recorder::new(0);
+        let t0 = Instant::now();
+        r.start_at(t0);
+        record_n(&r, 1000);
+        r.flush_at(t0 + Duration::from_secs(1), false);
+        record_n(&r, 1000);
+        r.flush_at(t0 + Duration::from_secs(2), false);
+        let d = Duration::from_millis(50);
+        r.record(0, d, d, Some("grpc:UNAVAILABLE"));
+        r.record(1, d, d, None);
+        let (t, _) = r.finish_at(t0 + Duration::from_millis(2005));
+        assert_eq!(t.timeline.len(), 2, "{:?}", t.timeline);
+        let last = t.timeline.last().unwrap();
+        assert_eq!((last.ops, last.errors), (1002, 1));
+        assert!((last.t_s - 2.005).abs() < 1e-9 && (last.dt_s - 1.005).abs() < 1e-9);
+        assert!((last.ops_per_sec - 1002.0 / 1.005).abs() < 1e-6, "{last:?}");
+        // The folded-in latencies count in the point's percentiles.
+        assert!((49_000..=51_000).contains(&last.max_us), "{last:?}");
+        assert_eq!(t.timeline.iter().map(|p| p.ops).sum::<u64>(), t.ops);
+        // A run shorter than that keeps its only interval.
+        let r = Recorder::new(0);
+        r.start_at(t0);
+        record_n(&r, 10);
+        let (t, _) = r.finish_at(t0 + Duration::from_millis(20));
+        assert_eq!(t.timeline.len(), 1);
+        assert!((t.timeline[0].ops_per_sec - 500.0).abs() < 1e-6);
     }
 }

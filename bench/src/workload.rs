@@ -605,6 +605,9 @@ pub async fn run_load(engine: Arc<Engine>, opts: &LoadOpts) -> LoadResult {
     let deadline = t0 + opts.duration;
     let mut tick =
         tokio::time::interval_at((t0 + Duration::from_secs(1)).into(), Duration::from_secs(1));
+    // A late tick must not be followed by catch-up ticks in a burst: those
+    // would make timeline intervals of a few milliseconds.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -614,8 +617,8 @@ pub async fn run_load(engine: Arc<Engine>, opts: &LoadOpts) -> LoadResult {
                 if let Some(b) = &bar {
                     b.set_position(Instant::now().duration_since(t0).as_millis() as u64);
                     b.set_message(format!(
-                        "{:>9} ops/s  p50 {:>7} µs  p99 {:>7} µs  errors {}",
-                        p.ops, p.p50_us, p.p99_us, p.errors
+                        "{:>9.0} ops/s  p50 {:>7} µs  p99 {:>7} µs  errors {}",
+                        p.ops_per_sec, p.p50_us, p.p99_us, p.errors
                     ));
                 }
             }
