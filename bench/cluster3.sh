@@ -8,7 +8,8 @@
 #   bench/cluster3.sh pids                           the node pids
 #   bench/cluster3.sh endpoints                      --endpoint flags for chargebench
 #
-# Environment: C3_DIR (default /tmp/chargec3), CHARGERD / CHARGECTL.
+# Environment: C3_DIR (default /tmp/chargec3), CHARGERD / CHARGECTL,
+# C3_SNAPSHOT_LOGS (the nodes' snapshot_logs limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${C3_DIR:-/tmp/chargec3}
@@ -32,6 +33,9 @@ case "${1:-}" in
         echo "shards = 16"
         echo "replication_factor = 3"
         echo "fsync = \"$fsync\""
+        if [[ -n "${C3_SNAPSHOT_LOGS:-}" ]]; then
+          printf '[limits]\nsnapshot_logs = %s\n' "$C3_SNAPSHOT_LOGS"
+        fi
         for p in 1 2 3; do
           printf '\n[[peers]]\nid = %s\npublic = "127.0.1.%s:50051"\ninternal = "127.0.1.%s:51051"\n' "$p" "$p" "$p"
         done

@@ -18,7 +18,7 @@ use crate::maps::DashMap;
 use crate::raft::log_store::LogEngine;
 use crate::raft::network::{GroupNetworkFactory, Peers};
 use crate::raft::service::Groups;
-use crate::raft::state_machine::ShardStore;
+use crate::raft::state_machine::{ShardStore, SnapshotGate};
 use crate::raft::{incarnation_of, replica_id, NodeId, Raft, ShardId};
 use crate::shard::{ShardActor, ShardArgs};
 use futures::future::BoxFuture;
@@ -57,6 +57,8 @@ pub struct ReplicaSet<L: LogEngine> {
     pub persist: Option<PathBuf>,
     /// Serializes create / drop (and the persist file).
     lock: tokio::sync::Mutex<()>,
+    /// One policy snapshot built at a time on this node (see [`SnapshotGate`]).
+    snapshot_gate: SnapshotGate,
 }
 
 /// Snapshot file of a replica incarnation (incarnation 1 keeps the old name).
@@ -112,6 +114,7 @@ impl<L: LogEngine> ReplicaSet<L> {
             snapshot_dir,
             persist,
             lock: tokio::sync::Mutex::new(()),
+            snapshot_gate: SnapshotGate::default(),
         }
     }
 
@@ -155,7 +158,8 @@ impl<L: LogEngine> ReplicaSet<L> {
                 ShardStore::open(cfg.ledger.clone(), snapshot_file(dir, shard, incarnation))?
             }
             None => ShardStore::new(cfg.ledger.clone()),
-        };
+        }
+        .with_gate(self.snapshot_gate.clone());
         let replica = replica_id(self.me, incarnation);
         let seed = crate::raft::group_seed(cfg.rng_seed, self.me, shard);
         let raft = crate::raft::Runtime::scope(
