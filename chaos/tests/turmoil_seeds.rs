@@ -18,6 +18,23 @@
 #![cfg(tokio_unstable)]
 
 use charging_chaos::turmoil_sim::{self, TurmoilRun};
+use std::sync::RwLock;
+
+/// A seed replays exactly when it is the only simulation in its process (as
+/// with `chargechaos sim --seed`), but not always while another one runs on
+/// another thread of the same process: seed 12 then ended 1 simulated ms
+/// apart in about 1 run of 3 (at 6243879 too). The two runs took the same
+/// events in the same order, then from one entry on every clock read was
+/// 1 ms later; sequential runs on fresh threads and runs under CPU load from
+/// other processes stayed identical, so it is state shared across the
+/// process (not yet found), not the node reading real time. The replay
+/// check therefore runs alone (write lock); the other seeds run side by side
+/// (read locks).
+static ALONE: RwLock<()> = RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    ALONE.read().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Seeds that once failed, with their node count and whether scale-out ran;
 /// each failure was fixed (see the commit named with it).
@@ -57,7 +74,10 @@ const PINNED: &[(u64, u64, bool)] = &[
 ];
 
 fn run(seed: u64, nodes: u64, scale: bool) -> TurmoilRun {
-    let run = turmoil_sim::run(seed, nodes, scale);
+    let run = {
+        let _side_by_side = shared();
+        turmoil_sim::run(seed, nodes, scale)
+    };
     let r = &run.report;
     assert!(
         r.ok(),
@@ -126,6 +146,7 @@ fn pinned_seeds_hold_every_invariant() {
 fn a_seed_replays_its_run_exactly() {
     // Seed 12 crashes a leader on a tail trap: the run most sensitive to
     // where, to the step, a message is when a node dies.
+    let _alone = ALONE.write().unwrap_or_else(|p| p.into_inner());
     let a = turmoil_sim::run(12, 0, true);
     let b = turmoil_sim::run(12, 0, true);
     assert!(a.history.ops.len() > 100 && a.faults.total() > 0);
