@@ -248,6 +248,38 @@ impl FrontDoor {
         })
     }
 
+    /// The stream path's [`FrontDoor::submit`]: a batch's requests for one
+    /// local shard go to its actor as one message and share one sink, one
+    /// admission check and one deadline. `None`: no local replica (forward).
+    async fn submit_batch(&self, shard: ShardId, reqs: Vec<Request>) -> Option<Vec<Outcome>> {
+        let n = reqs.len();
+        let Ok(_permits) = self.admission.try_acquire_many(n as u32) else {
+            return Some(vec![
+                Outcome::Overloaded(
+                    "node at its in-flight request limit; back off and retry"
+                );
+                n
+            ]);
+        };
+        let actor = self.hosted.get(&shard).map(|h| h.actor.clone())?;
+        let (sink, done) = crate::shard::BatchSink::new(n);
+        let reqs = reqs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (r, sink.slot(i)))
+            .collect();
+        // A refused cast drops the message, and each dropped slot answers
+        // itself `Unknown`.
+        let _ = actor.cast(ShardMsg::Requests { reqs });
+        let _ = tokio::time::timeout(self.limits.request_deadline, done).await;
+        Some(
+            sink.take()
+                .into_iter()
+                .map(|o| o.unwrap_or(Outcome::Unknown("deadline exceeded waiting for the shard")))
+                .collect(),
+        )
+    }
+
     fn unavailable(&self, leader: Option<NodeId>, msg: &str) -> Status {
         let mut s = Status::unavailable(format!("{msg}; retry with the same request id"));
         if let Some(l) = leader {

@@ -1,8 +1,12 @@
 //! tonic glue: the `Charging` service, unary calls and the batch stream.
-use super::{convert, FrontDoor, FORWARDED, ONLY_SHARD};
+use super::{convert, validate, FrontDoor, FORWARDED, ONLY_SHARD};
+use crate::ledger::Request as Req;
+use crate::raft::ShardId;
+use crate::shard::Outcome;
 use charging_proto::v1 as pb;
 use charging_proto::v1::charging_server::Charging;
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -58,6 +62,126 @@ async fn run_op(fd: &FrontDoor, op: pb::Op) -> pb::OpResult {
         correlation_id: id,
         result: Some(result.unwrap_or_else(op_error)),
     }
+}
+
+/// The mutating operations a stream batch sends to local shard actors in
+/// one message per shard: how each is validated and answered (the same
+/// functions as its unary call).
+macro_rules! batched_ops {
+    ($( $variant:ident => $op:literal, $validate:path, $convert:path; )*) => {
+        #[derive(Clone, Copy)]
+        enum Kind { $($variant,)* }
+
+        /// `None`: not batched (balance, a missing op): the op takes the unary path.
+        fn prepare(op: &pb::op::Op) -> Option<Result<(Kind, Req), Status>> {
+            use pb::op::Op as O;
+            match op {
+                $(O::$variant(m) => Some($validate(m).map(|(account, request_id, cmd)| {
+                    (Kind::$variant, Req { account, request_id, cmd })
+                })),)*
+                _ => None,
+            }
+        }
+
+        fn respond(
+            fd: &FrontDoor,
+            kind: Kind,
+            started: tokio::time::Instant,
+            outcome: Outcome,
+        ) -> pb::op_result::Result {
+            use pb::op_result::Result as R;
+            let r = match kind {
+                $(Kind::$variant => fd.finish($op, started, outcome, $convert).map(R::$variant),)*
+            };
+            r.unwrap_or_else(op_error)
+        }
+    };
+}
+
+batched_ops! {
+    Reserve => "reserve", validate::reserve, convert::reserve;
+    Update => "update", validate::update, convert::update;
+    Terminate => "terminate", validate::terminate, convert::terminate;
+    Commit => "commit", validate::commit, convert::commit;
+    Release => "release", validate::release, convert::release;
+    Refund => "refund", validate::refund, convert::refund;
+    Debit => "debit", validate::debit, convert::debit;
+    TopUp => "top_up", validate::top_up, convert::top_up;
+    CreateAccount => "create_account", validate::create_account, convert::create_account;
+}
+
+/// One stream message: its mutating operations on shards this node leads
+/// go to each shard's actor in one message (one sink, one deadline, one
+/// admission check per shard); the rest (balances, shards led elsewhere,
+/// which forward) run one by one as unary calls do. Results carry their
+/// correlation ids: the batched ones first, in batch order, then the rest.
+async fn run_batch(fd: &FrontDoor, ops: Vec<pb::Op>) -> Vec<pb::OpResult> {
+    let started = tokio::time::Instant::now();
+    let mut results: Vec<Option<pb::op_result::Result>> = (0..ops.len()).map(|_| None).collect();
+    let mut by_shard: BTreeMap<ShardId, Vec<(usize, Kind, Req)>> = BTreeMap::new();
+    let mut unary: Vec<usize> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op.op.as_ref().and_then(prepare) {
+            Some(Ok((kind, req))) => {
+                let shard = fd.shard_id(&req.account);
+                if fd.hosted.contains_key(&shard) {
+                    by_shard.entry(shard).or_default().push((i, kind, req));
+                } else {
+                    unary.push(i);
+                }
+            }
+            Some(Err(status)) => results[i] = Some(op_error(status)),
+            None => unary.push(i),
+        }
+    }
+    let batches = by_shard.into_iter().map(|(shard, items)| async move {
+        let (meta, reqs): (Vec<(usize, Kind)>, Vec<Req>) =
+            items.into_iter().map(|(i, k, r)| ((i, k), r)).unzip();
+        let outcomes = fd.submit_batch(shard, reqs).await;
+        (meta, outcomes)
+    });
+    for (meta, outcomes) in futures::future::join_all(batches).await {
+        let Some(outcomes) = outcomes else {
+            // The replica went away meanwhile: these take the unary path.
+            unary.extend(meta.iter().map(|(i, _)| *i));
+            continue;
+        };
+        for ((i, kind), outcome) in meta.into_iter().zip(outcomes) {
+            match outcome {
+                // Led elsewhere now: the unary path forwards it (the same
+                // request id, so a retry is safe).
+                Outcome::NotLeader { leader } if leader != Some(fd.node) => unary.push(i),
+                Outcome::NotLeader { .. } => {
+                    results[i] = Some(respond(
+                        fd,
+                        kind,
+                        started,
+                        Outcome::Unknown("leader is changing"),
+                    ))
+                }
+                o => results[i] = Some(respond(fd, kind, started, o)),
+            }
+        }
+    }
+    let mut ops: Vec<Option<pb::Op>> = ops.into_iter().map(Some).collect();
+    let rest: Vec<(usize, pb::OpResult)> = unary
+        .into_iter()
+        .filter_map(|i| ops[i].take().map(|op| (i, op)))
+        .map(|(i, op)| async move { (i, run_op(fd, op).await) })
+        .collect::<FuturesUnordered<_>>()
+        .collect()
+        .await;
+    let mut out: Vec<pb::OpResult> = ops
+        .iter()
+        .zip(results)
+        .filter_map(|(op, r)| Some((op.as_ref()?.correlation_id, r?)))
+        .map(|(correlation_id, r)| pb::OpResult {
+            correlation_id,
+            result: Some(r),
+        })
+        .collect();
+    out.extend(rest.into_iter().map(|(_, r)| r));
+    out
 }
 
 type ResultStream = Pin<Box<dyn futures::Stream<Item = Result<pb::OpResultBatch, Status>> + Send>>;
@@ -242,8 +366,7 @@ impl Charging for ChargingService {
                                 }
                                 let fd = fd.clone();
                                 running.push(async move {
-                                    let results = batch.ops.into_iter().map(|op| run_op(&fd, op)).collect::<FuturesUnordered<_>>().collect::<Vec<_>>().await;
-                                    pb::OpResultBatch { results }
+                                    pb::OpResultBatch { results: run_batch(&fd, batch.ops).await }
                                 });
                             }
                             Some(Err(_)) | None => break,

@@ -53,10 +53,111 @@ pub enum Outcome {
 
 pub type ReplyTx = oneshot::Sender<Outcome>;
 
+/// Where a request's outcome goes: its caller's own channel, or one slot of
+/// a stream batch's shared sink (one allocation and one wakeup per batch
+/// and shard, not per operation).
+pub enum Sink {
+    One(ReplyTx),
+    Slot(BatchSlot),
+}
+
+impl Sink {
+    fn send(self, outcome: Outcome) {
+        match self {
+            Sink::One(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Sink::Slot(mut slot) => slot.fill(outcome),
+        }
+    }
+}
+
+/// The outcomes of a stream batch's operations on one shard. The front door
+/// waits (bounded) for `done`; every slot is filled exactly once, by the
+/// actor or, if the actor drops it, with `Unknown`.
+pub struct BatchSink {
+    outcomes: std::sync::Mutex<Vec<Option<Outcome>>>,
+    remaining: AtomicUsize,
+    done: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl BatchSink {
+    /// A sink of `n` outcomes, and the signal that all are in.
+    pub fn new(n: usize) -> (Arc<BatchSink>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let sink = Arc::new(BatchSink {
+            outcomes: std::sync::Mutex::new((0..n).map(|_| None).collect()),
+            remaining: AtomicUsize::new(n),
+            done: std::sync::Mutex::new(Some(tx)),
+        });
+        if n == 0 {
+            sink.finish();
+        }
+        (sink, rx)
+    }
+
+    /// Slot `i` (each index handed out once).
+    pub fn slot(self: &Arc<Self>, i: usize) -> BatchSlot {
+        BatchSlot {
+            sink: self.clone(),
+            i,
+            filled: false,
+        }
+    }
+
+    /// The outcomes so far (`None`: not answered yet, e.g. after a deadline).
+    pub fn take(&self) -> Vec<Option<Outcome>> {
+        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn finish(&self) {
+        if let Some(tx) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// One operation's place in a [`BatchSink`].
+pub struct BatchSlot {
+    sink: Arc<BatchSink>,
+    i: usize,
+    filled: bool,
+}
+
+impl BatchSlot {
+    fn fill(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.filled, true) {
+            return;
+        }
+        if let Some(o) = self
+            .sink
+            .outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(self.i)
+        {
+            *o = Some(outcome);
+        }
+        if self.sink.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sink.finish();
+        }
+    }
+}
+
+impl Drop for BatchSlot {
+    fn drop(&mut self) {
+        // As a dropped oneshot tells its caller: the outcome is unknown.
+        self.fill(Outcome::Unknown("shard actor dropped the request"));
+    }
+}
+
 /// Messages of the shard actor.
 pub enum ShardMsg {
     /// From the front door: one request to one account of this shard.
     Request { req: Request, reply: ReplyTx },
+    /// From the front door's stream path: a stream batch's requests to this
+    /// shard, each with its slot in the batch's sink, handled in order.
+    Requests { reqs: Vec<(Request, BatchSlot)> },
     /// From the front door: replace a rating group's tariff.
     SetTariff {
         tariff: Tariff,
@@ -147,7 +248,7 @@ enum WaitState {
 }
 
 struct Waiter {
-    tx: Option<ReplyTx>,
+    tx: Option<Sink>,
     state: WaitState,
     started: Instant,
 }
@@ -258,7 +359,17 @@ impl Actor for ShardActor {
         st: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Request { req, reply } => on_request(&myself, st, req, Some(reply)),
+            ShardMsg::Request { req, reply } => {
+                on_request(&myself, st, req, Some(Sink::One(reply)))
+            }
+            ShardMsg::Requests { reqs } => {
+                for (req, slot) in reqs {
+                    on_request(&myself, st, req, Some(Sink::Slot(slot)));
+                    if st.open.len() >= st.a.limits.max_batch_events {
+                        flush(&myself, st, true).await;
+                    }
+                }
+            }
             ShardMsg::Expire {
                 account,
                 reservation,
@@ -412,16 +523,16 @@ fn schedule_flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
     }
 }
 
-fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: Option<ReplyTx>) {
+fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: Option<Sink>) {
     if !matches!(st.epoch, Epoch::Leading(_)) {
         if let Some(tx) = reply {
-            let _ = tx.send(not_leader(st));
+            tx.send(not_leader(st));
         }
         return;
     }
     if st.inflight.len() >= st.a.limits.max_inflight_batches {
         if let Some(tx) = reply {
-            let _ = tx.send(Outcome::Overloaded("shard has too many batches in flight"));
+            tx.send(Outcome::Overloaded("shard has too many batches in flight"));
         }
         return;
     }
@@ -449,7 +560,7 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
     if activate {
         if st.a.active_accounts.load(Ordering::Relaxed) >= st.a.max_active_accounts {
             if let Some(tx) = reply {
-                let _ = tx.send(Outcome::Overloaded("too many active accounts on this node"));
+                tx.send(Outcome::Overloaded("too many active accounts on this node"));
             }
             return;
         }
@@ -468,7 +579,7 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
     let acct = st.accounts.get_mut(&req.account).expect("activated above");
     if acct.queue.len() >= st.a.limits.max_waiters_per_account {
         if let Some(tx) = reply {
-            let _ = tx.send(Outcome::Overloaded(
+            tx.send(Outcome::Overloaded(
                 "too many requests queued on this account",
             ));
         }
@@ -540,7 +651,7 @@ fn drain(st: &mut State, account: &AccountId) {
             };
             histogram!("charging_shard_latency_seconds", "node" => st.node_label.clone(), "result" => result)
                 .record(w.started.elapsed().as_secs_f64());
-            let _ = tx.send(outcome);
+            tx.send(outcome);
         }
     }
     if acct.queue.is_empty() {
@@ -828,7 +939,7 @@ fn end_epoch(st: &mut State) {
         // nothing) are passed on as they are.
         for w in acct.queue {
             if let Some(tx) = w.tx {
-                let _ = tx.send(match w.state {
+                tx.send(match w.state {
                     WaitState::Ready(o @ (Outcome::Overloaded(_) | Outcome::Unknown(_))) => o,
                     _ => Outcome::Unknown("leadership changed; retry with the same request id"),
                 });

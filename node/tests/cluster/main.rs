@@ -12,3 +12,4 @@ mod t30_idempotency;
 mod t40_expiry;
 mod t50_money;
 mod t60_concurrency;
+mod t70_stream;
