@@ -2,8 +2,12 @@
 //! expired reservations, request-id dedup entries and the charge index.
 //!
 //! Kept compact on purpose (millions of accounts live in memory): a `Vec` of
-//! buckets and `BTreeMap`s that are empty, and allocate nothing, while an
-//! account is idle. No `HashMap`: iteration order must be deterministic.
+//! buckets, and per-account maps that are [`SmallMap`](super::smallmap)s:
+//! empty and allocation-free while an account is idle, a sorted `Vec` while
+//! small. A one-entry `BTreeMap` allocates a whole 11-slot leaf: for the
+//! session, the reservation and the charge a reserve-commit leaves on a
+//! fresh account that was about 4 KB per replica (sessions 104 B a slot,
+//! reservations 192 B). No `HashMap`: iteration order must be deterministic.
 use super::rating::{self, DIMS};
 use super::types::*;
 use serde::{Deserialize, Serialize};
@@ -227,15 +231,15 @@ pub struct AccountExt {
     /// Usage that no price could rate (beyond unit holds, no tariff for the
     /// dimension): recorded, never silently dropped.
     pub unrated: Units,
-    pub sessions: BTreeMap<SessionId, Session>,
+    pub sessions: super::smallmap::SmallMap<SessionId, Session>,
     /// Open reservations.
-    pub reservations: BTreeMap<ReservationId, Reservation>,
+    pub reservations: super::smallmap::SmallMap<ReservationId, Reservation>,
     /// Expired reservations, kept `tombstone_ttl_ms` for late commits.
-    pub tombstones: BTreeMap<ReservationId, Reservation>,
+    pub tombstones: super::smallmap::SmallMap<ReservationId, Reservation>,
     /// Request-id dedup of non-session operations.
     pub dedup: super::smallmap::SmallMap<RequestId, DedupEntry>,
     /// Refundable charges by the request id that charged them.
-    pub charges: BTreeMap<RequestId, ChargeEntry>,
+    pub charges: super::smallmap::SmallMap<RequestId, ChargeEntry>,
 }
 
 static EMPTY_EXT: AccountExt = AccountExt {
@@ -244,11 +248,11 @@ static EMPTY_EXT: AccountExt = AccountExt {
         volume_bytes: 0,
         service_units: 0,
     },
-    sessions: BTreeMap::new(),
-    reservations: BTreeMap::new(),
-    tombstones: BTreeMap::new(),
+    sessions: super::smallmap::SmallMap::new(),
+    reservations: super::smallmap::SmallMap::new(),
+    tombstones: super::smallmap::SmallMap::new(),
     dedup: super::smallmap::SmallMap::new(),
-    charges: BTreeMap::new(),
+    charges: super::smallmap::SmallMap::new(),
 };
 
 impl AccountExt {

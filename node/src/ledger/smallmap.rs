@@ -124,6 +124,22 @@ impl<K: Ord + Clone, V> SmallMap<K, V> {
     }
 }
 
+/// As `BTreeMap`'s: panics when the key is absent.
+impl<K: Ord + Clone, V> std::ops::Index<&K> for SmallMap<K, V> {
+    type Output = V;
+    fn index(&self, k: &K) -> &V {
+        self.get(k).expect("key in SmallMap")
+    }
+}
+
+impl<'a, K: Ord + Clone, V> IntoIterator for &'a SmallMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 impl<K: Ord + Clone, V> FromIterator<(K, V)> for SmallMap<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut m = SmallMap::default();
