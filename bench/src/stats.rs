@@ -422,10 +422,8 @@ mod tests {
         }
     }
 
-    /// A steady 1000 ops/s for 2.25 s: the last, partial interval (0.25 s,
-    /// 250 ops) is a rate of 1000/s, not a dip to 250.
-    #[test]
-    fn the_last_partial_second_is_a_rate_over_its_length() {
+    /// A recorder that has seen two whole seconds of 1000 ops each.
+    fn two_steady_seconds() -> (Recorder, Instant) {
         let r = Recorder::new(0);
         let t0 = Instant::now();
         r.start_at(t0);
@@ -433,6 +431,14 @@ mod tests {
         r.flush_at(t0 + Duration::from_secs(1), false);
         record_n(&r, 1000);
         r.flush_at(t0 + Duration::from_secs(2), false);
+        (r, t0)
+    }
+
+    /// A steady 1000 ops/s for 2.25 s: the last, partial interval (0.25 s,
+    /// 250 ops) is a rate of 1000/s, not a dip to 250.
+    #[test]
+    fn the_last_partial_second_is_a_rate_over_its_length() {
+        let (r, t0) = two_steady_seconds();
         record_n(&r, 250);
         let (t, elapsed) = r.finish_at(t0 + Duration::from_millis(2250));
         assert_eq!(elapsed, Duration::from_millis(2250));
@@ -451,13 +457,7 @@ mod tests {
     /// stop) is folded into the one before: no spike, no dip, no op lost.
     #[test]
     fn a_very_short_last_interval_is_folded_in() {
-        let r = Recorder::new(0);
-        let t0 = Instant::now();
-        r.start_at(t0);
-        record_n(&r, 1000);
-        r.flush_at(t0 + Duration::from_secs(1), false);
-        record_n(&r, 1000);
-        r.flush_at(t0 + Duration::from_secs(2), false);
+        let (r, t0) = two_steady_seconds();
         let d = Duration::from_millis(50);
         r.record(0, d, d, Some("grpc:UNAVAILABLE"));
         r.record(1, d, d, None);
