@@ -252,32 +252,42 @@ impl FrontDoor {
     /// local shard go to its actor as one message and share one sink, one
     /// admission check and one deadline. `None`: no local replica (forward).
     async fn submit_batch(&self, shard: ShardId, reqs: Vec<Request>) -> Option<Vec<Outcome>> {
-        let n = reqs.len();
-        let Ok(_permits) = self.admission.try_acquire_many(n as u32) else {
-            return Some(vec![
-                Outcome::Overloaded(
-                    "node at its in-flight request limit; back off and retry"
-                );
-                n
-            ]);
-        };
         let actor = self.hosted.get(&shard).map(|h| h.actor.clone())?;
-        let (sink, done) = crate::shard::BatchSink::new(n);
+        let n = reqs.len();
+        // As on the unary path, each request takes a permit or is refused:
+        // the first `admitted` go in, the rest hear "overloaded" (all or
+        // nothing would refuse forever a batch larger than the whole limit).
+        let mut admitted = n.min(self.admission.available_permits());
+        let _permits = match self.admission.try_acquire_many(admitted as u32) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                admitted = 0;
+                None
+            }
+        };
+        let (sink, done) = crate::shard::BatchSink::new(admitted);
         let reqs = reqs
             .into_iter()
+            .take(admitted)
             .enumerate()
             .map(|(i, r)| (r, sink.slot(i)))
             .collect();
-        // A refused cast drops the message, and each dropped slot answers
-        // itself `Unknown`.
-        let _ = actor.cast(ShardMsg::Requests { reqs });
-        let _ = tokio::time::timeout(self.limits.request_deadline, done).await;
-        Some(
-            sink.take()
-                .into_iter()
-                .map(|o| o.unwrap_or(Outcome::Unknown("deadline exceeded waiting for the shard")))
-                .collect(),
-        )
+        if admitted > 0 {
+            // A refused cast drops the message, and each dropped slot
+            // answers itself `Unknown`.
+            let _ = actor.cast(ShardMsg::Requests { reqs });
+            let _ = tokio::time::timeout(self.limits.request_deadline, done).await;
+        }
+        let mut out: Vec<Outcome> = sink
+            .take()
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Unknown("deadline exceeded waiting for the shard")))
+            .collect();
+        out.resize(
+            n,
+            Outcome::Overloaded("node at its in-flight request limit; back off and retry"),
+        );
+        Some(out)
     }
 
     fn unavailable(&self, leader: Option<NodeId>, msg: &str) -> Status {
@@ -457,8 +467,9 @@ impl FrontDoor {
         })
     }
 
-    /// Balance: a linearizable read of published applied state (read index
-    /// first), never of speculative state, never behind apply.
+    /// Balance: a linearizable read of the applied state (read index first),
+    /// in place under the state machine's lock (at most one entry's apply is
+    /// waited for), never of speculative state.
     pub async fn balance(
         &self,
         msg: pb::BalanceRequest,

@@ -141,3 +141,54 @@ async fn one_message(c: &charging_client::Client, accounts: &[String]) {
         }
     }
 }
+
+/// Admission on the stream path is per operation, as on the unary path: a
+/// message with more operations for one shard than the node's whole
+/// in-flight limit gets the first ones through and refuses the rest with
+/// RESOURCE_EXHAUSTED (nothing applied), instead of refusing it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_admission_limit_is_partly_admitted() {
+    const LIMIT: usize = 4;
+    let env = start_with(Some(std::sync::Arc::new(
+        |cfg: &mut charging_node::config::NodeConfig| cfg.front_door.max_inflight_requests = LIMIT,
+    )))
+    .await;
+    set_standard_tariffs(&env.client).await;
+    let account = "stream-admission";
+    create(&env.client, account, 1_000).await;
+    let leader = env
+        .cluster
+        .deciding_leader(shard(account))
+        .expect("the shard has a deciding leader");
+    let c = env.client_on(leader).await;
+    let ops: Vec<Op> = (0..10)
+        .map(|i| debit(i, account, &rid_bytes(rid())))
+        .collect();
+    let mut replies = c
+        .charging()
+        .stream(tokio_stream::iter(vec![OpBatch { ops }]))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let batch = replies.message().await.expect("answers").expect("a batch");
+    let (mut ok, mut refused) = (0, 0);
+    for r in batch.results {
+        match r.result.expect("a result") {
+            op_result::Result::Debit(d) => {
+                assert_rc(d.result, ResultCode::Ok, "debit");
+                ok += 1;
+            }
+            op_result::Result::Error(e) => {
+                assert_eq!(e.code, tonic::Code::ResourceExhausted as i32, "{e:?}");
+                refused += 1;
+            }
+            other => panic!("unexpected result {other:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (LIMIT, 10 - LIMIT));
+    assert_eq!(
+        main_bucket(&balance(&env.client, account).await).balance,
+        1_000 - LIMIT as i64 * SMS_PER_UNIT
+    );
+    env.shutdown().await;
+}
