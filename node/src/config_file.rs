@@ -98,6 +98,7 @@ struct FileLimits {
     refund_horizon_ms: Option<u64>,
     tombstone_ttl_ms: Option<u64>,
     max_dedup_per_account: Option<u32>,
+    max_charges_per_account: Option<u32>,
     max_sessions_per_account: Option<u32>,
     max_reservations_per_account: Option<u32>,
     max_buckets_per_account: Option<u32>,
@@ -240,6 +241,7 @@ impl ProcessConfig {
             refund_horizon_ms => node.ledger.refund_horizon_ms,
             tombstone_ttl_ms => node.ledger.tombstone_ttl_ms,
             max_dedup_per_account => node.ledger.max_dedup_per_account,
+            max_charges_per_account => node.ledger.max_charges_per_account,
             max_sessions_per_account => node.ledger.max_sessions_per_account,
             max_reservations_per_account => node.ledger.max_reservations_per_account,
             max_buckets_per_account => node.ledger.max_buckets_per_account,
@@ -314,6 +316,7 @@ expiry_grace_ms = {eg}
 refund_horizon_ms = {rh}
 tombstone_ttl_ms = {tt}
 max_dedup_per_account = {mdd}
+max_charges_per_account = {mca}        # refund index; the oldest charges drop out first
 max_sessions_per_account = {msa}
 max_reservations_per_account = {mra}
 max_buckets_per_account = {mba}
@@ -343,6 +346,7 @@ max_moves = {mm}                      # shards the placement driver moves at onc
         rh = d.ledger.refund_horizon_ms,
         tt = d.ledger.tombstone_ttl_ms,
         mdd = d.ledger.max_dedup_per_account,
+        mca = d.ledger.max_charges_per_account,
         msa = d.ledger.max_sessions_per_account,
         mra = d.ledger.max_reservations_per_account,
         mba = d.ledger.max_buckets_per_account,

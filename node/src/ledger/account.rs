@@ -565,16 +565,23 @@ impl Account {
         let mut next = u64::MAX;
         let mut note = |d: u64| next = next.min(d);
         if let Some(x) = self.ext.get_mut() {
-            x.dedup.retain(|_, e| e.is_live(now_ms, limits));
-            for e in x.dedup.values() {
+            // The dedup table and the charge index are keyed by UUIDv7
+            // request ids, which sort by their client's clock: oldest first,
+            // as far as clocks agree. They are evicted from the least id up,
+            // stopping at the first live entry, so a busy account pays for
+            // what it evicts and not for what it holds. An expired entry
+            // behind a live one (a client clock behind the others) stays
+            // until the live one expires: never longer than one window.
+            x.dedup.pop_first_while(|e| !e.is_live(now_ms, limits));
+            if let Some((_, e)) = x.dedup.first() {
                 note(
                     e.ts_ms
                         .saturating_add(limits.dedup_window_ms)
                         .saturating_add(1),
                 );
             }
-            x.charges.retain(|_, e| e.is_live(now_ms, limits));
-            for e in x.charges.values() {
+            x.charges.pop_first_while(|e| !e.is_live(now_ms, limits));
+            if let Some((_, e)) = x.charges.first() {
                 note(
                     e.ts_ms
                         .saturating_add(limits.refund_horizon_ms)

@@ -197,15 +197,21 @@ fn too_old(rid: RequestId, limits: &Limits, now_ms: u64) -> bool {
         < now_ms
 }
 
+/// Full: `max_dedup_per_account` entries held, not counting the expired ones
+/// that eviction would take first (from the least request id up to the
+/// first live entry; see `Account::evict`). Cost: those expired entries, not
+/// the table's size, so a full table refuses cheaply.
 fn dedup_full(base: &Account, limits: &Limits, now_ms: u64) -> bool {
     let max = limits.max_dedup_per_account as usize;
-    base.ext.dedup.len() >= max
-        && base
-            .ext
-            .dedup
-            .values()
-            .filter(|e| e.is_live(now_ms, limits))
-            .count()
+    let held = base.ext.dedup.len();
+    held >= max
+        && held
+            - base
+                .ext
+                .dedup
+                .values()
+                .take_while(|e| !e.is_live(now_ms, limits))
+                .count()
             >= max
 }
 
@@ -409,6 +415,12 @@ impl Delta {
         self.reservations.apply_to(&mut a.ext.reservations);
         self.tombstones.apply_to(&mut a.ext.tombstones);
         self.charges.apply_to(&mut a.ext.charges);
+        // The refund index keeps the newest charges (by request id) only.
+        if a.ext.charges.len() > limits.max_charges_per_account as usize {
+            a.ext
+                .charges
+                .truncate_first(limits.max_charges_per_account as usize);
+        }
         if let Some((k, v)) = self.dedup {
             a.ext.dedup.insert(k, v);
         }

@@ -19,7 +19,7 @@ impl<K, V> Default for Overlay<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V> Overlay<K, V> {
+impl<K: Ord + Clone, V: Clone> Overlay<K, V> {
     fn write(&self, k: &K) -> Option<&Option<V>> {
         self.writes.iter().find(|(x, _)| x == k).map(|(_, w)| w)
     }

@@ -357,6 +357,7 @@ impl ShardState {
             .hash(&mut h);
         (
             l.max_dedup_per_account,
+            l.max_charges_per_account,
             l.max_sessions_per_account,
             l.max_reservations_per_account,
             l.max_buckets_per_account,

@@ -1147,6 +1147,85 @@ fn refund_never_exceeds_charge_and_respects_the_horizon() {
 }
 
 #[test]
+fn refund_index_keeps_the_newest_charges() {
+    let mut h = H::with(1000, 0);
+    h.limits.max_charges_per_account = 2;
+    h.replica.limits = h.limits.clone();
+    let debits: Vec<Request> = (0..3)
+        .map(|_| {
+            let d = h.req(Command::Debit {
+                rating_group: RG_DATA,
+                units: kb(10),
+            });
+            assert!(matches!(h.exec(&d), Decision::Accept(_)));
+            d
+        })
+        .collect();
+    assert_eq!(h.a().ext.charges.len(), 2);
+    let refund = |d: &Request| Command::Refund {
+        original: d.request_id,
+        amount: 1,
+    };
+    // The oldest charge left the index; the two newest are refundable.
+    assert_eq!(h.rej(refund(&debits[0])), Rejection::RefundExceedsCharge);
+    assert_eq!(
+        h.ok(refund(&debits[1])),
+        Reply::Refunded { refunded_total: 1 }
+    );
+    assert_eq!(
+        h.ok(refund(&debits[2])),
+        Reply::Refunded { refunded_total: 1 }
+    );
+}
+
+/// A hot account: far more dedup entries than the small form holds, spread
+/// over more than one window. Every retry inside the window is a duplicate,
+/// the table is evicted oldest first as time passes (so it holds one
+/// window's worth), and a copy of the account shares the table instead of
+/// copying it.
+#[test]
+fn a_hot_account_keeps_one_window_of_dedup_entries() {
+    let mut h = H::with(1_000_000, 0);
+    let step = h.limits.dedup_window_ms / 500;
+    let mut sent = Vec::new();
+    for i in 0..1500u64 {
+        h.now += step;
+        let top = h.req(Command::TopUp {
+            bucket: MAIN_BUCKET,
+            amount: 1,
+        });
+        assert!(matches!(h.exec(&top), Decision::Accept(_)));
+        sent.push(top);
+        if i % 97 == 0 {
+            // A retry of one inside the window answers as the original did.
+            let back = &sent[sent.len().saturating_sub(400)];
+            assert!(matches!(h.exec(back), Decision::Duplicate(_)));
+        }
+    }
+    let held = h.a().ext.dedup.len();
+    assert!((500..=502).contains(&held), "held {held}");
+    let oldest = h.a().ext.dedup.first().unwrap().1.ts_ms;
+    assert!(oldest + h.limits.dedup_window_ms >= h.now);
+    // Past the window a retry is too old, never applied again.
+    assert_eq!(h.exec(&sent[0]), Decision::Reject(Rejection::RequestTooOld));
+    let mut copy = h.acct.clone().unwrap();
+    let deep = Account::clone(&copy);
+    assert!(deep.ext.dedup.shares_tree_with(&copy.ext.dedup));
+    let top = h.req(Command::TopUp {
+        bucket: MAIN_BUCKET,
+        amount: 1,
+    });
+    let mut slot = Some(copy.clone());
+    assert!(matches!(
+        decide(&mut slot, &h.tariffs, &h.limits, &top, h.now),
+        Decision::Accept(_)
+    ));
+    // The decision copied the shared account; the original is unchanged.
+    assert_eq!(Arc::make_mut(&mut copy).ext.dedup.len(), held);
+    assert_eq!(slot.unwrap().ext.dedup.len(), held + 1);
+}
+
+#[test]
 fn refund_settles_debt_first() {
     let mut h = H::with(0, 0);
     let g = h.grant("s", 1, RG_DATA, Units::default());

@@ -280,6 +280,9 @@ pub struct Limits {
     pub tombstone_ttl_ms: u64,
     /// Max live request-id dedup entries per account; full => LimitExceeded.
     pub max_dedup_per_account: u32,
+    /// Max charges in an account's refund index; beyond it the oldest (by
+    /// request id) are no longer refundable.
+    pub max_charges_per_account: u32,
     pub max_sessions_per_account: u32,
     pub max_reservations_per_account: u32,
     pub max_buckets_per_account: u32,
@@ -294,7 +297,10 @@ impl Default for Limits {
             expiry_grace_ms: 1_000,
             refund_horizon_ms: 30 * 24 * 3600 * 1000,
             tombstone_ttl_ms: 24 * 3600 * 1000,
-            max_dedup_per_account: 4096,
+            // 2^20: 1,747 non-session operations/s on one account,
+            // sustained over a 10-minute window.
+            max_dedup_per_account: 1 << 20,
+            max_charges_per_account: 1 << 20,
             max_sessions_per_account: 1024,
             max_reservations_per_account: 4096,
             max_buckets_per_account: 64,
