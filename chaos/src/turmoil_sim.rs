@@ -1143,7 +1143,7 @@ fn final_state(slots: &[Slot], shards: u32) -> (FinalState, u64) {
                 state_hash: view.state.state_hash(),
             });
             if best.as_ref().is_none_or(|(b, _)| idx > *b) {
-                best = Some((idx, view.state.clone()));
+                best = Some((idx, view.state.ledger.clone()));
             }
         }
         if std::env::var_os("CHAOS_DUMP").is_some() {
@@ -1191,7 +1191,10 @@ fn dump_differences(slots: &[Slot], shard: u32) {
                 for (i, term, e) in l.dump() {
                     if let openraft::EntryPayload::Normal(b) = &e.payload {
                         for ev in b.events.iter() {
-                            if let charging_node::ledger::Event::Account(a) = ev {
+                            if let charging_node::raft::GroupEvent::Ledger(
+                                charging_node::ledger::Event::Account(a),
+                            ) = ev
+                            {
                                 if a.request.account.0 == acct {
                                     eprintln!(
                                         "log n{} inc {inc} #{i} t{term}: v{} at {} {:?}",

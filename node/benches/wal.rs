@@ -18,7 +18,7 @@ use charging_node::codec;
 use charging_node::config::FsyncPolicy;
 use charging_node::ledger::{BucketKind, Event, Price, RequestId, Tariff};
 use charging_node::raft::wal::{Wal, WalLog, WalOptions};
-use charging_node::raft::{Batch, TypeConfig};
+use charging_node::raft::{Batch, GroupEvent, TypeConfig};
 use hdrhistogram::Histogram;
 use openraft::alias::EntryOf;
 use openraft::entry::RaftEntry;
@@ -50,6 +50,7 @@ fn entry(group: u32, index: u64) -> Entry {
             },
             request_id: RequestId(((index as u128) << 64) | i as u128),
         })
+        .map(GroupEvent::from)
         .collect();
     Entry::new_normal(
         openraft::testing::log_id::<TypeConfig>(1, 1, index),

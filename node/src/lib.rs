@@ -7,7 +7,8 @@
 //!   shard's only, fenced proposer; and the expiry sweeper.
 //! - [`raft`]: openraft type config, log engines, the state machine, and the
 //!   internal transport (one channel per peer for every group).
-//! - [`ledger`]: pure, deterministic account logic (decide / apply).
+//! - [`ledger`]: pure, deterministic account logic (decide / apply): its own
+//!   crate, `node/ledger`, with no runtime, network or clock.
 //! - [`node`]: assembles a node from injected edges; [`cluster`]: several
 //!   nodes in one process (the `dev` cluster and tests).
 //! - [`meta`]: the replicated cluster map; [`placement`]: scale-out (the
@@ -21,7 +22,8 @@ pub mod codec;
 pub mod config;
 pub mod config_file;
 pub mod frontdoor;
-pub mod ledger;
+/// The ledger crate (`node/ledger`), under the name the node's modules use.
+pub use charging_ledger as ledger;
 pub mod maps;
 pub mod meta;
 pub mod metrics_http;

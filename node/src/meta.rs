@@ -4,15 +4,14 @@
 //! members, holds one [`ClusterMap`]: the nodes and their addresses, and the
 //! intended replicas of each shard, with a version that grows by one on
 //! every change. Changes are compare-and-set on the version
-//! (`Event::ClusterMap { expected_version, .. }`), so two writers never both
+//! (`GroupEvent::ClusterMap { expected_version, .. }`), so two writers never both
 //! win. Each shard group's own membership stays the authority on who
 //! replicates it; the map holds the intent, and `Admin/ShardMap` joins it
 //! with the leaders each node observes. Scale-out (issue 5) changes the map
 //! through the same event.
 use crate::config::NodeConfig;
-use crate::ledger::{Event, ShardState};
 use crate::raft::state_machine::ShardStore;
-use crate::raft::{replica_id, Batch, NodeId, Raft, ShardId};
+use crate::raft::{replica_id, Batch, GroupEvent, NodeId, Raft, ShardId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -106,11 +105,6 @@ impl ClusterMap {
     }
 }
 
-/// The current map in a metadata state, if one was written.
-pub fn map_of(state: &ShardState) -> Option<&ClusterMap> {
-    state.cluster_map.as_deref()
-}
-
 /// Keeps the map written: whenever this node leads the metadata group and
 /// the group holds no map yet, it writes the initial one (compare-and-set on
 /// version 0, so concurrent writers cannot both win). Every node runs it, so
@@ -126,7 +120,7 @@ pub async fn run_writer(
         if store.view().state.cluster_map.is_none() && raft.as_leader().is_ok() {
             let batch = Batch {
                 log_ts_ms: clock.now_ms(),
-                events: [Event::ClusterMap {
+                events: [GroupEvent::ClusterMap {
                     map: initial.clone(),
                     expected_version: 0,
                 }]
@@ -194,7 +188,7 @@ pub async fn change(
         };
         let batch = Batch {
             log_ts_ms: clock.now_ms(),
-            events: [Event::ClusterMap {
+            events: [GroupEvent::ClusterMap {
                 map: next,
                 expected_version: current.version,
             }]

@@ -7,7 +7,7 @@ use charging_node::ledger::{BucketKind, Limits, Price, RequestId, Tariff};
 use charging_node::raft::log_store::{LogEngine, MemLog};
 use charging_node::raft::state_machine::ShardStore;
 use charging_node::raft::wal::{Wal, WalLog, WalOptions};
-use charging_node::raft::{Batch, TypeConfig};
+use charging_node::raft::{Batch, GroupEvent, TypeConfig};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
@@ -45,6 +45,7 @@ fn entry(term: u64, index: u64, events: usize) -> Entry {
             },
             request_id: RequestId(((index as u128) << 64) | i as u128),
         })
+        .map(GroupEvent::from)
         .collect();
     Entry::new_normal(
         log_id(term, index),

@@ -59,7 +59,27 @@ pub struct Batch {
     /// Shared: an entry is cloned for the log, for each follower's append
     /// and for apply; sharing makes each of those a reference count, not a
     /// copy of every event. Same bytes on the wire as a `Vec` (serde `rc`).
-    pub events: std::sync::Arc<[Event]>,
+    pub events: std::sync::Arc<[GroupEvent]>,
+}
+
+/// What a Raft entry carries: ledger events (shard groups), or a change of
+/// the cluster map (the metadata group, which keeps the map beside an empty
+/// ledger: see [`state_machine::GroupState`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupEvent {
+    Ledger(Event),
+    /// Metadata group only: replace the cluster map if its version is
+    /// `expected_version` (0 = none yet); the new map gets version + 1.
+    ClusterMap {
+        map: crate::meta::ClusterMap,
+        expected_version: u64,
+    },
+}
+
+impl From<Event> for GroupEvent {
+    fn from(e: Event) -> Self {
+        GroupEvent::Ledger(e)
+    }
 }
 
 /// One result per event of the batch, in order.

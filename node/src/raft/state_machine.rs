@@ -1,5 +1,6 @@
 //! The shard state machine: decodes nothing itself (entries arrive typed),
-//! applies each [`Batch`] to the shard's [`ShardState`] with log time, and
+//! applies each [`Batch`] to the group's [`GroupState`] (a shard's ledger
+//! [`ShardState`], or the metadata group's cluster map) with log time, and
 //! makes frozen copy-on-write views of it on demand.
 //!
 //! A view is made when someone asks ([`ShardStore::view`]) and kept until
@@ -17,9 +18,10 @@
 //! [`ShardStore::open`] restores the state from it and openraft re-applies
 //! the committed log after it. Encoding and writing run on a blocking thread
 //! from a frozen copy-on-write view: requests never wait for a snapshot.
-use super::{Batch, BatchResult, TypeConfig};
+use super::{Batch, BatchResult, GroupEvent, TypeConfig};
 use crate::codec;
-use crate::ledger::{Limits, ShardState};
+use crate::ledger::{Applied, Limits, Reply, ShardState};
+use crate::meta::ClusterMap;
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -61,10 +63,59 @@ impl Drop for GatePass {
     }
 }
 
+/// The replicated state of one Raft group: a shard's ledger, and in the
+/// metadata group the cluster map too. The ledger (its own crate) knows
+/// nothing of the map; the map is the control plane's, applied here. Derefs
+/// to the ledger, which is what shard groups read.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct GroupState {
+    pub ledger: ShardState,
+    /// The cluster map (metadata group only; `None` in shard groups).
+    pub cluster_map: Option<Arc<ClusterMap>>,
+}
+
+impl std::ops::Deref for GroupState {
+    type Target = ShardState;
+    fn deref(&self) -> &ShardState {
+        &self.ledger
+    }
+}
+
+impl GroupState {
+    fn new(limits: Limits) -> Self {
+        GroupState {
+            ledger: ShardState::new(limits),
+            cluster_map: None,
+        }
+    }
+
+    /// Total and deterministic, as [`ShardState::apply`]. A map change is
+    /// compare-and-set on the version: `Conflict` if another won.
+    pub fn apply(&mut self, ev: &GroupEvent, log_ts_ms: u64) -> Applied {
+        match ev {
+            GroupEvent::Ledger(e) => self.ledger.apply(e, log_ts_ms),
+            GroupEvent::ClusterMap {
+                map,
+                expected_version,
+            } => {
+                let current = self.cluster_map.as_ref().map_or(0, |m| m.version);
+                if current != *expected_version {
+                    return Applied::Conflict;
+                }
+                let mut map = map.clone();
+                map.version = current + 1;
+                let version = map.version;
+                self.cluster_map = Some(Arc::new(map));
+                Applied::Ok(Reply::ClusterMapSet { version })
+            }
+        }
+    }
+}
+
 /// A frozen view of a shard's applied state.
 #[derive(Debug, Clone, Default)]
 pub struct Published {
-    pub state: ShardState,
+    pub state: GroupState,
     pub applied: Option<LogIdOf<TypeConfig>>,
     pub log_ts_ms: u64,
 }
@@ -74,7 +125,7 @@ type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, Option<Arc<Vec<u8>>>);
 
 #[derive(Debug)]
 struct Inner {
-    state: ShardState,
+    state: GroupState,
     applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
     /// `max` of every applied batch's log_ts: log time never goes backwards.
@@ -174,7 +225,7 @@ impl ShardStore {
     }
 
     fn empty(limits: Limits, snapshot_file: Option<Arc<PathBuf>>) -> Self {
-        let state = ShardState::new(limits);
+        let state = GroupState::new(limits);
         let (tx, _) = watch::channel(Arc::new(Published {
             state: state.clone(),
             applied: None,
@@ -225,13 +276,13 @@ impl ShardStore {
     /// at most one entry's apply is waited for): for small reads on the hot
     /// path, which must not make a view (see the module doc).
     pub fn read<R>(&self, f: impl FnOnce(&ShardState) -> R) -> R {
-        f(&self.lock().state)
+        f(&self.lock().state.ledger)
     }
 
     /// [`ShardStore::read`], with the log time of the state read.
     pub fn read_at<R>(&self, f: impl FnOnce(&ShardState, u64) -> R) -> R {
         let g = self.lock();
-        f(&g.state, g.log_ts_ms)
+        f(&g.state.ledger, g.log_ts_ms)
     }
 
     /// The last applied log id.
@@ -277,7 +328,7 @@ impl ShardStore {
 /// Snapshot body: the shard state plus its log time.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SnapshotBody {
-    state: ShardState,
+    state: GroupState,
     log_ts_ms: u64,
 }
 
@@ -300,7 +351,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let body = std::mem::replace(
             &mut self.body,
             SnapshotBody {
-                state: ShardState::new(Limits::default()),
+                state: GroupState::new(Limits::default()),
                 log_ts_ms: 0,
             },
         );
@@ -361,7 +412,11 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
                         let ts = g.log_ts_ms;
                         let mut out = Vec::with_capacity(events.len());
                         for ev in events.iter() {
-                            if let crate::ledger::Event::BulkCreate { accounts, .. } = ev {
+                            if let GroupEvent::Ledger(crate::ledger::Event::BulkCreate {
+                                accounts,
+                                ..
+                            }) = ev
+                            {
                                 self.bulk_since_snapshot
                                     .fetch_add(accounts.len() as u64, Ordering::Relaxed);
                             }

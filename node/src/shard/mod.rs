@@ -23,7 +23,7 @@ use crate::ledger::{
 };
 use crate::maps::HashMap;
 use crate::raft::state_machine::ShardStore;
-use crate::raft::{Batch, LeaderId, NodeId, Raft, ShardId, WriteResult};
+use crate::raft::{Batch, GroupEvent, LeaderId, NodeId, Raft, ShardId, WriteResult};
 use metrics::{counter, gauge, histogram};
 use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
@@ -284,7 +284,7 @@ pub struct State {
     a: ShardArgs,
     epoch: Epoch,
     accounts: HashMap<AccountId, VAccount>,
-    open: Vec<Event>,
+    open: Vec<GroupEvent>,
     open_members: Vec<Option<(AccountId, u64)>>,
     open_tariff_replies: Vec<ReplyTx>,
     flush_scheduled: bool,
@@ -389,7 +389,7 @@ impl Actor for ShardActor {
                 reply,
             } => match st.epoch {
                 Epoch::Leading(_) => {
-                    st.open.push(Event::SetTariff { tariff, request_id });
+                    st.open.push(Event::SetTariff { tariff, request_id }.into());
                     st.open_members.push(None);
                     st.open_tariff_replies.push(reply);
                     schedule_flush(&myself, st);
@@ -493,12 +493,15 @@ fn on_bulk(
             }
         }
     }
-    st.open.push(Event::BulkCreate {
-        accounts,
-        currency,
-        credit_limit,
-        initial_balance,
-    });
+    st.open.push(
+        Event::BulkCreate {
+            accounts,
+            currency,
+            credit_limit,
+            initial_balance,
+        }
+        .into(),
+    );
     st.open_members.push(None);
     st.open_tariff_replies.push(reply);
     true
@@ -593,12 +596,15 @@ fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: 
     let account = req.account.clone();
     let state = match decision {
         Decision::Accept(_) => {
-            st.open.push(Event::Account(AccountEvent {
-                request: req,
-                expected_version,
-                decided_ms: now_ms,
-                tariffs,
-            }));
+            st.open.push(
+                Event::Account(AccountEvent {
+                    request: req,
+                    expected_version,
+                    decided_ms: now_ms,
+                    tariffs,
+                })
+                .into(),
+            );
             st.open_members.push(Some((account.clone(), waiter_id)));
             Some(WaitState::Apply)
         }

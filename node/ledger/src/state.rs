@@ -38,12 +38,6 @@ pub enum Event {
         credit_limit: i64,
         initial_balance: i64,
     },
-    /// Metadata group only: replace the cluster map if its version is
-    /// `expected_version` (0 = none yet); the new map gets version + 1.
-    ClusterMap {
-        map: crate::meta::ClusterMap,
-        expected_version: u64,
-    },
 }
 
 /// Result of applying one event on a replica.
@@ -110,9 +104,6 @@ pub struct ShardState {
     /// for the dedup window of log time so a retried SetTariff changes nothing.
     #[serde(default)]
     pub tariff_requests: imbl::OrdMap<RequestId, (u64, u64)>,
-    /// The cluster map (metadata group only; `None` in shard groups).
-    #[serde(default)]
-    pub cluster_map: Option<Arc<crate::meta::ClusterMap>>,
 }
 
 /// Most tariff changes remembered per shard within the dedup window.
@@ -157,20 +148,6 @@ impl ShardState {
                 *initial_balance,
                 log_ts_ms,
             ),
-            Event::ClusterMap {
-                map,
-                expected_version,
-            } => {
-                let current = self.cluster_map.as_ref().map(|m| m.version).unwrap_or(0);
-                if current != *expected_version {
-                    return Applied::Conflict;
-                }
-                let mut map = map.clone();
-                map.version = current + 1;
-                let version = map.version;
-                self.cluster_map = Some(Arc::new(map));
-                Applied::Ok(Reply::ClusterMapSet { version })
-            }
         }
     }
 
@@ -368,7 +345,6 @@ impl ShardState {
             (id, v).hash(&mut h);
         }
         self.alarms.hash(&mut h);
-        self.cluster_map.hash(&mut h);
         self.accounts.len().hash(&mut h);
         for (k, a) in self.accounts.iter() {
             k.hash(&mut h);

@@ -229,7 +229,8 @@ pub enum Reply {
     TariffSet {
         version: u64,
     },
-    /// The cluster map was replaced; its new version.
+    /// Not the ledger's: the metadata group's cluster map was replaced (the
+    /// node applies that event; it shares this result type). Its new version.
     ClusterMapSet {
         version: u64,
     },

@@ -1,6 +1,10 @@
 //! The ledger: pure, deterministic account logic. No async, no I/O, no clock
 //! reads, no randomness, no hash-order output. Time arrives inside requests.
 //!
+//! Its own crate so that purity is a build fact, not a convention: it
+//! depends on no async runtime, network, Raft or clock (`.ci/run` checks
+//! `cargo tree`). The node re-exports it as `charging_node::ledger`.
+//!
 //! Map:
 //! - [`types`]: ids, quantities, commands, replies, rejections, limits.
 //! - [`account`]: `Account` and what it holds (buckets, sessions, reservations,
@@ -25,10 +29,23 @@ pub mod smallmap;
 pub mod state;
 pub mod types;
 
-#[cfg(test)]
-mod tests;
-
 pub use account::{Account, BalanceView, BucketView};
 pub use decide::{decide, params_hash, Decision};
 pub use state::{AccountEvent, Applied, Event, ShardState};
 pub use types::*;
+
+#[cfg(test)]
+mod tests;
+
+/// The node's codec (bincode 2, standard config), for round-trip tests.
+#[cfg(test)]
+mod tests_codec {
+    pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
+    }
+    pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+        bincode::serde::decode_from_slice(b, bincode::config::standard())
+            .unwrap()
+            .0
+    }
+}
