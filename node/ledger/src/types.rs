@@ -299,9 +299,12 @@ impl Default for Limits {
             refund_horizon_ms: 30 * 24 * 3600 * 1000,
             tombstone_ttl_ms: 24 * 3600 * 1000,
             // 2^20: 1,747 non-session operations/s on one account,
-            // sustained over a 10-minute window.
+            // sustained over a 10-minute window (at most ~130 MB, and only
+            // for an account that busy).
             max_dedup_per_account: 1 << 20,
-            max_charges_per_account: 1 << 20,
+            // The refund index outlives the dedup window (30 days), so it is
+            // bounded by count: an account's newest 4,096 charges.
+            max_charges_per_account: 4096,
             max_sessions_per_account: 1024,
             max_reservations_per_account: 4096,
             max_buckets_per_account: 64,
