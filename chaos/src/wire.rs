@@ -69,7 +69,7 @@ fn msg<T>(m: T, timeout: std::time::Duration, no_forward: bool) -> tonic::Reques
     r.set_timeout(timeout);
     if no_forward {
         r.metadata_mut().insert(
-            charging_client::NO_FORWARD_HEADER,
+            charging_client::headers::FORWARDED,
             tonic::metadata::MetadataValue::from_static("1"),
         );
     }

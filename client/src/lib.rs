@@ -12,7 +12,7 @@
 //!   ([`ClientConfig::deadline_ms`]). Every attempt carries the remaining time as
 //!   its gRPC timeout. Other codes are returned at once.
 //! - **Leader hints.** An `UNAVAILABLE` status may carry the metadata entry
-//!   [`LEADER_ADDR_HEADER`] (`x-leader-addr`), the public address of the shard
+//!   [`headers::LEADER_ADDR`] (`x-leader-addr`), the public address of the shard
 //!   leader. The retry then goes straight there, over a channel from a small
 //!   bounded cache ([`CHANNEL_CACHE_CAPACITY`] entries). An `UNAVAILABLE` without a
 //!   hint sends the next attempt back to the configured endpoint.
@@ -55,12 +55,9 @@ pub mod parse;
 
 pub use error::Error;
 
-/// Metadata key of the leader hint on an `UNAVAILABLE` status.
-pub const LEADER_ADDR_HEADER: &str = "x-leader-addr";
-/// Metadata key telling a node not to forward the call to the shard leader
-/// but to answer `UNAVAILABLE` with a leader hint (the node's own marker of a
-/// forwarded call, so it never forwards twice).
-pub const NO_FORWARD_HEADER: &str = "x-charging-forwarded";
+/// The API's metadata keys (leader hints, the forwarded mark), shared with
+/// the nodes.
+pub use charging_proto::headers;
 /// The endpoint `chargectl` uses when none is given.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
 /// How many leader channels (by address) the client keeps open.
@@ -153,15 +150,22 @@ fn strip(name: &'static str, prefix: &str) -> &'static str {
     name.strip_prefix(prefix).unwrap_or(name)
 }
 
-/// The leader hint carried by a status, if any.
+/// The leader hint carried by a status, if any, as an endpoint URL (the
+/// header holds `host:port`, as `ShardMap.leader_addr` does).
 pub fn leader_hint(status: &Status) -> Option<String> {
     let v = status
         .metadata()
-        .get(LEADER_ADDR_HEADER)?
+        .get(headers::LEADER_ADDR)?
         .to_str()
         .ok()?
         .trim();
-    (!v.is_empty()).then(|| v.to_string())
+    if v.is_empty() {
+        None
+    } else if v.contains("://") {
+        Some(v.to_string())
+    } else {
+        Some(format!("http://{v}"))
+    }
 }
 
 /// A bounded cache of channels to leader addresses, evicting the oldest entry.
@@ -483,7 +487,7 @@ impl Client {
                 // UNAVAILABLE with a hint (which updates the cached map)
                 // instead of forwarding on our behalf.
                 req.metadata_mut().insert(
-                    NO_FORWARD_HEADER,
+                    headers::FORWARDED,
                     tonic::metadata::MetadataValue::from_static("1"),
                 );
             }
@@ -1049,10 +1053,7 @@ mod tests {
     #[test]
     fn hint_is_read_from_metadata() {
         let mut md = tonic::metadata::MetadataMap::new();
-        md.insert(
-            LEADER_ADDR_HEADER,
-            "http://127.0.0.1:50052".parse().unwrap(),
-        );
+        md.insert(headers::LEADER_ADDR, "127.0.0.1:50052".parse().unwrap());
         let s = Status::with_metadata(Code::Unavailable, "not leader", md);
         assert_eq!(leader_hint(&s).as_deref(), Some("http://127.0.0.1:50052"));
         assert_eq!(leader_hint(&Status::unavailable("x")), None);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ::charging_client::proto::charging_server::{Charging, ChargingServer};
 use ::charging_client::proto::*;
-use ::charging_client::{Client, ClientConfig, Uuid, LEADER_ADDR_HEADER};
+use ::charging_client::{headers, Client, ClientConfig, Uuid};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -64,7 +64,7 @@ impl Fake {
             Behaviour::UnavailableThenOk { n: fail, hint } if n <= *fail => {
                 let mut md = tonic::metadata::MetadataMap::new();
                 if let Some(h) = hint {
-                    md.insert(LEADER_ADDR_HEADER, h.parse().unwrap());
+                    md.insert(headers::LEADER_ADDR, h.parse().unwrap());
                 }
                 Err(Status::with_metadata(
                     Code::Unavailable,
@@ -355,7 +355,8 @@ async fn leader_hint_redirects_the_retry() {
     let leader_addr = serve(leader.clone()).await;
     let follower = Fake::new(Behaviour::UnavailableThenOk {
         n: usize::MAX,
-        hint: Some(leader_addr.clone()),
+        // The node's form: host:port, as ShardMap.leader_addr.
+        hint: Some(leader_addr.trim_start_matches("http://").to_string()),
     });
     let follower_addr = serve(follower.clone()).await;
 

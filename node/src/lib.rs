@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod config_file;
+pub mod error;
 pub mod frontdoor;
 /// The ledger crate (`node/ledger`), under the name the node's modules use.
 pub use charging_ledger as ledger;

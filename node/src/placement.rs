@@ -24,6 +24,7 @@
 //!
 //! Open reservations are shard state: they move with the shard's log and
 //! snapshots, so a reservation opened before a move commits after it.
+use crate::error::Error;
 use crate::frontdoor::{FrontDoor, ShardHandle};
 use crate::maps::HashMap;
 use crate::meta::ClusterMap;
@@ -439,7 +440,11 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
         req.set_timeout(opts.call_timeout * 5);
         let dropped = tokio::time::timeout(opts.call_timeout * 5, c.drop_replica(req))
             .await
-            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("drop replica")));
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::from(Error::DeadlineExceeded(
+                    "drop replica".into(),
+                )))
+            });
         match dropped {
             Ok(_) => tracing::info!(
                 node,

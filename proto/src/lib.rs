@@ -12,6 +12,21 @@ pub mod internal {
     tonic::include_proto!("charging.internal.v1");
 }
 
+/// gRPC metadata keys the API uses, defined once for nodes and clients.
+pub mod headers {
+    /// On an `UNAVAILABLE` status: the node id of the shard's leader, if known.
+    pub const LEADER_NODE: &str = "x-leader-node";
+    /// On an `UNAVAILABLE` status: the leader's public address, `host:port`
+    /// (the same form as `ShardMap.leader_addr`); a client adds its scheme.
+    pub const LEADER_ADDR: &str = "x-leader-addr";
+    /// Marks a call forwarded by a node's front door: the receiver answers
+    /// it itself, never forwarding again. A client sets it to ask a node not
+    /// to forward (the answer is then `UNAVAILABLE` with a leader hint).
+    pub const FORWARDED: &str = "x-charging-forwarded";
+    /// Restricts a forwarded SetTariff to one shard (internal).
+    pub const ONLY_SHARD: &str = "x-charging-shard";
+}
+
 /// 64-bit FNV-1a: the stable hash that maps accounts to shards.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

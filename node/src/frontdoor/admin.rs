@@ -1,5 +1,6 @@
 //! The Admin service: cluster status as this node sees it.
 use super::{FrontDoor, ShardHandle};
+use crate::error::Error;
 use crate::meta::{ChangeError, ClusterMap};
 use crate::raft::node_of;
 use charging_proto::v1 as pb;
@@ -70,13 +71,11 @@ fn membership(h: &ShardHandle) -> (u64, u64, Vec<u64>, Vec<u64>, bool) {
 }
 
 fn not_leader(fd: &FrontDoor, leader: Option<u64>) -> Status {
-    let mut s = Status::unavailable("not the metadata leader; retry");
-    if let Some(addr) = leader.and_then(|l| fd.public_addr(l)) {
-        if let Ok(v) = format!("http://{addr}").parse() {
-            s.metadata_mut().insert(super::LEADER_ADDR, v);
-        }
+    Error::Unavailable {
+        msg: "not the metadata leader; retry".into(),
+        leader: leader.map(|l| (l, fd.public_addr(l))),
     }
-    s
+    .into()
 }
 
 /// Result of a map change attempted here.
@@ -98,11 +97,13 @@ impl AdminService {
         let (raft, store) = &fd.meta;
         match crate::meta::change(raft, store, &fd.clock, f).await {
             Ok(v) => Ok(Changed::Done(v)),
-            Err(ChangeError::Refused(why)) => Err(Status::failed_precondition(why)),
-            Err(ChangeError::Unavailable(why)) => Err(Status::unavailable(why)),
+            Err(ChangeError::Refused(why)) => Err(Status::from(Error::FailedPrecondition(why))),
+            Err(ChangeError::Unavailable(why)) => Err(Status::from(Error::unavailable(why))),
             Err(ChangeError::NotLeader(Some(l))) if !forwarded && l != fd.node => {
                 let addr = fd.public_addr(l).ok_or_else(|| not_leader(fd, None))?;
-                let ch = fd.peer_channel(&addr).map_err(Status::internal)?;
+                let ch = fd
+                    .peer_channel(&addr)
+                    .map_err(|e| Status::from(Error::Internal(e.to_string())))?;
                 Ok(Changed::Forward(AdminClient::new(ch)))
             }
             Err(ChangeError::NotLeader(l)) => Err(not_leader(fd, l)),
@@ -122,9 +123,9 @@ async fn bounded<T>(
     tokio::time::timeout(FORWARD_DEADLINE, call)
         .await
         .unwrap_or_else(|_| {
-            Err(Status::unavailable(
+            Err(Status::from(Error::unavailable(
                 "the metadata leader did not answer in time; retry",
-            ))
+            )))
         })
 }
 
@@ -247,7 +248,7 @@ impl Admin for AdminService {
                 views.iter().map(|v| Some(v.state.state_hash())).collect()
             })
             .await
-            .map_err(|e| Status::internal(format!("state digest: {e}")))?
+            .map_err(|e| Status::from(Error::Internal(format!("state digest: {e}"))))?
         } else {
             vec![None; views.len()]
         };
@@ -345,16 +346,18 @@ impl Admin for AdminService {
         let forwarded = r.metadata().contains_key(super::FORWARDED);
         let m = r.into_inner();
         if m.node_id == 0 || m.node_id >= 1 << 31 {
-            return Err(Status::invalid_argument("node_id: must be 1..2^31"));
+            return Err(Status::from(Error::InvalidArgument(
+                "node_id: must be 1..2^31".into(),
+            )));
         }
         for (what, a) in [
             ("public_addr", &m.public_addr),
             ("internal_addr", &m.internal_addr),
         ] {
             if !is_host_port(a) {
-                return Err(Status::invalid_argument(format!(
+                return Err(Status::from(Error::InvalidArgument(format!(
                     "{what}: `{a}` is not host:port"
-                )));
+                ))));
             }
         }
         let changed = self
@@ -504,16 +507,16 @@ impl Admin for AdminService {
                 .get(&m.shard_id)
                 .is_some_and(|r| r.contains(&m.replica))
         }) {
-            return Err(Status::failed_precondition(format!(
+            return Err(Status::from(Error::FailedPrecondition(format!(
                 "the cluster map still places replica {} of shard {} here",
                 m.replica, m.shard_id
-            )));
+            ))));
         }
         let dropped = fd
             .replicas
             .drop_replica(m.shard_id, m.replica)
             .await
-            .map_err(Status::internal)?;
+            .map_err(|e| Status::from(Error::Internal(e.to_string())))?;
         Ok(Response::new(pb::DropReplicaResponse { dropped }))
     }
 }

@@ -7,6 +7,7 @@
 //! Exactly once without a request id: apply creates only absent accounts and
 //! counts the others as existing, so a retried call creates nothing twice.
 use super::super::{validate, FrontDoor};
+use crate::error::Error;
 use crate::ledger::{AccountId, Reply};
 use crate::shard::{Outcome, ShardMsg};
 use charging_proto::v1 as pb;
@@ -36,25 +37,25 @@ pub async fn bulk_create(
     forwarded: bool,
 ) -> Result<pb::BulkCreateAccountsResponse, Status> {
     if msg.account_ids.len() > MAX_BULK_ACCOUNTS {
-        return Err(Status::invalid_argument(
-            "account_ids: more than 100000 in one call",
-        ));
+        return Err(Status::from(Error::InvalidArgument(
+            "account_ids: more than 100000 in one call".into(),
+        )));
     }
     let currency = msg.currency.trim().to_string();
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Status::invalid_argument(
-            "currency: must be a 3-letter ISO 4217 code, e.g. EUR",
-        ));
+        return Err(Status::from(Error::InvalidArgument(
+            "currency: must be a 3-letter ISO 4217 code, e.g. EUR".into(),
+        )));
     }
     if !(0..=MAX_AMOUNT).contains(&msg.credit_limit) {
-        return Err(Status::invalid_argument(
-            "credit_limit: must be between 0 and 10^15",
-        ));
+        return Err(Status::from(Error::InvalidArgument(
+            "credit_limit: must be between 0 and 10^15".into(),
+        )));
     }
     if !(0..=MAX_AMOUNT).contains(&msg.initial_balance) {
-        return Err(Status::invalid_argument(
-            "initial_balance: must be between 0 and 10^15",
-        ));
+        return Err(Status::from(Error::InvalidArgument(
+            "initial_balance: must be between 0 and 10^15".into(),
+        )));
     }
     let n = fd.shard_count;
     let mut by_shard: Vec<Vec<AccountId>> = vec![Vec::new(); n as usize];
@@ -111,7 +112,7 @@ async fn shard_part(
                     initial_balance: msg.initial_balance,
                     reply: tx,
                 })
-                .map_err(|_| Status::unavailable("shard actor stopped"))?;
+                .map_err(|_| Status::from(Error::unavailable("shard actor stopped")))?;
             match tokio::time::timeout(deadline, rx).await {
                 Err(_) => Outcome::Unknown("deadline exceeded waiting for the shard"),
                 Ok(Err(_)) => Outcome::Unknown("shard actor dropped the request"),
@@ -130,7 +131,9 @@ async fn shard_part(
             mismatched,
             rejected: None,
         }),
-        Outcome::Done(Ok(_)) => Err(Status::internal("unexpected reply to a bulk creation")),
+        Outcome::Done(Ok(_)) => Err(Status::from(Error::Internal(
+            "unexpected reply to a bulk creation".into(),
+        ))),
         Outcome::Done(Err(r)) => Ok(Counts {
             rejected: Some(super::super::result_code(r) as i32),
             ..Counts::default()
@@ -162,6 +165,6 @@ async fn shard_part(
         }
         Outcome::NotLeader { leader } => Err(fd.unavailable(leader, "not the shard leader")),
         Outcome::Unknown(why) => Err(fd.unavailable(None, why)),
-        Outcome::Overloaded(why) => Err(Status::resource_exhausted(why)),
+        Outcome::Overloaded(why) => Err(Status::from(Error::Overloaded(why.into()))),
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! Admission: at most `max_inflight_requests` requests are in the node at
 //! once; beyond that, `RESOURCE_EXHAUSTED` at once rather than a queue.
+use crate::error::Error;
 use crate::ledger::{AccountId, Rejection, Reply, Request};
 use crate::maps::DashMap;
 use crate::meta::ClusterMap;
@@ -39,12 +40,8 @@ pub mod validate;
 pub use convert::result_code;
 pub use service::ChargingService as ChargingServiceHandle;
 
-/// Metadata key marking a request forwarded by another front door.
-pub const FORWARDED: &str = "x-charging-forwarded";
-/// Metadata key restricting a SetTariff to one shard (used by forwarding).
-pub const ONLY_SHARD: &str = "x-charging-shard";
-pub const LEADER_NODE: &str = "x-leader-node";
-pub const LEADER_ADDR: &str = "x-leader-addr";
+/// Metadata keys, defined once with the API (see [`charging_proto::headers`]).
+pub use charging_proto::headers::{FORWARDED, LEADER_NODE, ONLY_SHARD};
 
 /// The fixed, documented account → shard hash: FNV-1a 64 over the id bytes.
 pub use charging_proto::{fnv1a64, shard_of};
@@ -220,7 +217,9 @@ impl FrontDoor {
     }
 
     fn overloaded() -> Status {
-        Status::resource_exhausted("node at its in-flight request limit; back off and retry")
+        Status::from(Error::Overloaded(
+            "node at its in-flight request limit; back off and retry".into(),
+        ))
     }
 
     /// Sends one request to its local shard actor and waits (bounded) for the outcome.
@@ -235,7 +234,7 @@ impl FrontDoor {
         let (tx, rx) = oneshot::channel();
         handle
             .cast(ShardMsg::Request { req, reply: tx })
-            .map_err(|_| Status::unavailable("shard actor stopped"))?;
+            .map_err(|_| Status::from(Error::unavailable("shard actor stopped")))?;
         let outcome = match tokio::time::timeout(self.limits.request_deadline, rx).await {
             Err(_) => Outcome::Unknown("deadline exceeded waiting for the shard"),
             Ok(Err(_)) => Outcome::Unknown("shard actor dropped the request"),
@@ -291,18 +290,11 @@ impl FrontDoor {
     }
 
     fn unavailable(&self, leader: Option<NodeId>, msg: &str) -> Status {
-        let mut s = Status::unavailable(format!("{msg}; retry with the same request id"));
-        if let Some(l) = leader {
-            if let Ok(v) = l.to_string().parse() {
-                s.metadata_mut().insert(LEADER_NODE, v);
-            }
-            if let Some(addr) = self.public_addr(l) {
-                if let Ok(v) = format!("http://{addr}").parse() {
-                    s.metadata_mut().insert(LEADER_ADDR, v);
-                }
-            }
+        Error::Unavailable {
+            msg: format!("{msg}; retry with the same request id"),
+            leader: leader.map(|l| (l, self.public_addr(l))),
         }
-        s
+        .into()
     }
 
     /// The caller's view of a failed forward. A forward that timed out or
@@ -347,7 +339,9 @@ impl FrontDoor {
         if self.forward.len() >= self.limits.max_forward_peers {
             self.forward.clear();
         }
-        let ch = self.peer_channel(&addr).map_err(Status::internal)?;
+        let ch = self
+            .peer_channel(&addr)
+            .map_err(|e| Status::from(Error::Internal(e.to_string())))?;
         let c = ChargingClient::new(ch);
         self.forward.insert(leader, c.clone());
         Ok(c)
@@ -387,7 +381,7 @@ impl FrontDoor {
             }
             Outcome::Overloaded(why) => {
                 self.record(op, "overloaded", started);
-                Err(Status::resource_exhausted(why))
+                Err(Status::from(Error::Overloaded(why.into())))
             }
             Outcome::NotLeader { leader } => {
                 self.record(op, "not_leader", started);
@@ -540,7 +534,7 @@ impl FrontDoor {
                             request_id,
                             reply: tx,
                         })
-                        .map_err(|_| Status::unavailable("shard actor stopped"))?;
+                        .map_err(|_| Status::from(Error::unavailable("shard actor stopped")))?;
                     tokio::time::timeout(self.limits.request_deadline, rx)
                         .await
                         .map_err(|_| self.unavailable(None, "deadline exceeded setting tariff"))?
@@ -575,7 +569,7 @@ impl FrontDoor {
                     return Err(self.unavailable(leader, "not the shard leader"))
                 }
                 Outcome::Unknown(w) => return Err(self.unavailable(None, w)),
-                Outcome::Overloaded(w) => return Err(Status::resource_exhausted(w)),
+                Outcome::Overloaded(w) => return Err(Status::from(Error::Overloaded(w.into()))),
                 // A business rejection (request id reused with another
                 // tariff, request too old) is a result code, as elsewhere.
                 Outcome::Done(Err(r)) => {

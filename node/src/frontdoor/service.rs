@@ -1,5 +1,6 @@
 //! tonic glue: the `Charging` service, unary calls and the batch stream.
 use super::{convert, validate, FrontDoor, FORWARDED, ONLY_SHARD};
+use crate::error::Error;
 use crate::ledger::Request as Req;
 use crate::raft::ShardId;
 use crate::shard::Outcome;
@@ -46,7 +47,7 @@ async fn run_op(fd: &FrontDoor, op: pb::Op) -> pb::OpResult {
     use pb::op_result::Result as R;
     let id = op.correlation_id;
     let result = match op.op {
-        None => Err(Status::invalid_argument("op: missing")),
+        None => Err(Status::from(Error::InvalidArgument("op: missing".into()))),
         Some(O::Reserve(m)) => fd.reserve(m, false).await.map(R::Reserve),
         Some(O::Update(m)) => fd.update(m, false).await.map(R::Update),
         Some(O::Terminate(m)) => fd.terminate(m, false).await.map(R::Terminate),
@@ -321,9 +322,9 @@ impl Charging for ChargingService {
             .next()
             .map(|h| h.store.read(|s| s.tariffs.clone()))
         else {
-            return Err(Status::unavailable(
+            return Err(Status::from(Error::unavailable(
                 "this node hosts no shard yet; ask another node",
-            ));
+            )));
         };
         Ok(Response::new(pb::GetTariffsResponse {
             tariffs: tariffs.values().map(convert::tariff).collect(),
@@ -361,7 +362,7 @@ impl Charging for ChargingService {
                         match msg {
                             Some(Ok(batch)) => {
                                 if batch.ops.len() > MAX_OPS_PER_BATCH {
-                                    let _ = tx.send(Err(Status::invalid_argument("ops: more than 4096 in one batch"))).await;
+                                    let _ = tx.send(Err(Status::from(Error::InvalidArgument("ops: more than 4096 in one batch".into())))).await;
                                     return;
                                 }
                                 let fd = fd.clone();

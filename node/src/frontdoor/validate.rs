@@ -1,5 +1,6 @@
 //! Input validation: protobuf requests → ledger requests. Every failure is an
 //! `INVALID_ARGUMENT` naming the field; nothing reaches a shard unvalidated.
+use crate::error::Error;
 use crate::ledger::{
     AccountId, AccountState, BucketId, BucketKind, BucketSpec, Command, Price, RequestId,
     ReservationId, SessionId, Tariff, Units, UsageReport,
@@ -21,7 +22,7 @@ pub const MAX_BUCKETS: usize = 16;
 pub const MAX_PRICES: usize = 8;
 
 fn bad(field: &str, why: &str) -> Status {
-    Status::invalid_argument(format!("{field}: {why}"))
+    Status::from(Error::InvalidArgument(format!("{field}: {why}")))
 }
 
 pub fn account_id(s: &str) -> Result<AccountId, Status> {

@@ -12,6 +12,7 @@
 //! `Append` stream fails on its next frame in either direction.
 use super::{NodeId, Raft, ShardId, TypeConfig};
 use crate::codec;
+use crate::error::Error;
 use crate::maps::{DashMap, HashMap};
 use charging_proto::internal::{
     raft_internal_server::RaftInternal, AppendFrame, AppendReply, RaftKind, RaftReply, RaftRequest,
@@ -65,11 +66,11 @@ pub struct RaftService {
 
 fn reply<T: Serialize, E: Display>(r: Result<T, E>) -> Result<Vec<u8>, Status> {
     let r = r.map_err(|e| e.to_string());
-    codec::encode(&r).map_err(|e| Status::internal(e.to_string()))
+    codec::encode(&r).map_err(|e| Status::from(Error::Internal(e.to_string())))
 }
 
 fn body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
-    codec::decode(b).map_err(|e| Status::invalid_argument(e.to_string()))
+    codec::decode(b).map_err(|e| Status::from(Error::InvalidArgument(e.to_string())))
 }
 
 /// The Raft of `shard`'s replica here, if it is the one addressed: a message
@@ -78,19 +79,21 @@ fn body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
 /// the other's (openraft then panics when that log seems to go backwards).
 fn group(groups: &Groups, shard: ShardId, to_replica: NodeId) -> Result<Raft, Status> {
     let Some(g) = groups.get(&shard) else {
-        return Err(Status::not_found(format!("shard {shard} not hosted here")));
+        return Err(Status::from(Error::NotFound(format!(
+            "shard {shard} not hosted here"
+        ))));
     };
     let (id, raft) = g.value();
     if to_replica != 0 && to_replica != *id {
-        return Err(Status::unavailable(format!(
+        return Err(Status::from(Error::unavailable(format!(
             "shard {shard}: replica {to_replica} is not hosted here (this node hosts {id})"
-        )));
+        ))));
     }
     Ok(raft.clone())
 }
 
 fn isolated_status() -> Status {
-    Status::unavailable("isolated (fault injection)")
+    Status::from(Error::unavailable("isolated (fault injection)"))
 }
 
 impl RaftService {
@@ -111,7 +114,7 @@ fn session_reply(
     seq: u64,
     r: Result<StreamAppendResult<TypeConfig>, String>,
 ) -> Result<AppendReply, Status> {
-    let body = codec::encode(&r).map_err(|e| Status::internal(e.to_string()))?;
+    let body = codec::encode(&r).map_err(|e| Status::from(Error::Internal(e.to_string())))?;
     Ok(AppendReply { session, seq, body })
 }
 
@@ -228,7 +231,11 @@ async fn next_chunk(
 ) -> Result<Option<SnapshotChunk>, Status> {
     tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, chunks.message())
         .await
-        .map_err(|_| Status::deadline_exceeded("no snapshot chunk within 30s"))?
+        .map_err(|_| {
+            Status::from(Error::DeadlineExceeded(
+                "no snapshot chunk within 30s".into(),
+            ))
+        })?
 }
 
 type AppendReplies = Pin<Box<dyn Stream<Item = Result<AppendReply, Status>> + Send + 'static>>;
@@ -249,7 +256,9 @@ impl RaftInternal for RaftService {
             RaftKind::Append => reply(raft.append_entries(body(&req.body)?).await)?,
             RaftKind::TransferLeader => reply(raft.handle_transfer_leader(body(&req.body)?).await)?,
             RaftKind::Unspecified => {
-                return Err(Status::invalid_argument("kind: unknown raft message kind"))
+                return Err(Status::from(Error::InvalidArgument(
+                    "kind: unknown raft message kind".into(),
+                )))
             }
         };
         Ok(Response::new(RaftReply {
@@ -288,13 +297,13 @@ impl RaftInternal for RaftService {
         let mut chunks = request.into_inner();
         let first = next_chunk(&mut chunks)
             .await?
-            .ok_or_else(|| Status::invalid_argument("snapshot: no chunk"))?;
+            .ok_or_else(|| Status::from(Error::InvalidArgument("snapshot: no chunk".into())))?;
         let total = first.total_bytes;
         if total > self.max_snapshot_bytes {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Status::from(Error::Overloaded(format!(
                 "snapshot: {total} bytes over the limit of {}",
                 self.max_snapshot_bytes
-            )));
+            ))));
         }
         let raft = self.group(first.shard, first.to_replica)?;
         let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = body(&first.header)?;
@@ -308,17 +317,17 @@ impl RaftInternal for RaftService {
                 return Err(isolated_status());
             }
             if data.len() as u64 + c.data.len() as u64 > total {
-                return Err(Status::invalid_argument(
-                    "snapshot: chunks exceed total_bytes",
-                ));
+                return Err(Status::from(Error::InvalidArgument(
+                    "snapshot: chunks exceed total_bytes".into(),
+                )));
             }
             data.extend_from_slice(&c.data);
         }
         if data.len() as u64 != total {
-            return Err(Status::invalid_argument(format!(
+            return Err(Status::from(Error::InvalidArgument(format!(
                 "snapshot: stream ended at {} of {total} bytes",
                 data.len()
-            )));
+            ))));
         }
         let snap = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
             meta,

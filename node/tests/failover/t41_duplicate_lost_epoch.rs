@@ -27,7 +27,7 @@ async fn top_up_at(
     });
     r.set_timeout(timeout);
     r.metadata_mut().insert(
-        charging_client::NO_FORWARD_HEADER,
+        charging_client::headers::FORWARDED,
         tonic::metadata::MetadataValue::from_static("1"),
     );
     let call = async { ChargingClient::new(ch).top_up(r).await };
