@@ -20,14 +20,15 @@ use crate::raft::{raft_config, replica_id, NodeId, Raft, ShardId};
 pub const INITIAL_INCARNATION: u32 = 1;
 use crate::meta::{ClusterMap, META_GROUP};
 use crate::replicas::{Hosted, ReplicaSet};
-use crate::shard::sweeper::{Sweeper, SweeperArgs};
+use crate::shard::supervisor::{self, SupMsg, Supervisor, SupervisorArgs};
+use crate::shard::sweeper::SweeperArgs;
 use charging_proto::internal::raft_internal_server::RaftInternalServer;
 use charging_proto::v1::admin_server::AdminServer;
 use charging_proto::v1::charging_server::ChargingServer;
 use openraft::BasicNode;
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -108,9 +109,14 @@ pub struct NodeHandle {
     pub front_door: Arc<FrontDoor>,
     /// The shard replicas this node hosts now (changes under scale-out).
     pub hosted: Hosted,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
-    sweeper: ActorRef<crate::shard::sweeper::SweepMsg>,
+    /// Parent of the shard actors and the sweeper (see [`supervisor`]).
+    supervisor: ActorRef<SupMsg>,
+    /// Why the node stopped itself, once it has (see [`NodeHandle::failed`]).
+    failure: watch::Receiver<Option<String>>,
+    /// Node-wide count of active virtual accounts.
+    active_accounts: Arc<AtomicUsize>,
     isolated: Arc<AtomicBool>,
     transport: Arc<Peers>,
 }
@@ -147,33 +153,63 @@ impl NodeHandle {
         &self.transport
     }
 
+    /// Virtual accounts active on this node now (all shards).
+    pub fn active_accounts(&self) -> usize {
+        self.active_accounts.load(Ordering::Relaxed)
+    }
+
+    /// Why this node stopped itself, if it has: a child of its supervisor
+    /// failed past its restart budget (or the supervisor itself died). The
+    /// node is then already stopping (see [`start`]); the owner should still
+    /// call [`NodeHandle::shutdown`] and report the error.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Waits until this node stops itself (see [`NodeHandle::failure`]) and
+    /// returns why. Pending for as long as the node runs well.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        // An error: the supervisor's state is gone (it died, or the node
+        // was shut down; only the former is ever waited on here).
+        let _ = rx.wait_for(|f| f.is_some()).await;
+        let why = rx.borrow().clone();
+        why.unwrap_or_else(|| SUPERVISOR_GONE.to_string())
+    }
+
     /// Stops the node abruptly, like `kill -9` of a process: listeners and
     /// connections drop at once, Raft groups stop, nothing is flushed.
     pub async fn kill(self) {
         for t in &self.tasks {
             t.abort();
         }
-        self.sweeper.stop(None);
-        for h in self.shards() {
-            h.actor.stop(None);
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
-        }
+        stop_replicas(&self.hosted, &self.supervisor).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.meta.shutdown()).await;
     }
 
     /// Stops servers, actors and Raft groups; waits for the servers to close.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        self.sweeper.stop(None);
-        for h in self.shards() {
-            h.actor.stop(None);
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
-        }
+        stop_replicas(&self.hosted, &self.supervisor).await;
         for t in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
         }
+    }
+}
+
+const SUPERVISOR_GONE: &str = "the node's supervisor stopped";
+
+/// Stops the shard actors on purpose (the supervisor forgets each, never
+/// restarts it), then the supervisor, which ends its remaining children with
+/// it (the sweeper, and an actor restarted meanwhile), then the Raft groups.
+async fn stop_replicas(hosted: &Hosted, supervisor: &ActorRef<SupMsg>) {
+    let shards: Vec<ShardHandle> = hosted.iter().map(|h| h.clone()).collect();
+    for h in &shards {
+        h.actor.stop(None);
+    }
+    supervisor.stop(None);
+    for h in shards {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h.raft.shutdown()).await;
     }
 }
 
@@ -194,11 +230,25 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let raft_cfg = Arc::new(raft_config("charging", config.snapshot_logs).validate()?);
     let isolated = Arc::new(AtomicBool::new(false));
     peers.set_isolation(isolated.clone());
+    let hosted: Hosted = Arc::new(crate::maps::DashMap::default());
+    let (fatal, failure) = watch::channel(None);
+    let (supervisor, _) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            node: me,
+            hosted: hosted.clone(),
+            fatal,
+        },
+    )
+    .await?;
     let replicas = Arc::new(ReplicaSet::new(
         config.clone(),
         raft_cfg.clone(),
         peers.clone(),
         groups.clone(),
+        hosted.clone(),
+        supervisor.clone(),
         edges.clock.clone(),
         edges.logs,
         edges.snapshot_dir.clone(),
@@ -217,10 +267,8 @@ pub async fn start<L: LogEngine, I: Incoming>(
     for (shard, incarnation) in initial {
         replicas.create(shard, incarnation).await?;
     }
-    let hosted = replicas.hosted.clone();
-    let (sweeper, _) = Actor::spawn(
-        None,
-        Sweeper,
+    supervisor::start_sweeper(
+        &supervisor,
         SweeperArgs {
             hosted: hosted.clone(),
             clock: edges.clock.clone(),
@@ -274,7 +322,39 @@ pub async fn start<L: LogEngine, I: Incoming>(
         edges.clock.clone(),
     );
     let (shutdown, rx) = watch::channel(false);
+    let shutdown = Arc::new(shutdown);
     let mut tasks = Vec::new();
+
+    // A child failed past its restart budget (or the supervisor died): the
+    // node stops itself through its own stop path, so its shards' other
+    // replicas elect leaders, rather than run on as a half-node. The owner
+    // learns why from `NodeHandle::failed` (chargerd exits non-zero).
+    {
+        let (mut failure, mut stop) = (failure.clone(), rx.clone());
+        let (shutdown, hosted, supervisor, meta) = (
+            shutdown.clone(),
+            hosted.clone(),
+            supervisor.clone(),
+            meta_raft.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = failure.wait_for(|f| f.is_some()) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let why = failure
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| SUPERVISOR_GONE.to_string());
+            tracing::error!(node = me, reason = %why, "node stopping: unrecoverable failure");
+            let _ = shutdown.send(true);
+            stop_replicas(&hosted, &supervisor).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), meta.shutdown()).await;
+        }));
+    }
 
     tasks.push(tokio::spawn(crate::meta::run_writer(
         meta_raft.clone(),
@@ -440,7 +520,9 @@ pub async fn start<L: LogEngine, I: Incoming>(
         hosted,
         shutdown,
         tasks,
-        sweeper,
+        supervisor,
+        failure,
+        active_accounts: replicas.active.clone(),
         isolated,
         transport: peers,
         meta: meta_raft,

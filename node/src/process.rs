@@ -174,10 +174,20 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
     })
 }
 
-/// Runs a node until `stop` resolves, then stops it gracefully.
+/// Runs a node until `stop` resolves, then stops it gracefully. If the node
+/// stops itself first (an unrecoverable failure: see
+/// [`NodeHandle::failed`]), finishes stopping it and returns the error, so
+/// chargerd exits non-zero and its supervisor (systemd, k8s) sees it.
 pub async fn run(cfg: ProcessConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let r = start(cfg).await?;
-    stop.await;
+    let id = r.node.id;
+    let failed = tokio::select! {
+        _ = stop => None,
+        why = r.node.failed() => Some(why),
+    };
     r.stop().await;
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!("node {id} stopped: {why}")),
+    }
 }

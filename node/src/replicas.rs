@@ -20,9 +20,10 @@ use crate::raft::network::{GroupNetworkFactory, Peers};
 use crate::raft::service::Groups;
 use crate::raft::state_machine::{ShardStore, SnapshotGate};
 use crate::raft::{incarnation_of, replica_id, NodeId, Raft, ShardId};
-use crate::shard::{ShardActor, ShardArgs};
+use crate::shard::supervisor::{self, SupMsg};
+use crate::shard::ShardArgs;
 use futures::future::BoxFuture;
-use ractor::Actor;
+use ractor::ActorRef;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -55,6 +56,9 @@ pub struct ReplicaSet<L: LogEngine> {
     pub snapshot_dir: Option<PathBuf>,
     /// File listing the hosted replicas (`None`: not kept across restarts).
     pub persist: Option<PathBuf>,
+    /// The node's supervisor: shard actors are its children (restarted on
+    /// failure, never after a drop).
+    supervisor: ActorRef<SupMsg>,
     /// Serializes create / drop (and the persist file).
     lock: tokio::sync::Mutex<()>,
     /// One policy snapshot built at a time on this node (see [`SnapshotGate`]).
@@ -96,6 +100,8 @@ impl<L: LogEngine> ReplicaSet<L> {
         raft_cfg: Arc<openraft::Config>,
         peers: Arc<Peers>,
         groups: Groups,
+        hosted: Hosted,
+        supervisor: ActorRef<SupMsg>,
         clock: SharedClock,
         logs: LogFactory<L>,
         snapshot_dir: Option<PathBuf>,
@@ -107,12 +113,13 @@ impl<L: LogEngine> ReplicaSet<L> {
             raft_cfg,
             peers,
             groups,
-            hosted: Arc::new(DashMap::default()),
+            hosted,
             clock,
             active: Arc::new(AtomicUsize::new(0)),
             logs,
             snapshot_dir,
             persist,
+            supervisor,
             lock: tokio::sync::Mutex::new(()),
             snapshot_gate: SnapshotGate::default(),
         }
@@ -177,33 +184,25 @@ impl<L: LogEngine> ReplicaSet<L> {
         )
         .await?;
         let deciding = Arc::new(AtomicBool::new(false));
-        let (actor, _) = Actor::spawn(
-            None,
-            ShardActor,
+        // The supervisor puts the handle in `hosted`.
+        let h = supervisor::start_shard(
+            &self.supervisor,
             ShardArgs {
                 node: self.me,
                 incarnation,
                 shard,
                 raft: raft.clone(),
-                store: store.clone(),
+                store,
                 clock: self.clock.clone(),
                 limits: cfg.shard.clone(),
                 active_accounts: self.active.clone(),
                 max_active_accounts: cfg.max_active_accounts,
-                deciding: deciding.clone(),
+                deciding,
             },
+            replica,
         )
         .await?;
-        let h = ShardHandle {
-            shard,
-            replica,
-            raft: raft.clone(),
-            store,
-            actor,
-            deciding,
-        };
         self.groups.insert(shard, (replica, raft));
-        self.hosted.insert(shard, h.clone());
         self.save()?;
         if incarnation != crate::node::INITIAL_INCARNATION {
             tracing::info!(node = self.me, shard, incarnation, "replica created");
@@ -225,7 +224,9 @@ impl<L: LogEngine> ReplicaSet<L> {
         self.groups.remove(&shard);
         // Forget it first: a crash from here on never brings it back.
         self.save()?;
-        h.actor.stop(None);
+        // Out of `hosted` already: the supervisor forgets it and never
+        // restarts it, even if it failed meanwhile.
+        supervisor::retire_shard(&self.supervisor, shard, &h.actor).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), h.raft.shutdown()).await;
         // Purge the whole log so the disk engine can delete its segments.
         let mut log = (self.logs)(shard, incarnation_of(replica));

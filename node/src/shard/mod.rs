@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub mod supervisor;
 pub mod sweeper;
 
 /// What a caller finally hears about its request.
@@ -192,6 +193,10 @@ pub enum ShardMsg {
         account: AccountId,
         reservation: crate::ledger::ReservationId,
     },
+    /// Test only: the handler panics, as a bug would, so tests can show the
+    /// supervisor restarting the actor (see [`supervisor`]).
+    #[cfg(any(test, feature = "test-hooks"))]
+    Panic,
 }
 
 /// Limits of one shard actor (all from the node config).
@@ -223,6 +228,10 @@ impl Default for ShardLimits {
     }
 }
 
+/// Everything a shard actor starts from. Cloned and kept by the supervisor:
+/// a restarted actor starts from the same inputs (its replica's Raft handle
+/// and applied state), never from the dead actor's speculative state.
+#[derive(Clone)]
 pub struct ShardArgs {
     pub node: NodeId,
     /// This replica's incarnation: its Raft member id is `replica_id(node, incarnation)`.
@@ -295,6 +304,10 @@ pub struct State {
     reads_open: Vec<(AccountId, u64)>,
     reads_pending: BTreeMap<u64, Vec<(AccountId, u64)>>,
     last_decided_ms: u64,
+    /// Dropped with the state (the actor stopped or failed): ends the tasks
+    /// spawned for this actor (leadership watcher, compactor), so a
+    /// restarted actor's own tasks never run beside them.
+    _alive: tokio::sync::watch::Sender<()>,
     /// Metric labels: shared strings, so labelling a sample copies no bytes.
     node_label: metrics::SharedString,
     shard_label: metrics::SharedString,
@@ -315,6 +328,31 @@ impl State {
     }
 }
 
+/// However the actor ends (stopped, or failed in a handler and about to be
+/// restarted by the supervisor), its virtual accounts go with its state:
+/// their waiters' reply sinks are dropped here, which their callers hear as
+/// an unknown outcome (retry with the same request id; the ledger dedups).
+/// The node-wide active-account count gives their slots back, as
+/// deactivation does one by one (otherwise every failure would leak slots
+/// until the node refuses new accounts as "too many active"), and the
+/// replica no longer reports a deciding epoch.
+impl Drop for State {
+    fn drop(&mut self) {
+        let n = self.accounts.len();
+        if n > 0 {
+            let left = self
+                .a
+                .active_accounts
+                .fetch_sub(n, Ordering::Relaxed)
+                .saturating_sub(n);
+            gauge!("charging_active_accounts", "node" => self.node_label.clone()).set(left as f64);
+        }
+        if self.a.deciding.swap(false, Ordering::AcqRel) {
+            gauge!("charging_shard_leading", "node" => self.node_label.clone(), "shard" => self.shard_label.clone()).set(0.0);
+        }
+    }
+}
+
 impl Actor for ShardActor {
     type Msg = ShardMsg;
     type State = State;
@@ -325,12 +363,14 @@ impl Actor for ShardActor {
         myself: ActorRef<ShardMsg>,
         a: ShardArgs,
     ) -> Result<State, ActorProcessingErr> {
+        let (alive, _) = tokio::sync::watch::channel(());
         spawn_leadership_watcher(
             a.raft.clone(),
             crate::raft::replica_id(a.node, a.incarnation),
             myself.clone(),
+            alive.subscribe(),
         );
-        spawn_compactor(a.raft.clone(), a.store.clone());
+        spawn_compactor(a.raft.clone(), a.store.clone(), alive.subscribe());
         let node_label = crate::metrics_http::label(a.node);
         let shard_label = crate::metrics_http::label(a.shard);
         Ok(State {
@@ -347,6 +387,7 @@ impl Actor for ShardActor {
             reads_open: Vec::new(),
             reads_pending: BTreeMap::new(),
             last_decided_ms: 0,
+            _alive: alive,
             node_label,
             shard_label,
         })
@@ -410,6 +451,8 @@ impl Actor for ShardActor {
                     flush(&myself, st, true).await;
                 }
             }
+            #[cfg(any(test, feature = "test-hooks"))]
+            ShardMsg::Panic => panic!("test hook: shard {} actor panics", st.a.shard),
             ShardMsg::Flush => flush(&myself, st, false).await,
             ShardMsg::BatchDone { seq, result } => {
                 on_batch_done(st, seq, *result);
@@ -973,9 +1016,16 @@ fn end_epoch(st: &mut State) {
 /// node leads (`me` is this replica's member id; the actor hears node ids).
 /// This replica leads under the committed vote naming it, as in
 /// `Raft::as_leader`, read from the same snapshot of the metrics.
-fn spawn_leadership_watcher(raft: Raft, me: NodeId, actor: ActorRef<ShardMsg>) {
+/// Ends with the actor's state (`alive`), not only with a failed send: a
+/// dead actor's watcher would otherwise live on until the next election.
+fn spawn_leadership_watcher(
+    raft: Raft,
+    me: NodeId,
+    actor: ActorRef<ShardMsg>,
+    alive: tokio::sync::watch::Receiver<()>,
+) {
     use openraft::vote::RaftLeaderId;
-    tokio::spawn(async move {
+    spawn_while_alive(alive, async move {
         let mut rx = raft.server_metrics();
         drop(raft);
         let mut last: Option<(Option<NodeId>, Option<LeaderId>)> = None;
@@ -1015,9 +1065,11 @@ const BULK_COMPACT_QUIET: Duration = Duration::from_secs(2);
 /// and then none for [`BULK_COMPACT_QUIET`], builds a snapshot and purges
 /// the log it covers. Bulk entries are few and large, so the entry-count
 /// snapshot policy would keep them in the in-memory log (tens of bytes per
-/// account) long after the load. Ends with the Raft instance.
-fn spawn_compactor(raft: Raft, store: ShardStore) {
-    tokio::spawn(async move {
+/// account) long after the load. Ends with the Raft instance, or with its
+/// actor (`alive`): a restarted actor starts its own, and two compactors on
+/// one replica would snapshot twice.
+fn spawn_compactor(raft: Raft, store: ShardStore, alive: tokio::sync::watch::Receiver<()>) {
+    spawn_while_alive(alive, async move {
         let mut rx = raft.metrics();
         // Server metrics change on elections only: waiting on them with a
         // timeout is a 1 s tick that also ends with the Raft instance (the
@@ -1063,6 +1115,20 @@ fn spawn_compactor(raft: Raft, store: ShardStore) {
             }
             seen = store.bulk_since_snapshot();
             changed_at = Instant::now();
+        }
+    });
+}
+
+/// Runs `task` until it ends or the actor state owning `alive`'s sender is
+/// dropped (nothing is ever sent on it: `changed` returns only then).
+fn spawn_while_alive(
+    mut alive: tokio::sync::watch::Receiver<()>,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = task => {}
+            _ = alive.changed() => {}
         }
     });
 }

@@ -13,6 +13,8 @@ pub const EXPIRIES_PER_TICK: usize = 256;
 
 pub struct Sweeper;
 
+/// Cloned and kept by the supervisor, which restarts a failed sweeper.
+#[derive(Clone)]
 pub struct SweeperArgs {
     /// The node's replicas (they come and go under scale-out).
     pub hosted: Hosted,

@@ -13,3 +13,4 @@ mod t40_expiry;
 mod t50_money;
 mod t60_concurrency;
 mod t70_stream;
+mod t80_supervision;
