@@ -185,12 +185,27 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
     println!(
         "ready. try: cargo run --bin chargectl -- balance imsi-001010000000001   (Ctrl-C to stop)"
     );
-    tokio::signal::ctrl_c().await?;
+    // A node that stops itself (an unrecoverable failure) ends the dev
+    // cluster with its error, rather than leave two nodes running quietly.
+    let failed = {
+        let failures = cluster.nodes.values().map(|n| Box::pin(n.failed()));
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r?; None }
+            (why, i, _) = futures::future::select_all(failures) => Some((i, why)),
+        }
+    };
     println!("stopping...");
     let _ = stop_tx.send(true);
+    let failed = failed.map(|(i, why)| {
+        let id = cluster.nodes.keys().nth(i).copied().unwrap_or_default();
+        anyhow::anyhow!("node {id} stopped: {why}")
+    });
     cluster.shutdown().await;
     println!("stopped.");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and `kill` send).
