@@ -1,8 +1,6 @@
 //! Every limit of a node, in one struct, validated once at start-up.
-use crate::frontdoor::FrontDoorLimits;
+use crate::ids::NodeId;
 use crate::ledger::Limits;
-use crate::raft::NodeId;
-use crate::shard::ShardLimits;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -65,12 +63,12 @@ pub struct NodeConfig {
     /// preferred node (leaders spread evenly); `None` = never.
     pub leader_balance_period: Option<Duration>,
     /// Internal transport: append pipeline window, snapshot chunking and pacing.
-    pub transport: crate::raft::network::TransportOptions,
+    pub transport: TransportOptions,
     /// Public address of a cluster node to join through (a node added to a
     /// running cluster); `None` for the initial members.
     pub join: Option<String>,
     /// Placement driver: concurrent moves, period, call deadlines.
-    pub placement: crate::placement::PlacementOptions,
+    pub placement: PlacementOptions,
 }
 
 impl NodeConfig {
@@ -162,5 +160,108 @@ impl NodeConfig {
             "snapshot_max_bytes: must be >= snapshot_chunk_bytes",
         )?;
         Ok(())
+    }
+}
+
+// ---- the limits of each floor, kept here so that config sits below them all
+
+/// Front-door limits (from the node config).
+#[derive(Debug, Clone)]
+pub struct FrontDoorLimits {
+    pub max_inflight_requests: usize,
+    /// Longest a request waits for its shard (also capped by the caller's deadline).
+    pub request_deadline: Duration,
+    /// Forwarding channels kept open (one per peer node).
+    pub max_forward_peers: usize,
+}
+
+impl Default for FrontDoorLimits {
+    fn default() -> Self {
+        FrontDoorLimits {
+            max_inflight_requests: 10_000,
+            request_deadline: Duration::from_secs(2),
+            max_forward_peers: 64,
+        }
+    }
+}
+
+/// Limits of one shard actor (all from the node config).
+#[derive(Debug, Clone)]
+pub struct ShardLimits {
+    /// Events per Raft entry.
+    pub max_batch_events: usize,
+    /// Replies waiting per account (bounds one hot account's queue).
+    pub max_waiters_per_account: usize,
+    /// Batches proposed but not yet applied.
+    pub max_inflight_batches: usize,
+    /// Batches proposed at once while others are in flight. Past this,
+    /// decided events wait in the open batch until one is applied (or the
+    /// batch is full), so a busy shard sends few, large entries: about half
+    /// of a node's CPU per operation is paid per Raft entry (WAL record,
+    /// append per follower, apply wakeups), not per event. An idle shard
+    /// still proposes a lone event at once.
+    pub pipelined_batches_max: usize,
+}
+
+impl Default for ShardLimits {
+    fn default() -> Self {
+        ShardLimits {
+            max_batch_events: 512,
+            max_waiters_per_account: 1024,
+            max_inflight_batches: 64,
+            pipelined_batches_max: 1,
+        }
+    }
+}
+
+/// Limits and pacing of the transport. Defaults suit a LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportOptions {
+    /// Unanswered appends one group may have in flight to one peer. Bounds
+    /// the memory a session holds on both sides; 64 matches openraft's own
+    /// receive-side pipeline buffer.
+    pub append_window: usize,
+    /// Bytes of snapshot data per chunk message.
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot bytes per second this node sends, over all peers and groups;
+    /// 0 = unlimited. Keeps snapshots from starving appends of bandwidth.
+    pub snapshot_rate_bytes_per_s: u64,
+    /// Largest snapshot the receiving side reassembles in memory.
+    pub snapshot_max_bytes: u64,
+    /// How long a snapshot transfer may go without progress (a chunk
+    /// accepted, or the install reply once every chunk is sent).
+    pub snapshot_progress_timeout: Duration,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            append_window: 64,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_rate_bytes_per_s: 64 * 1024 * 1024,
+            snapshot_max_bytes: 1024 * 1024 * 1024,
+            snapshot_progress_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits of the placement driver (from the node config).
+#[derive(Debug, Clone)]
+pub struct PlacementOptions {
+    /// Shards whose membership may differ from the map at once (K).
+    pub max_moves: usize,
+    /// How often the driver and the reconciler look.
+    pub period: Duration,
+    /// Deadline of each call the driver makes to a node.
+    pub call_timeout: Duration,
+}
+
+impl Default for PlacementOptions {
+    fn default() -> Self {
+        PlacementOptions {
+            max_moves: 4,
+            period: Duration::from_millis(500),
+            call_timeout: Duration::from_secs(1),
+        }
     }
 }

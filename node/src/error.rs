@@ -4,7 +4,7 @@
 //! below is the only place that picks the status code and sets the leader
 //! hint headers (names in [`charging_proto::headers`]), so a caller reads
 //! the same shape from every path: unary, stream, admin, forwarded.
-use crate::raft::NodeId;
+use crate::ids::NodeId;
 use charging_proto::headers;
 use tonic::Status;
 

@@ -1,36 +1,51 @@
 //! chargerd: one node of the convergent charging cluster.
 //!
-//! Map (request path top to bottom):
-//! - [`frontdoor`]: gRPC services; validation ([`frontdoor::validate`]),
-//!   admission control, routing by [`frontdoor::shard_of`], one-hop forwarding.
-//! - [`shard`]: the ractor shard actor hosting accounts as virtual actors; the
-//!   shard's only, fenced proposer; and the expiry sweeper.
-//! - [`raft`]: openraft type config, log engines, the state machine, and the
-//!   internal transport (one channel per peer for every group).
-//! - [`ledger`]: pure, deterministic account logic (decide / apply): its own
-//!   crate, `node/ledger`, with no runtime, network or clock.
-//! - [`node`]: assembles a node from injected edges; [`cluster`]: several
-//!   nodes in one process (the `dev` cluster and tests).
-//! - [`meta`]: the replicated cluster map; [`placement`]: scale-out (the
-//!   placement driver, membership reconciler, join); [`replicas`]: the shard
-//!   replicas a node hosts, created and dropped at run time.
-//! - [`config`], [`clock`], [`codec`], [`maps`], [`metrics_http`]: limits, time,
-//!   bytes, fixed-hasher maps, metrics.
+//! The node is built in floors. A module may use its own floor and the
+//! floors below, never one above; `node/tests/layers.rs` checks every file.
+//! Bottom up:
+//!
+//! 1. **Base**: plain data and tools every floor uses. [`ledger`] (pure
+//!    account logic, its own crate `node/ledger` with no runtime, network or
+//!    clock), [`ids`], [`config`] (every limit of every floor, in one place),
+//!    [`cluster_map`] (the replicated map's data), [`error`] (the one error
+//!    type and its gRPC status), [`clock`], [`codec`], [`maps`],
+//!    [`metrics_http`].
+//! 2. **Data plane**, the request path, itself in three floors:
+//!    - [`raft`]: openraft type config, log engines, the state machine, and
+//!      the internal transport (one channel per peer for every group);
+//!    - [`shard`]: the ractor shard actor hosting accounts as virtual actors
+//!      (the shard's only, fenced proposer), its supervisor, the expiry
+//!      sweeper;
+//!    - [`frontdoor`]: the public gRPC service; validation, admission
+//!      control, routing by [`frontdoor::shard_of`], one-hop forwarding.
+//! 3. **Control plane**, [`control`]: the replicated cluster map (`meta`),
+//!    the placement driver (`placement`), leader spreading (`balance`), the
+//!    replicas a node hosts (`replicas`) and the `Admin` service (`admin`).
+//! 4. **Assembly**: [`node`] builds a node from injected edges, [`cluster`]
+//!    runs several in one process (`chargerd dev`, tests), [`process`] and
+//!    [`config_file`] make one from a config file.
+//!
+//! Where new code goes: a new charging operation is ledger (its decision),
+//! proto (its message) and front door (its validation and conversion); a
+//! new limit is a field in [`config`]; a new cluster operation is control
+//! plane; anything that starts or wires tasks is assembly. A lower floor
+//! that needs something from a higher one takes it as an argument or a
+//! trait it defines (as [`frontdoor::ReplicaControl`]).
 pub mod clock;
 pub mod cluster;
+pub mod cluster_map;
 pub mod codec;
 pub mod config;
 pub mod config_file;
+pub mod control;
 pub mod error;
 pub mod frontdoor;
+pub mod ids;
 /// The ledger crate (`node/ledger`), under the name the node's modules use.
 pub use charging_ledger as ledger;
 pub mod maps;
-pub mod meta;
 pub mod metrics_http;
 pub mod node;
-pub mod placement;
 pub mod process;
 pub mod raft;
-pub mod replicas;
 pub mod shard;

@@ -6,7 +6,11 @@
 //! production, in tests on port 0, and in the simulator.
 use crate::clock::SharedClock;
 use crate::config::NodeConfig;
-use crate::frontdoor::{admin::AdminService, FrontDoor, ShardHandle};
+use crate::control::admin::AdminService;
+use crate::control::meta::{ClusterMap, META_GROUP};
+use crate::control::replicas::ReplicaSet;
+use crate::frontdoor::{FrontDoor, ShardHandle};
+pub use crate::ids::INITIAL_INCARNATION;
 use crate::raft::log_store::LogEngine;
 use crate::raft::network::{
     Connector, GroupNetworkFactory, Peers, TransportOptions, MAX_INTERNAL_MESSAGE_BYTES,
@@ -14,14 +18,9 @@ use crate::raft::network::{
 use crate::raft::service::{Groups, RaftService};
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{raft_config, replica_id, NodeId, Raft, ShardId};
-
-/// Incarnation of the replicas a cluster is created with. Scale-out (issue 5)
-/// gives a replica that returns to a node a higher one.
-pub const INITIAL_INCARNATION: u32 = 1;
-use crate::meta::{ClusterMap, META_GROUP};
-use crate::replicas::{Hosted, ReplicaSet};
 use crate::shard::supervisor::{self, SupMsg, Supervisor, SupervisorArgs};
 use crate::shard::sweeper::SweeperArgs;
+use crate::shard::Hosted;
 use charging_proto::internal::raft_internal_server::RaftInternalServer;
 use charging_proto::v1::admin_server::AdminServer;
 use charging_proto::v1::charging_server::ChargingServer;
@@ -89,13 +88,13 @@ pub struct Edges<L: LogEngine, I: Incoming> {
     pub clock: SharedClock,
     /// Opens the log engine of a replica incarnation `(shard, incarnation)`
     /// (the caller keeps what it returns to survive a restart).
-    pub logs: crate::replicas::LogFactory<L>,
+    pub logs: crate::control::replicas::LogFactory<L>,
     /// Replicas to host at start, `(shard, incarnation)`. `None`: every
     /// shard at [`INITIAL_INCARNATION`], or none when joining.
     pub replicas: Option<Vec<(ShardId, u32)>>,
     /// File that keeps the hosted replica list across restarts.
     pub replicas_file: Option<std::path::PathBuf>,
-    /// Log engine of the metadata group ([`crate::meta::META_GROUP`]).
+    /// Log engine of the metadata group ([`crate::control::meta::META_GROUP`]).
     pub meta_log: L,
     /// Folder of the shards' snapshot files; `None` keeps snapshots in memory.
     pub snapshot_dir: Option<std::path::PathBuf>,
@@ -356,7 +355,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
         }));
     }
 
-    tasks.push(tokio::spawn(crate::meta::run_writer(
+    tasks.push(tokio::spawn(crate::control::meta::run_writer(
         meta_raft.clone(),
         meta_store.clone(),
         ClusterMap::initial(&config, INITIAL_INCARNATION),
@@ -426,7 +425,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     }));
 
     if let Some(period) = config.leader_balance_period {
-        tasks.push(tokio::spawn(crate::raft::balance::run(
+        tasks.push(tokio::spawn(crate::control::balance::run(
             me,
             hosted.clone(),
             meta_store.clone(),
@@ -456,20 +455,20 @@ pub async fn start<L: LogEngine, I: Incoming>(
             }
         }));
     }
-    tasks.push(tokio::spawn(crate::replicas::run_manager(
+    tasks.push(tokio::spawn(crate::control::replicas::run_manager(
         replicas.clone(),
         meta_store.clone(),
         admitted,
         rx.clone(),
     )));
-    tasks.push(tokio::spawn(crate::placement::run_reconciler(
+    tasks.push(tokio::spawn(crate::control::placement::run_reconciler(
         me,
         hosted.clone(),
         meta_store.clone(),
         config.placement.clone(),
         rx.clone(),
     )));
-    tasks.push(tokio::spawn(crate::placement::run_driver(
+    tasks.push(tokio::spawn(crate::control::placement::run_driver(
         front_door.clone(),
         config.placement.clone(),
         rx.clone(),
@@ -479,8 +478,8 @@ pub async fn start<L: LogEngine, I: Incoming>(
         let channel = peers
             .channel(&join)
             .map_err(|e| anyhow::anyhow!("join address {join}: {e}"))?;
-        tasks.push(tokio::spawn(crate::placement::join(
-            crate::placement::Joiner {
+        tasks.push(tokio::spawn(crate::control::placement::join(
+            crate::control::placement::Joiner {
                 me,
                 shards: config.shards,
                 addrs: config.members[&me].clone(),

@@ -139,7 +139,7 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
     let replicas_file = cfg.data_dir.join("replicas");
     // Replicas hosted at the last stop; on a fresh dir, every shard for an
     // initial member and none for a joining node.
-    let replicas = crate::replicas::read_persisted(&replicas_file)?;
+    let replicas = crate::control::replicas::read_persisted(&replicas_file)?;
     if node_cfg.bootstrap {
         tracing::info!(
             node = me,
@@ -160,7 +160,7 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
         },
         replicas,
         replicas_file: Some(replicas_file),
-        meta_log: wal.log(crate::meta::META_GROUP),
+        meta_log: wal.log(crate::control::meta::META_GROUP),
         snapshot_dir: Some(snapshot_dir),
     };
     let node = node::start(node_cfg, edges).await?;

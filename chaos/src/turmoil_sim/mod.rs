@@ -25,7 +25,7 @@ use charging_node::frontdoor::ShardHandle;
 use charging_node::ledger::{Limits, Request};
 use charging_node::node::{self, Edges};
 use charging_node::raft::network::Connector;
-use charging_node::replicas::Hosted;
+use charging_node::shard::Hosted;
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -124,7 +124,7 @@ pub(super) fn node_config(id: u64, cfg: &TurmoilConfig, seed: u64) -> NodeConfig
 
 pub(super) async fn run_node(cfg: NodeConfig, slot: Slot) -> turmoil::Result {
     let replicas_file = slot.dir.join("replicas");
-    let replicas = charging_node::replicas::read_persisted(&replicas_file)
+    let replicas = charging_node::control::replicas::read_persisted(&replicas_file)
         .map_err(|e| format!("replica list: {e}"))?;
     let public = turmoil::net::TcpListener::bind(("0.0.0.0", PUBLIC_PORT)).await?;
     let internal = turmoil::net::TcpListener::bind(("0.0.0.0", INTERNAL_PORT)).await?;

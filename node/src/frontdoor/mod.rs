@@ -11,19 +11,19 @@
 //!
 //! Admission: at most `max_inflight_requests` requests are in the node at
 //! once; beyond that, `RESOURCE_EXHAUSTED` at once rather than a queue.
+use crate::cluster_map::ClusterMap;
+pub use crate::config::FrontDoorLimits;
 use crate::error::Error;
 use crate::ledger::{AccountId, Rejection, Reply, Request};
 use crate::maps::DashMap;
-use crate::meta::ClusterMap;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{NodeId, Raft, ShardId};
-use crate::replicas::{Hosted, ReplicaControl};
+pub use crate::shard::{Hosted, ShardHandle};
 use crate::shard::{Outcome, ShardMsg};
 use charging_proto::v1 as pb;
 use charging_proto::v1::charging_client::ChargingClient;
 use metrics::{counter, histogram};
 use openraft::ReadPolicy;
-use ractor::ActorRef;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,6 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request as TReq, Status};
 
-pub mod admin;
 mod convert;
 mod service;
 pub mod validate;
@@ -43,47 +42,19 @@ pub use service::ChargingService as ChargingServiceHandle;
 /// Metadata keys, defined once with the API (see [`charging_proto::headers`]).
 pub use charging_proto::headers::{FORWARDED, LEADER_NODE, ONLY_SHARD};
 
+/// What the front door needs of the replica set (object-safe), implemented
+/// by the control plane's `ReplicaSet`.
+pub trait ReplicaControl: Send + Sync {
+    /// Drops this node's replica `replica` of `shard`, if hosted.
+    fn drop_replica(
+        &self,
+        shard: ShardId,
+        replica: NodeId,
+    ) -> futures::future::BoxFuture<'_, Result<bool, String>>;
+}
+
 /// The fixed, documented account → shard hash: FNV-1a 64 over the id bytes.
 pub use charging_proto::{fnv1a64, shard_of};
-
-/// One local shard replica as the front door sees it.
-#[derive(Clone)]
-pub struct ShardHandle {
-    pub shard: ShardId,
-    /// Its Raft member id (node << 32 | incarnation).
-    pub replica: NodeId,
-    pub raft: Raft,
-    pub store: ShardStore,
-    pub actor: ActorRef<ShardMsg>,
-    /// True while this replica's shard actor is in a deciding epoch.
-    pub deciding: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl ShardHandle {
-    pub fn is_deciding(&self) -> bool {
-        self.deciding.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// Front-door limits (from the node config).
-#[derive(Debug, Clone)]
-pub struct FrontDoorLimits {
-    pub max_inflight_requests: usize,
-    /// Longest a request waits for its shard (also capped by the caller's deadline).
-    pub request_deadline: Duration,
-    /// Forwarding channels kept open (one per peer node).
-    pub max_forward_peers: usize,
-}
-
-impl Default for FrontDoorLimits {
-    fn default() -> Self {
-        FrontDoorLimits {
-            max_inflight_requests: 10_000,
-            request_deadline: Duration::from_secs(2),
-            max_forward_peers: 64,
-        }
-    }
-}
 
 pub struct FrontDoor {
     pub node: NodeId,
@@ -103,7 +74,7 @@ pub struct FrontDoor {
     /// When a Raft message last came from each peer (status: reachable).
     pub heard: crate::raft::service::PeerHealth,
     /// What the placement driver last saw (meaningful on the metadata leader).
-    pub placement: std::sync::Mutex<crate::placement::DriverStatus>,
+    pub placement: std::sync::Mutex<crate::cluster_map::DriverStatus>,
     pub limits: FrontDoorLimits,
     pub clock: crate::clock::SharedClock,
     admission: Semaphore,

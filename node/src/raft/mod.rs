@@ -10,31 +10,14 @@
 use crate::ledger::{Applied, Event};
 use serde::{Deserialize, Serialize};
 
-pub mod balance;
+/// Ids live at the bottom floor; here for the paths that name them through `raft`.
+pub use crate::ids::{incarnation_of, node_of, replica_id, NodeId, ShardId};
+
 pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod state_machine;
 pub mod wal;
-
-/// Shard (Raft group) number, `0..shards`.
-pub type ShardId = u32;
-
-/// A Raft member id: a replica incarnation (DESIGN §2), `node << 32 |
-/// incarnation`. openraft forbids reusing a member id that comes back with an
-/// empty log, so a replica that returns to a node it once left gets a new
-/// incarnation. Node ids themselves are plain `u64`s below 2^32.
-pub type NodeId = u64;
-
-/// The member id of `node`'s replica incarnation `incarnation` (>= 1).
-pub const fn replica_id(node: u64, incarnation: u32) -> NodeId {
-    (node << 32) | incarnation as u64
-}
-
-/// The node hosting a replica.
-pub const fn node_of(replica: NodeId) -> u64 {
-    replica >> 32
-}
 
 /// The member id of `node`'s replica in `raft`'s current membership.
 pub fn replica_of(raft: &Raft, node: u64) -> Option<NodeId> {
@@ -43,11 +26,6 @@ pub fn replica_of(raft: &Raft, node: u64) -> Option<NodeId> {
     let m = m.borrow_watched();
     let ids: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
     ids.into_iter().find(|r| node_of(*r) == node)
-}
-
-/// The incarnation of a replica.
-pub const fn incarnation_of(replica: NodeId) -> u32 {
-    replica as u32
 }
 
 /// One Raft entry: the events of many accounts, decided by the shard leader.
@@ -71,7 +49,7 @@ pub enum GroupEvent {
     /// Metadata group only: replace the cluster map if its version is
     /// `expected_version` (0 = none yet); the new map gets version + 1.
     ClusterMap {
-        map: crate::meta::ClusterMap,
+        map: crate::cluster_map::ClusterMap,
         expected_version: u64,
     },
 }

@@ -19,9 +19,9 @@
 //! the committed log after it. Encoding and writing run on a blocking thread
 //! from a frozen copy-on-write view: requests never wait for a snapshot.
 use super::{Batch, BatchResult, GroupEvent, TypeConfig};
+use crate::cluster_map::ClusterMap;
 use crate::codec;
 use crate::ledger::{Applied, Limits, Reply, ShardState};
-use crate::meta::ClusterMap;
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};

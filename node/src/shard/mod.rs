@@ -16,6 +16,8 @@
 //!
 //! Leaving leadership ends the epoch: everything in flight is answered
 //! `Unknown` (retry with the same request id), speculative state is dropped.
+pub use crate::config::ShardLimits;
+mod handle;
 use crate::clock::SharedClock;
 use crate::ledger::{
     decide, AccountEvent, AccountId, Applied, Command, Decision, Event, Rejection, Reply, Request,
@@ -24,6 +26,7 @@ use crate::ledger::{
 use crate::maps::HashMap;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{Batch, GroupEvent, LeaderId, NodeId, Raft, ShardId, WriteResult};
+pub use handle::{Hosted, ShardHandle};
 use metrics::{counter, gauge, histogram};
 use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
@@ -197,35 +200,6 @@ pub enum ShardMsg {
     /// supervisor restarting the actor (see [`supervisor`]).
     #[cfg(any(test, feature = "test-hooks"))]
     Panic,
-}
-
-/// Limits of one shard actor (all from the node config).
-#[derive(Debug, Clone)]
-pub struct ShardLimits {
-    /// Events per Raft entry.
-    pub max_batch_events: usize,
-    /// Replies waiting per account (bounds one hot account's queue).
-    pub max_waiters_per_account: usize,
-    /// Batches proposed but not yet applied.
-    pub max_inflight_batches: usize,
-    /// Batches proposed at once while others are in flight. Past this,
-    /// decided events wait in the open batch until one is applied (or the
-    /// batch is full), so a busy shard sends few, large entries: about half
-    /// of a node's CPU per operation is paid per Raft entry (WAL record,
-    /// append per follower, apply wakeups), not per event. An idle shard
-    /// still proposes a lone event at once.
-    pub pipelined_batches_max: usize,
-}
-
-impl Default for ShardLimits {
-    fn default() -> Self {
-        ShardLimits {
-            max_batch_events: 512,
-            max_waiters_per_account: 1024,
-            max_inflight_batches: 64,
-            pipelined_batches_max: 1,
-        }
-    }
 }
 
 /// Everything a shard actor starts from. Cloned and kept by the supervisor:

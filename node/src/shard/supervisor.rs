@@ -24,9 +24,9 @@
 //! would stop its children with it (the node then reports that too).
 use super::sweeper::{SweepMsg, Sweeper, SweeperArgs};
 use super::{ShardActor, ShardArgs, ShardMsg};
-use crate::frontdoor::ShardHandle;
 use crate::raft::{replica_id, NodeId, ShardId};
-use crate::replicas::Hosted;
+use crate::shard::Hosted;
+use crate::shard::ShardHandle;
 use metrics::counter;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, VecDeque};

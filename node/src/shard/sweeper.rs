@@ -4,7 +4,7 @@
 //! the account's actor; apply re-checks `log_ts >= expires_at + grace`.
 use super::ShardMsg;
 use crate::clock::SharedClock;
-use crate::replicas::Hosted;
+use crate::shard::Hosted;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::time::Duration;
 

@@ -57,6 +57,10 @@ async fn a_panicking_shard_actor_is_restarted_from_applied_state() {
     // A request put in the actor's mailbox ahead of the panic: it is decided
     // and waits in the open batch (the flush it schedules is queued behind
     // the panic), so the dead actor holds an active account and a waiter.
+    // Connected before the mailbox is touched: no await may come between
+    // the request and the panic, or the request's entry could commit and
+    // be answered first.
+    let rc = env.client_on(leader).await;
     let lost = rid();
     let (tx, lost_rx) = tokio::sync::oneshot::channel();
     old.cast(ShardMsg::Request {
@@ -76,7 +80,7 @@ async fn a_panicking_shard_actor_is_restarted_from_applied_state() {
     // client under the same request id.
     let across = rid();
     let racing = {
-        let (rc, a) = (env.client_on(leader).await, a.clone());
+        let a = a.clone();
         tokio::spawn(async move { rc.top_up_with_id(across, a, 0, 100).await })
     };
     old.cast(ShardMsg::Panic).expect("actor alive");

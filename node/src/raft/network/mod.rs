@@ -25,6 +25,7 @@
 //! Fault injection ([`Peers::set_isolation`]): while set, new calls fail as
 //! unreachable and an open stream is torn down on its next frame either way.
 use super::{NodeId, ShardId, TypeConfig};
+pub use crate::config::TransportOptions;
 
 mod group;
 mod pacing;
@@ -69,37 +70,6 @@ pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The shortest wait for the `Append` stream to open: it is shared by every
 /// group, so opening it is worth more than one heartbeat interval.
 const STREAM_OPEN_TIMEOUT_MIN: Duration = Duration::from_secs(1);
-
-/// Limits and pacing of the transport. Defaults suit a LAN.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransportOptions {
-    /// Unanswered appends one group may have in flight to one peer. Bounds
-    /// the memory a session holds on both sides; 64 matches openraft's own
-    /// receive-side pipeline buffer.
-    pub append_window: usize,
-    /// Bytes of snapshot data per chunk message.
-    pub snapshot_chunk_bytes: usize,
-    /// Snapshot bytes per second this node sends, over all peers and groups;
-    /// 0 = unlimited. Keeps snapshots from starving appends of bandwidth.
-    pub snapshot_rate_bytes_per_s: u64,
-    /// Largest snapshot the receiving side reassembles in memory.
-    pub snapshot_max_bytes: u64,
-    /// How long a snapshot transfer may go without progress (a chunk
-    /// accepted, or the install reply once every chunk is sent).
-    pub snapshot_progress_timeout: Duration,
-}
-
-impl Default for TransportOptions {
-    fn default() -> Self {
-        TransportOptions {
-            append_window: 64,
-            snapshot_chunk_bytes: 1024 * 1024,
-            snapshot_rate_bytes_per_s: 64 * 1024 * 1024,
-            snapshot_max_bytes: 1024 * 1024 * 1024,
-            snapshot_progress_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Makes channels to peers. Injected so tests and the simulator can supply
 /// their own transport (DESIGN §4b). Each call must return a channel on its

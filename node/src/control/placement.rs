@@ -24,13 +24,15 @@
 //!
 //! Open reservations are shard state: they move with the shard's log and
 //! snapshots, so a reservation opened before a move commits after it.
+use crate::cluster_map::ClusterMap;
+pub use crate::cluster_map::DriverStatus;
+pub use crate::config::PlacementOptions;
 use crate::error::Error;
 use crate::frontdoor::{FrontDoor, ShardHandle};
 use crate::maps::HashMap;
-use crate::meta::ClusterMap;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{node_of, replica_id, NodeId, ShardId};
-use crate::replicas::Hosted;
+use crate::shard::Hosted;
 use charging_proto::v1 as pb;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
@@ -41,34 +43,6 @@ use tokio::sync::watch;
 
 /// A follower within this many entries of the leader's log is caught up.
 pub const CAUGHT_UP_LAG: u64 = 64;
-
-/// Limits of the placement driver (from the node config).
-#[derive(Debug, Clone)]
-pub struct PlacementOptions {
-    /// Shards whose membership may differ from the map at once (K).
-    pub max_moves: usize,
-    /// How often the driver and the reconciler look.
-    pub period: Duration,
-    /// Deadline of each call the driver makes to a node.
-    pub call_timeout: Duration,
-}
-
-impl Default for PlacementOptions {
-    fn default() -> Self {
-        PlacementOptions {
-            max_moves: 4,
-            period: Duration::from_millis(500),
-            call_timeout: Duration::from_secs(1),
-        }
-    }
-}
-
-/// What the driver last saw (shown by `Admin/Status` on the metadata leader).
-#[derive(Debug, Clone, Default)]
-pub struct DriverStatus {
-    pub moves_in_progress: u32,
-    pub moves_total: u64,
-}
 
 /// A shard group's membership as its leader reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -401,7 +375,7 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
 
     let mut written = 0;
     if let Some((_, moves)) = plan(&map, &settled, opts.max_moves) {
-        let r = crate::meta::change(meta_raft, meta_store, &fd.clock, |cur| {
+        let r = crate::control::meta::change(meta_raft, meta_store, &fd.clock, |cur| {
             if cur.version != map.version {
                 return Ok(None); // changed under us: plan again next tick
             }
@@ -474,7 +448,7 @@ async fn reconcile_meta(raft: &crate::raft::Raft, map: &ClusterMap) {
             m.last_log_index.unwrap_or(0),
         )
     };
-    let member = |n: u64| replica_id(n, crate::node::INITIAL_INCARNATION);
+    let member = |n: u64| replica_id(n, crate::ids::INITIAL_INCARNATION);
     for (n, e) in &map.nodes {
         let r = member(*n);
         if !voters.contains(&r) && !learners.contains(&r) {
@@ -761,7 +735,7 @@ pub async fn join(j: Joiner, admitted: watch::Sender<bool>, mut stop: watch::Rec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::NodeEntry;
+    use crate::control::meta::NodeEntry;
 
     fn map(nodes: u64, shards: u32, rf: u64) -> ClusterMap {
         let mut m = ClusterMap {

@@ -1,7 +1,7 @@
 //! The Admin service: cluster status as this node sees it.
-use super::{FrontDoor, ShardHandle};
+use crate::control::meta::{ChangeError, ClusterMap};
 use crate::error::Error;
-use crate::meta::{ChangeError, ClusterMap};
+use crate::frontdoor::{FrontDoor, ShardHandle};
 use crate::raft::node_of;
 use charging_proto::v1 as pb;
 use charging_proto::v1::admin_server::Admin;
@@ -95,7 +95,7 @@ impl AdminService {
     ) -> Result<Changed, Status> {
         let fd = &self.0;
         let (raft, store) = &fd.meta;
-        match crate::meta::change(raft, store, &fd.clock, f).await {
+        match crate::control::meta::change(raft, store, &fd.clock, f).await {
             Ok(v) => Ok(Changed::Done(v)),
             Err(ChangeError::Refused(why)) => Err(Status::from(Error::FailedPrecondition(why))),
             Err(ChangeError::Unavailable(why)) => Err(Status::from(Error::unavailable(why))),
@@ -133,7 +133,7 @@ fn marked<M>(m: M) -> Request<M> {
     let mut r = Request::new(m);
     r.set_timeout(FORWARD_DEADLINE);
     r.metadata_mut()
-        .insert(super::FORWARDED, "1".parse().expect("ascii"));
+        .insert(crate::frontdoor::FORWARDED, "1".parse().expect("ascii"));
     r
 }
 
@@ -160,7 +160,7 @@ fn done(v: u64) -> Result<Response<pb::NodeChangeResponse>, Status> {
 
 type AdminClient = pb::admin_client::AdminClient<tonic::transport::Channel>;
 
-fn node_entry(map: &ClusterMap, id: u64) -> Result<&crate::meta::NodeEntry, String> {
+fn node_entry(map: &ClusterMap, id: u64) -> Result<&crate::control::meta::NodeEntry, String> {
     map.nodes
         .get(&id)
         .ok_or_else(|| format!("node {id} is not in the cluster map"))
@@ -343,7 +343,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::NodeChangeResponse>, Status> {
-        let forwarded = r.metadata().contains_key(super::FORWARDED);
+        let forwarded = r.metadata().contains_key(crate::frontdoor::FORWARDED);
         let m = r.into_inner();
         if m.node_id == 0 || m.node_id >= 1 << 31 {
             return Err(Status::from(Error::InvalidArgument(
@@ -374,7 +374,7 @@ impl Admin for AdminService {
                         m.node_id, m.shards, map.shards
                     ));
                 }
-                let entry = crate::meta::NodeEntry {
+                let entry = crate::control::meta::NodeEntry {
                     public: m.public_addr.clone(),
                     internal: m.internal_addr.clone(),
                     draining: false,
@@ -421,7 +421,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeChangeResponse>, Status> {
-        let forwarded = r.metadata().contains_key(super::FORWARDED);
+        let forwarded = r.metadata().contains_key(crate::frontdoor::FORWARDED);
         let m = r.into_inner();
         let id = m.node_id;
         let changed = self
@@ -440,7 +440,7 @@ impl Admin for AdminService {
                 }
                 let mut next = map.clone();
                 next.nodes.get_mut(&id).expect("checked").draining = true;
-                next.leaders = crate::placement::spread_leaders(&next);
+                next.leaders = crate::control::placement::spread_leaders(&next);
                 Ok(Some(next))
             })
             .await?;
@@ -454,7 +454,7 @@ impl Admin for AdminService {
         &self,
         r: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::NodeChangeResponse>, Status> {
-        let forwarded = r.metadata().contains_key(super::FORWARDED);
+        let forwarded = r.metadata().contains_key(crate::frontdoor::FORWARDED);
         let m = r.into_inner();
         let (id, force) = (m.node_id, m.force);
         let changed = self
@@ -486,7 +486,7 @@ impl Admin for AdminService {
                 for reps in next.placement.values_mut() {
                     reps.retain(|r| node_of(*r) != id);
                 }
-                next.leaders = crate::placement::spread_leaders(&next);
+                next.leaders = crate::control::placement::spread_leaders(&next);
                 Ok(Some(next))
             })
             .await?;

@@ -5,8 +5,8 @@
 //! their preferred node once that replica is caught up. Only the current
 //! leader acts, so nodes never fight; if the preferred node is down, the
 //! shard stays where it is.
-use super::{node_of, NodeId, ShardId};
-use crate::frontdoor::ShardHandle;
+use crate::raft::{node_of, NodeId, ShardId};
+use crate::shard::ShardHandle;
 use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -26,7 +26,7 @@ pub fn preferred_leader(shard: ShardId, voters: &[NodeId]) -> Option<NodeId> {
 pub async fn rebalance_once(
     me: u64,
     shards: &[ShardHandle],
-    map: Option<&crate::meta::ClusterMap>,
+    map: Option<&crate::cluster_map::ClusterMap>,
 ) -> usize {
     let mut moved = 0;
     for h in shards {
@@ -82,7 +82,7 @@ pub async fn rebalance_once(
 /// Runs [`rebalance_once`] every `period` until `stop` is set.
 pub async fn run(
     me: u64,
-    hosted: crate::replicas::Hosted,
+    hosted: crate::shard::Hosted,
     meta: crate::raft::state_machine::ShardStore,
     period: Duration,
     mut stop: watch::Receiver<bool>,

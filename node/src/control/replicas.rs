@@ -13,8 +13,7 @@
 //!   replica: a replica must never vanish while it still counts for a quorum.
 use crate::clock::SharedClock;
 use crate::config::NodeConfig;
-use crate::frontdoor::ShardHandle;
-use crate::maps::DashMap;
+use crate::frontdoor::ReplicaControl;
 use crate::raft::log_store::LogEngine;
 use crate::raft::network::{GroupNetworkFactory, Peers};
 use crate::raft::service::Groups;
@@ -22,6 +21,7 @@ use crate::raft::state_machine::{ShardStore, SnapshotGate};
 use crate::raft::{incarnation_of, replica_id, NodeId, Raft, ShardId};
 use crate::shard::supervisor::{self, SupMsg};
 use crate::shard::ShardArgs;
+use crate::shard::{Hosted, ShardHandle};
 use futures::future::BoxFuture;
 use ractor::ActorRef;
 use std::collections::BTreeMap;
@@ -31,17 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The replicas this node hosts, by shard (at most one per shard).
-pub type Hosted = Arc<DashMap<ShardId, ShardHandle>>;
-
 /// Opens the log engine of replica incarnation `(shard, incarnation)`.
 pub type LogFactory<L> = Arc<dyn Fn(ShardId, u32) -> L + Send + Sync>;
-
-/// What the front door needs of the replica set (object-safe).
-pub trait ReplicaControl: Send + Sync {
-    /// Drops this node's replica `replica` of `shard`, if hosted.
-    fn drop_replica(&self, shard: ShardId, replica: NodeId) -> BoxFuture<'_, Result<bool, String>>;
-}
 
 pub struct ReplicaSet<L: LogEngine> {
     pub me: u64,
@@ -67,7 +58,7 @@ pub struct ReplicaSet<L: LogEngine> {
 
 /// Snapshot file of a replica incarnation (incarnation 1 keeps the old name).
 fn snapshot_file(dir: &std::path::Path, shard: ShardId, incarnation: u32) -> PathBuf {
-    if incarnation == crate::node::INITIAL_INCARNATION {
+    if incarnation == crate::ids::INITIAL_INCARNATION {
         dir.join(format!("shard-{shard}.snap"))
     } else {
         dir.join(format!("shard-{shard}.{incarnation}.snap"))
@@ -204,7 +195,7 @@ impl<L: LogEngine> ReplicaSet<L> {
         .await?;
         self.groups.insert(shard, (replica, raft));
         self.save()?;
-        if incarnation != crate::node::INITIAL_INCARNATION {
+        if incarnation != crate::ids::INITIAL_INCARNATION {
             tracing::info!(node = self.me, shard, incarnation, "replica created");
         }
         Ok(h)

@@ -9,47 +9,16 @@
 //! replicates it; the map holds the intent, and `Admin/ShardMap` joins it
 //! with the leaders each node observes. Scale-out (issue 5) changes the map
 //! through the same event.
+pub use crate::cluster_map::{ClusterMap, NodeEntry};
 use crate::config::NodeConfig;
 use crate::raft::state_machine::ShardStore;
 use crate::raft::{replica_id, Batch, GroupEvent, NodeId, Raft, ShardId};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// Group id of the metadata Raft group (beside shards `0..shards`).
 pub const META_GROUP: ShardId = u32::MAX;
-
-/// A node as recorded in the map.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NodeEntry {
-    pub public: String,
-    pub internal: String,
-    /// Set by `drain`: the placement driver moves every replica off it.
-    pub draining: bool,
-}
-
-/// The replicated shard map.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ClusterMap {
-    /// 1 for the first map, +1 on every change.
-    pub version: u64,
-    pub shards: u32,
-    /// Replicas each shard should have.
-    pub replication_factor: u32,
-    pub nodes: BTreeMap<u64, NodeEntry>,
-    /// Intended replicas (member ids: node << 32 | incarnation) of each shard.
-    pub placement: BTreeMap<ShardId, Vec<NodeId>>,
-    /// Preferred leader (node id) of each shard, spread evenly by the
-    /// placement driver; leaders hand over to it (raft::balance).
-    pub leaders: BTreeMap<ShardId, u64>,
-    /// Incarnation the next new replica gets (unique over the cluster's life,
-    /// so a replica returning to a node it left never reuses a member id).
-    pub next_incarnation: u32,
-    /// Node ids taken out with `remove`: never accepted again (their replica
-    /// ids may still sit in old logs).
-    pub removed: std::collections::BTreeSet<u64>,
-}
 
 impl ClusterMap {
     /// The first map of a cluster made from `config`: every shard on every
@@ -83,25 +52,8 @@ impl ClusterMap {
             next_incarnation: incarnation + 1,
             removed: Default::default(),
         };
-        map.leaders = crate::placement::spread_leaders(&map);
+        map.leaders = crate::control::placement::spread_leaders(&map);
         map
-    }
-
-    /// Node ids the map places `shard` on.
-    pub fn nodes_of(&self, shard: ShardId) -> Vec<u64> {
-        self.placement
-            .get(&shard)
-            .map(|r| r.iter().map(|r| crate::raft::node_of(*r)).collect())
-            .unwrap_or_default()
-    }
-
-    /// This node's intended replica of `shard`, if any.
-    pub fn replica_on(&self, shard: ShardId, node: u64) -> Option<NodeId> {
-        self.placement
-            .get(&shard)?
-            .iter()
-            .copied()
-            .find(|r| crate::raft::node_of(*r) == node)
     }
 }
 
