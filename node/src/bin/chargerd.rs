@@ -235,6 +235,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,charging_node=info,openraft=error".into()),
         )
+        // Colour only on a terminal: a log file (`.cluster/node*/log`, a
+        // container's log) gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     match Cli::parse().cmd {
         Cmd::Start { config, join } => {
