@@ -362,7 +362,21 @@ impl Charging for ChargingService {
                         match msg {
                             Some(Ok(batch)) => {
                                 if batch.ops.len() > MAX_OPS_PER_BATCH {
-                                    let _ = tx.send(Err(Status::from(Error::InvalidArgument("ops: more than 4096 in one batch".into())))).await;
+                                    // The batches accepted before this one may
+                                    // have been applied: their results go out
+                                    // first, then the error ends the stream.
+                                    while let Some(done) = running.next().await {
+                                        if tx.send(Ok(done)).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    let _ = tx
+                                        .send(Err(Error::invalid(
+                                            "ops",
+                                            format!("more than {MAX_OPS_PER_BATCH} in one batch"),
+                                        )
+                                        .into()))
+                                        .await;
                                     return;
                                 }
                                 let fd = fd.clone();

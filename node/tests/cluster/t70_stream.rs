@@ -192,3 +192,63 @@ async fn a_message_larger_than_the_admission_limit_is_partly_admitted() {
     );
     env.shutdown().await;
 }
+
+/// A valid message followed at once by an invalid one (more operations than
+/// a message may carry): the stream ends with INVALID_ARGUMENT, but only
+/// after the valid message's results, whose operations were applied. Before,
+/// the error closed the stream at once and the applied debits' results could
+/// be lost (issue 17: 1 run in 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_message_never_swallows_the_results_before_it() {
+    let env = start().await;
+    set_standard_tariffs(&env.client).await;
+    let accounts = account_per_shard("stream-then-bad");
+    for a in &accounts {
+        create(&env.client, a, 1_000).await;
+    }
+    for round in 0..5u64 {
+        let good: Vec<Op> = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| debit(round * 1_000 + i as u64, a, &rid_bytes(rid())))
+            .collect();
+        let n = good.len();
+        let bad: Vec<Op> = (0..4_097)
+            .map(|i| debit(i, &accounts[0], &rid_bytes(rid())))
+            .collect();
+        let mut replies = env
+            .client
+            .charging()
+            .stream(tokio_stream::iter(vec![
+                OpBatch { ops: good },
+                OpBatch { ops: bad },
+            ]))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let first = replies
+            .message()
+            .await
+            .expect("the valid message's results come before the error")
+            .expect("a batch");
+        assert_eq!(first.results.len(), n, "round {round}");
+        for r in &first.results {
+            match r.result.as_ref().expect("a result") {
+                op_result::Result::Debit(d) => assert_rc(d.result, ResultCode::Ok, "debit"),
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        let end = replies.message().await.expect_err("then the error");
+        assert_eq!(end.code(), tonic::Code::InvalidArgument);
+        assert!(end.message().starts_with("ops:"), "{}", end.message());
+    }
+    // Five debits on each account, none of the invalid message's.
+    for a in &accounts {
+        assert_eq!(
+            main_bucket(&balance(&env.client, a).await).balance,
+            1_000 - 5 * SMS_PER_UNIT,
+            "{a}"
+        );
+    }
+    env.shutdown().await;
+}
