@@ -70,8 +70,12 @@ pub struct ClientConfig {
     /// timeout is the time left of it.
     pub deadline_ms: u64,
     /// Retries after the first attempt (so at most `max_retries + 1` attempts).
+    /// The default has no count: a call retries until its deadline, which
+    /// is what outlasts a leader failover.
     pub max_retries: u32,
-    /// First backoff between retries, in ms; it doubles on each retry.
+    /// First backoff between retries, in ms; it doubles on each retry (each
+    /// pause is drawn between half of that and all of it, so clients that
+    /// failed together do not retry together).
     pub retry_backoff_ms: u64,
     /// Cap of the backoff, in ms.
     pub max_retry_backoff_ms: u64,
@@ -85,7 +89,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             deadline_ms: 2000,
-            max_retries: 5,
+            max_retries: u32::MAX,
             retry_backoff_ms: 5,
             max_retry_backoff_ms: 200,
             connect_timeout_ms: 1000,
@@ -523,7 +527,7 @@ impl Client {
                     }
                 }
             }
-            let pause = self.config.backoff(backoffs);
+            let pause = jittered(self.config.backoff(backoffs));
             backoffs += 1;
             if pause >= deadline.saturating_duration_since(Instant::now()) {
                 return Err(status.into());
@@ -535,6 +539,13 @@ impl Client {
     // ---- Charging service -------------------------------------------------------
 }
 
+/// A pause drawn uniformly from `[cap / 2, cap]` ("equal jitter").
+fn jittered(cap: Duration) -> Duration {
+    let half = cap / 2;
+    let spread = (cap - half).as_micros() as u64;
+    half + Duration::from_micros(rand::random_range(0..=spread))
+}
+
 fn deadline_exceeded(op: &str, deadline_ms: u64) -> Status {
     Status::deadline_exceeded(format!(
         "{op}: client deadline of {deadline_ms} ms exceeded"
@@ -544,6 +555,14 @@ fn deadline_exceeded(op: &str, deadline_ms: u64) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_the_whole() {
+        let cap = Duration::from_millis(80);
+        let draws: Vec<Duration> = (0..200).map(|_| jittered(cap)).collect();
+        assert!(draws.iter().all(|d| *d >= cap / 2 && *d <= cap));
+        assert!(draws.iter().any(|d| *d != draws[0]), "not jittered");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -307,6 +307,20 @@ async fn business_rejections_are_results_not_errors() {
     assert_eq!(fake.seen().len(), 1);
 }
 
+/// A failover takes longer than a few quick retries: by default a call
+/// keeps retrying (same request id) until its deadline, not for a count.
+#[tokio::test]
+async fn by_default_retries_last_until_the_deadline() {
+    let fake = Fake::new(Behaviour::UnavailableThenOk { n: 12, hint: None });
+    let addr = serve(fake.clone()).await;
+    let client = Client::connect(addr).await.unwrap();
+    let r = client.top_up("acc", 0, 7).await.unwrap();
+    assert_eq!(r.balance, 7);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 13, "12 refusals, then the answer");
+    assert!(seen.iter().all(|id| *id == seen[0]), "one request id");
+}
+
 #[tokio::test]
 async fn overall_deadline_bounds_retries() {
     let fake = Fake::new(Behaviour::Always(Code::Unavailable));

@@ -18,8 +18,9 @@ pub(crate) struct Cli {
     /// Overall deadline of the call in ms, retries included.
     #[arg(long, global = true, default_value_t = 2000)]
     pub(crate) deadline_ms: u64,
-    /// How many times to retry on UNAVAILABLE (always with the same request id).
-    #[arg(long, global = true, default_value_t = 5)]
+    /// How many times to retry on UNAVAILABLE (always with the same request
+    /// id); by default as many as fit in the deadline.
+    #[arg(long, global = true, default_value_t = u32::MAX, hide_default_value = true)]
     pub(crate) max_retries: u32,
     #[command(subcommand)]
     pub(crate) command: Command,
