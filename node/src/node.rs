@@ -188,6 +188,10 @@ impl NodeHandle {
 
     /// Stops servers, actors and Raft groups; waits for the servers to close.
     pub async fn shutdown(self) {
+        // Refuse Raft traffic first (as isolation does): a peer's append
+        // reaching a group whose core has stopped makes openraft log an
+        // ERROR, and a clean shutdown must log none.
+        self.isolated.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         stop_replicas(&self.hosted, &self.supervisor).await;
         for t in self.tasks {

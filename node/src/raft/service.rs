@@ -93,7 +93,9 @@ fn group(groups: &Groups, shard: ShardId, to_replica: NodeId) -> Result<Raft, St
 }
 
 fn isolated_status() -> Status {
-    Status::from(Error::unavailable("isolated (fault injection)"))
+    Status::from(Error::unavailable(
+        "not taking Raft traffic (isolated by fault injection, or stopping)",
+    ))
 }
 
 impl RaftService {
