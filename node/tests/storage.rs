@@ -318,6 +318,35 @@ async fn t24_corruption_before_the_tail_is_an_error() {
     assert!(msg.contains("offset"), "{msg}");
 }
 
+/// A flipped byte in the middle of the last segment, with good frames after
+/// it, is damage, not a torn tail: open fails and names the file and the
+/// offset, and the segment is left as it was (nothing cut). Before, it was
+/// cut there, silently dropping the acknowledged entries after it.
+#[tokio::test]
+async fn t24b_damage_mid_last_segment_is_an_error_not_a_torn_tail() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let wal = Wal::open(dir.path(), FsyncPolicy::Always).expect("open");
+        let mut log = wal.log(0);
+        for i in 1..=20 {
+            append(&mut log, vec![entry(1, i, 2)]).await;
+        }
+        log.save_vote(&Vote::new(3, 1)).await.expect("vote");
+        wal.close();
+    }
+    let last = segment_files(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&last, &bytes).expect("write");
+    let err = Wal::open(dir.path(), FsyncPolicy::Always).expect_err("damaged segment");
+    let msg = err.to_string();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{msg}");
+    assert!(msg.contains(&last.display().to_string()), "{msg}");
+    assert!(msg.contains("offset") && msg.contains("damage"), "{msg}");
+    assert_eq!(std::fs::read(&last).expect("read"), bytes, "nothing cut");
+}
+
 /// Each open starts a new segment; the segments earlier opens started and
 /// left without entries are deleted, so restarts do not pile up files.
 #[tokio::test]

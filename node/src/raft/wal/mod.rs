@@ -16,8 +16,9 @@
 //! all of them are purged or truncated away.
 //!
 //! Recovery replays the segments in order. A short or corrupt frame at the
-//! end of the last segment is the unsynced tail of a crash: the file is cut
-//! there. Anywhere else it is an error naming the file and offset. Each open
+//! end of the last segment, with nothing but garbage after it, is the
+//! unsynced tail of a crash: the file is cut there. Anywhere else, or with a
+//! good frame after it, it is damage: an error naming the file and offset. Each open
 //! then writes to a new segment (headers first), never after a cut tail.
 mod record;
 mod state;
@@ -545,6 +546,16 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(seqs)
 }
 
+/// The offset of the first frame at or after `from` that has a good
+/// checksum and decodes as a record, if any. Cheap on garbage: almost every
+/// offset fails on its length before any checksum is computed.
+fn next_good_frame(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len()).find(|&o| match record::scan(buf, o) {
+        Scan::Frame { payload, .. } => codec::decode::<Record<'static>>(payload).is_ok(),
+        _ => false,
+    })
+}
+
 fn replay(dir: &Path) -> io::Result<Recovered> {
     let seqs = list_segments(dir)?;
     let mut groups: BTreeMap<ShardId, GroupState> = BTreeMap::new();
@@ -566,6 +577,17 @@ fn replay(dir: &Path) -> io::Result<Recovered> {
                 }
                 Scan::End => break,
                 Scan::Bad(why) if i + 1 == seqs.len() => {
+                    // A torn write leaves only garbage after the last good
+                    // frame. A good frame after the bad one means the bad
+                    // bytes are damage in the middle of what was written:
+                    // cutting there would drop acknowledged entries and votes.
+                    if let Some(good) = next_good_frame(&buf, at + 1) {
+                        return Err(invalid(format!(
+                            "wal: {} offset {at}: {why}, and a good frame follows at offset \
+                             {good}: damage, not a torn write; the node will not start on it",
+                            path.display()
+                        )));
+                    }
                     tracing::warn!(
                         path = %path.display(), offset = at, why,
                         dropped_bytes = buf.len() - at,
