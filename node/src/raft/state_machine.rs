@@ -152,19 +152,113 @@ pub struct ShardStore {
     bulk_since_snapshot: Arc<AtomicU64>,
     /// Shared by the node's shard stores; `None`: never deferred.
     gate: Option<SnapshotGate>,
+    /// Serializes the newer-than check and rename of the snapshot file.
+    persist_lock: Arc<Mutex<()>>,
 }
 
 /// A snapshot as stored in its file.
 type StoredSnapshot = (SnapshotMetaOf<TypeConfig>, Vec<u8>);
 
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync,
-/// rename, fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+/// A snapshot file: `MAGIC | version u32 | crc32 u32 | meta length u32 |
+/// meta | data`, little endian; the checksum covers everything after it.
+/// The meta comes first and on its own, so the newer-than check before a
+/// rename reads a few bytes, not the whole state.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CHGSNAP\0";
+const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_HEAD_BYTES: usize = 8 + 4 + 4 + 4;
+
+fn encode_snapshot_file(meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<Vec<u8>> {
+    let meta = codec::encode(meta).map_err(codec::to_io)?;
+    let mut body = Vec::with_capacity(4 + meta.len() + data.len());
+    body.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    body.extend_from_slice(&meta);
+    body.extend_from_slice(data);
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The meta of a snapshot file's head, checking magic and version only (for
+/// the newer-than check; a full read checks the checksum too).
+fn snapshot_file_meta(path: &Path, bytes: &[u8]) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    let bad = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot {}: {why}", path.display()),
+        )
+    };
+    if bytes.len() < SNAPSHOT_HEAD_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(bad("not a snapshot file (bad magic)".into()));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != SNAPSHOT_VERSION {
+        return Err(bad(format!(
+            "format version {version}, this build reads {SNAPSHOT_VERSION}"
+        )));
+    }
+    let meta_len = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")) as usize;
+    let meta = bytes
+        .get(SNAPSHOT_HEAD_BYTES..SNAPSHOT_HEAD_BYTES + meta_len)
+        .ok_or_else(|| bad("cut short".into()))?;
+    codec::decode(meta).map_err(|e| bad(format!("meta: {e}")))
+}
+
+/// A whole snapshot file, checksum included: damage is an error naming the
+/// file, never a state silently restored from bad bytes.
+fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> io::Result<StoredSnapshot> {
+    let meta = snapshot_file_meta(path, bytes)?;
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[16..]) != crc {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot {}: checksum mismatch (damaged)", path.display()),
+        ));
+    }
+    let meta_len = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")) as usize;
+    Ok((meta, bytes[SNAPSHOT_HEAD_BYTES + meta_len..].to_vec()))
+}
+
+/// Temp files get unique names: a build and an install of the same shard
+/// may write at once.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` atomically and durably: a uniquely named temp
+/// file, fsync, rename, fsync of the directory. Under `lock`, and only if
+/// the file there is not newer (`last_log_id`) than `meta`: a slower write of
+/// an older snapshot never replaces a newer one.
+fn write_durably(
+    path: &Path,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    bytes: &[u8],
+    lock: &Mutex<()>,
+) -> io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+    }
+    let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let newer_there = match std::fs::File::open(path) {
+        Ok(f) => {
+            use std::io::Read;
+            let mut head = Vec::new();
+            f.take(64 * 1024).read_to_end(&mut head)?;
+            snapshot_file_meta(path, &head).is_ok_and(|m| m.last_log_id > meta.last_log_id)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    if newer_there {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(());
     }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -173,16 +267,35 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Deletes temp files a crash left beside `path` (`<name>.tmp.<pid>.<n>`).
+fn remove_temp_files(path: &Path) {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return;
+    };
+    let prefix = format!("{stem}.tmp.");
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Saves a snapshot to its file off the async threads.
 async fn persist(
     path: Option<Arc<PathBuf>>,
+    lock: Arc<Mutex<()>>,
     meta: SnapshotMetaOf<TypeConfig>,
     data: Arc<Vec<u8>>,
 ) -> io::Result<()> {
     let Some(path) = path else { return Ok(()) };
     tokio::task::spawn_blocking(move || {
-        let bytes = codec::encode(&(meta, &*data)).map_err(codec::to_io)?;
-        write_durably(&path, &bytes)
+        let bytes = encode_snapshot_file(&meta, &data)?;
+        write_durably(&path, &meta, &bytes, &lock)
     })
     .await
     .map_err(io::Error::other)?
@@ -198,12 +311,16 @@ impl ShardStore {
     /// from it if it exists (a restart).
     pub fn open(limits: Limits, snapshot_file: PathBuf) -> io::Result<Self> {
         let store = Self::empty(limits, Some(Arc::new(snapshot_file.clone())));
+        remove_temp_files(&snapshot_file);
         match std::fs::read(&snapshot_file) {
             Ok(bytes) => {
-                let (meta, data): StoredSnapshot = codec::decode(&bytes).map_err(|e| {
-                    io::Error::other(format!("snapshot {}: {e}", snapshot_file.display()))
+                let (meta, data) = decode_snapshot_file(&snapshot_file, &bytes)?;
+                let body: SnapshotBody = codec::decode(&data).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("snapshot {}: {e}", snapshot_file.display()),
+                    )
                 })?;
-                let body: SnapshotBody = codec::decode(&data).map_err(codec::to_io)?;
                 store.restore(&meta, body, Arc::new(data));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -244,6 +361,7 @@ impl ShardStore {
             snapshot_file,
             bulk_since_snapshot: Arc::default(),
             gate: None,
+            persist_lock: Arc::default(),
         }
     }
 
@@ -363,6 +481,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let data = Arc::new(data);
         persist(
             self.store.snapshot_file.clone(),
+            self.store.persist_lock.clone(),
             self.meta.clone(),
             data.clone(),
         )
@@ -475,7 +594,13 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         // Decode before making it durable: a bad snapshot changes nothing.
         let body: SnapshotBody = codec::decode(&data).map_err(codec::to_io)?;
         let data = Arc::new(data);
-        persist(self.snapshot_file.clone(), meta.clone(), data.clone()).await?;
+        persist(
+            self.snapshot_file.clone(),
+            self.persist_lock.clone(),
+            meta.clone(),
+            data.clone(),
+        )
+        .await?;
         self.restore(meta, body, data);
         Ok(())
     }
@@ -497,7 +622,7 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
                 };
                 let (meta, data): StoredSnapshot = tokio::task::spawn_blocking(move || {
                     let bytes = std::fs::read(&*path)?;
-                    codec::decode(&bytes).map_err(codec::to_io)
+                    decode_snapshot_file(&path, &bytes)
                 })
                 .await
                 .map_err(io::Error::other)??;
