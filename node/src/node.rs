@@ -118,9 +118,22 @@ pub struct NodeHandle {
     active_accounts: Arc<AtomicUsize>,
     isolated: Arc<AtomicBool>,
     transport: Arc<Peers>,
+    /// The public health service's state (`grpc.health.v1`).
+    health: tonic_health::server::HealthReporter,
 }
 
 impl NodeHandle {
+    /// Health answers `NOT_SERVING` from now on: the node is about to stop
+    /// (its storage failed), so load balancers and orchestrators move away.
+    pub async fn set_not_serving(&self) {
+        self.health
+            .set_not_serving::<ChargingServer<crate::frontdoor::ChargingServiceHandle>>()
+            .await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+
     /// This node's replica of `shard`. Panics if it hosts none (tests).
     pub fn raft(&self, shard: ShardId) -> Raft {
         self.replica(shard)
@@ -529,5 +542,6 @@ pub async fn start<L: LogEngine, I: Incoming>(
         isolated,
         transport: peers,
         meta: meta_raft,
+        health: health_reporter,
     })
 }

@@ -181,9 +181,26 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
 pub async fn run(cfg: ProcessConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let r = start(cfg).await?;
     let id = r.node.id;
+    // The WAL's first I/O error (a failed write or fsync, a full disk) fails
+    // every later write of every group here: the node can only stop. It
+    // says so in health and the log, and exits non-zero.
+    let wal = r.wal.clone();
+    let wal_failed = async move {
+        loop {
+            if let Some(e) = wal.failure() {
+                break e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    };
     let failed = tokio::select! {
         _ = stop => None,
         why = r.node.failed() => Some(why),
+        e = wal_failed => {
+            r.node.set_not_serving().await;
+            tracing::error!(node = id, error = %e, "storage failed: the write-ahead log refuses every write; stopping");
+            Some(format!("storage failed: {e}"))
+        }
     };
     r.stop().await;
     match failed {

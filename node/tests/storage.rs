@@ -667,3 +667,55 @@ async fn t40_snapshot_files_are_checked_and_never_go_backwards() {
         .expect("not a snapshot");
     assert!(err.to_string().contains("magic"), "{err}");
 }
+
+/// The WAL's first I/O error is visible outside its writer: `failure()`
+/// names it (chargerd's process then reports NOT_SERVING and exits
+/// non-zero), and every later write fails rather than being acknowledged.
+/// Here the error is a segment rotation that cannot create its file.
+#[tokio::test]
+async fn t26_an_io_error_is_visible_and_fails_every_later_write() {
+    let dir = TempDir::new().expect("temp dir");
+    let wal = Wal::open_with(dir.path(), FsyncPolicy::Always, small_segments(1024)).expect("open");
+    assert_eq!(wal.failure(), None);
+    // The next segment's name is taken: rotating into it fails (EEXIST).
+    let active = segment_files(dir.path()).pop().expect("the active segment");
+    let seq: u64 = active
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("a segment number");
+    std::fs::write(dir.path().join(format!("{:020}.wal", seq + 1)), b"").expect("squat");
+    let mut log = wal.log(0);
+    let mut failed_at = None;
+    for i in 1..=200 {
+        let (tx, rx) = TypeConfig::oneshot();
+        if log
+            .append(vec![entry(1, i, 2)], IOFlushed::signal(tx))
+            .await
+            .is_err()
+        {
+            failed_at = Some(i);
+            break;
+        }
+        let flushed = tokio::time::timeout(DEADLINE, rx).await.expect("answered");
+        if !matches!(flushed, Ok(Ok(()))) {
+            failed_at = Some(i);
+            break;
+        }
+    }
+    let at = failed_at.expect("the rotation failed a write");
+    let why = wal.failure().expect("the failure is visible");
+    assert!(why.to_lowercase().contains("exist"), "{why}");
+    // Every later write fails too: nothing is acknowledged after it.
+    let (tx, rx) = TypeConfig::oneshot();
+    let later = log
+        .append(vec![entry(1, at + 1, 2)], IOFlushed::signal(tx))
+        .await;
+    assert!(
+        later.is_err()
+            || !matches!(
+                tokio::time::timeout(DEADLINE, rx).await.expect("answered"),
+                Ok(Ok(()))
+            )
+    );
+}

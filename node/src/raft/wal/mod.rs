@@ -97,6 +97,8 @@ struct Counters {
     records: AtomicU64,
     bytes: AtomicU64,
     segments: AtomicUsize,
+    /// The writer's first I/O error (a write, an fsync, a full disk).
+    failed: std::sync::OnceLock<String>,
 }
 
 /// A node's write-ahead log. Cheap to clone; the writer thread stops on
@@ -191,7 +193,8 @@ impl Wal {
             counters: counters.clone(),
             fsyncs_total: metrics::counter!("charging_wal_fsyncs_total", labels.clone()),
             fsync_seconds: metrics::histogram!("charging_wal_fsync_seconds", labels.clone()),
-            batch_records: metrics::histogram!("charging_wal_batch_records", labels),
+            batch_records: metrics::histogram!("charging_wal_batch_records", labels.clone()),
+            failed_gauge: metrics::gauge!("charging_wal_failed", labels),
         };
         let mut writer = Writer::new(
             dir.to_path_buf(),
@@ -272,6 +275,13 @@ impl Wal {
             bytes: c.bytes.load(Ordering::Relaxed),
             segments: c.segments.load(Ordering::Relaxed),
         }
+    }
+
+    /// The first I/O error the writer met, if any. From then on every write
+    /// fails (nothing is acknowledged falsely), so every group on the node
+    /// has stopped: the process must stop too, and let an orchestrator see.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.counters.failed.get().cloned()
     }
 
     /// Writes what is queued, syncs, and stops the writer thread; later

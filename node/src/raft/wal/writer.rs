@@ -82,9 +82,19 @@ pub(super) struct Meters {
     pub fsyncs_total: Counter,
     pub fsync_seconds: Histogram,
     pub batch_records: Histogram,
+    pub failed_gauge: metrics::Gauge,
 }
 
 impl Meters {
+    /// Makes the first I/O error visible outside the writer: to
+    /// [`super::Wal::failure`] (the process stops on it) and as the gauge
+    /// `charging_wal_failed`.
+    fn failed(&self, e: &io::Error) {
+        if self.counters.failed.set(e.to_string()).is_ok() {
+            self.failed_gauge.set(1.0);
+        }
+    }
+
     // The WAL's own OS thread, which the simulator never runs (it uses the
     // sim log): real time is what the fsync histogram measures.
     #[allow(clippy::disallowed_methods)]
@@ -160,7 +170,10 @@ impl Syncer {
                 g = self.lock();
                 let (due, failed) = match result {
                     Ok(()) => (Self::durable_to(&mut g, target), g.failed.clone()),
-                    Err(e) => (Self::fail(&mut g, &e), g.failed.clone()),
+                    Err(e) => {
+                        meters.failed(&e);
+                        (Self::fail(&mut g, &e), g.failed.clone())
+                    }
                 };
                 drop(g);
                 complete_all(due, failed.as_deref());
@@ -297,6 +310,7 @@ impl Writer {
         let (rotated, written) = match self.write(batch, buf) {
             Ok(r) => r,
             Err(e) => {
+                self.meters.failed(&e);
                 let due = Self::fail_all(&self.syncer, &e);
                 let msg = self.syncer.lock().failed.clone();
                 complete_all(
