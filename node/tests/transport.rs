@@ -368,6 +368,14 @@ async fn lagging_follower_catches_up_by_snapshot_without_slowing_other_shards() 
         samples.push(s);
     }
 
+    // The follower applies the snapshot before its reply reaches the leader,
+    // which counts the transfer only then: wait (bounded) for the count.
+    until(
+        Duration::from_secs(10),
+        "the leader counts the snapshot sent",
+        || stats(&cluster, leader).snapshots_sent > sent_before.snapshots_sent,
+    )
+    .await;
     let sent = stats(&cluster, leader);
     let chunks = sent.snapshot_chunks - sent_before.snapshot_chunks;
     let bytes = sent.snapshot_bytes - sent_before.snapshot_bytes;
