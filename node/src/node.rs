@@ -32,6 +32,15 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The services the public port serves, as reflection lists them.
+pub const PUBLIC_SERVICES: &[&str] = &[
+    "charging.v1.Charging",
+    "charging.v1.Admin",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// What a node's servers accept connections from: a stream of connections.
 /// Production and tests pass `TcpListenerStream`s (see [`tcp_incoming`]); the
 /// simulator passes its own (DESIGN §4b).
@@ -416,10 +425,21 @@ pub async fn start<L: LogEngine, I: Incoming>(
     health_reporter
         .set_serving::<ChargingServer<crate::frontdoor::ChargingServiceHandle>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(charging_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions (grpcurl speaks v1; Python's
+    // grpcio-reflection and older tools v1alpha), listing only the public
+    // services: the Raft transport's descriptors share the file set but
+    // are not served on this port.
+    let reflection_builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(charging_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in PUBLIC_SERVICES {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let charging = ChargingServer::new(crate::frontdoor::ChargingServiceHandle(front_door.clone()))
         .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService(front_door.clone()));
@@ -430,6 +450,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
             .tcp_nodelay(true)
             .add_service(health_svc)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(charging)
             .add_service(admin)
             .serve_with_incoming_shutdown(public, async move {

@@ -14,3 +14,4 @@ mod t50_money;
 mod t60_concurrency;
 mod t70_stream;
 mod t80_supervision;
+mod t90_reflection;
