@@ -83,6 +83,74 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     /// Send each call straight to its shard's leader using the cached shard map.
     pub direct_to_leader: bool,
+    /// TLS: every endpoint (the configured one, leader hints, the shard
+    /// map's addresses) is dialled over TLS with this. `None`: plaintext.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings of a client: the cluster's CA, a client certificate when the
+/// cluster asks for one (mutual TLS), and the name to check on the node
+/// certificates.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM of the CA that issued the nodes' certificates.
+    pub ca_pem: String,
+    /// PEM of this client's certificate and key, for mutual TLS.
+    pub identity: Option<(String, String)>,
+    /// The name checked on a node's certificate. `None`: the endpoint's
+    /// host (node certificates made by `chargerd certs` carry their hosts,
+    /// `localhost`, 127.0.0.1 and `chargerd`).
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA and, when both are given, a client certificate and key.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<ClientTls, Error> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "a client certificate needs both its certificate and its key".into(),
+                ))
+            }
+        };
+        Ok(ClientTls {
+            ca_pem: read(ca)?,
+            identity,
+            domain: None,
+        })
+    }
+
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        c
+    }
 }
 
 impl Default for ClientConfig {
@@ -94,6 +162,7 @@ impl Default for ClientConfig {
             max_retry_backoff_ms: 200,
             connect_timeout_ms: 1000,
             direct_to_leader: true,
+            tls: None,
         }
     }
 }
@@ -259,10 +328,28 @@ impl std::fmt::Debug for Client {
 }
 
 fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, Error> {
-    let ep = Endpoint::from_shared(addr.to_string()).map_err(|source| Error::InvalidEndpoint {
+    let invalid = |source| Error::InvalidEndpoint {
         endpoint: addr.to_string(),
         source,
-    })?;
+    };
+    let ep = match &config.tls {
+        // Leader hints and the shard map give `host:port`, made `http://`
+        // above: over TLS every address is dialled as `https://`.
+        Some(tls) => {
+            let url = match addr.strip_prefix("http://") {
+                Some(rest) => format!("https://{rest}"),
+                None => addr.to_string(),
+            };
+            Endpoint::from_shared(url)
+                .map_err(invalid)?
+                .tls_config(tls.config())
+                .map_err(invalid)?
+        }
+        None if addr.starts_with("https://") => return Err(Error::InvalidArgument(format!(
+            "{addr}: an https endpoint needs the cluster's CA (ClientConfig::tls, chargectl --ca)"
+        ))),
+        None => Endpoint::from_shared(addr.to_string()).map_err(invalid)?,
+    };
     Ok(ep
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms.max(1)))
         .tcp_nodelay(true))
@@ -425,12 +512,20 @@ impl Client {
         (Some(shard), r.leaders[shard as usize].clone())
     }
 
+    /// `url` with the scheme this client dials: `https://` under TLS.
+    fn scheme_for(&self, url: String) -> String {
+        match (&self.config.tls, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url,
+        }
+    }
+
     fn install_map(&self, m: &proto::ShardMapResponse) {
         let mut leaders = vec![None; m.shards as usize];
         for route in &m.routes {
             if let Some(slot) = leaders.get_mut(route.shard_id as usize) {
                 if !route.leader_addr.is_empty() {
-                    *slot = Some(format!("http://{}", route.leader_addr));
+                    *slot = Some(self.scheme_for(format!("http://{}", route.leader_addr)));
                 }
             }
         }
@@ -508,7 +603,7 @@ impl Client {
                 return Err(status.into());
             }
             retries += 1;
-            match leader_hint(&status) {
+            match leader_hint(&status).map(|h| self.scheme_for(h)) {
                 // A new leader: go there at once.
                 Some(hint) if target.as_deref() != Some(hint.as_str()) => {
                     self.learn(shard, Some(&hint));

@@ -24,6 +24,8 @@ pub struct ClusterOptions {
     pub clock: SharedClock,
     /// Adjusts each node's config before start.
     pub tweak: Option<ConfigTweak>,
+    /// TLS: every node gets a certificate from this CA (see [`crate::tls`]).
+    pub tls: Option<Arc<crate::tls::CertAuthority>>,
 }
 
 impl Default for ClusterOptions {
@@ -34,6 +36,7 @@ impl Default for ClusterOptions {
             public_ports: None,
             clock: Arc::new(SystemClock),
             tweak: None,
+            tls: None,
         }
     }
 }
@@ -44,6 +47,7 @@ pub struct LocalCluster {
     pub shards: u32,
     clock: SharedClock,
     tweak: Option<ConfigTweak>,
+    tls: Option<Arc<crate::tls::CertAuthority>>,
 }
 
 async fn bind(port: u16) -> anyhow::Result<TcpListener> {
@@ -56,12 +60,14 @@ fn memory_edges(
     public: TcpListener,
     internal: TcpListener,
     clock: SharedClock,
+    tls: Option<&crate::tls::Tls>,
 ) -> Edges<MemLog, impl node::Incoming> {
     Edges {
         public: node::tcp_incoming(public),
         internal: node::tcp_incoming(internal),
         connector: Box::new(TcpConnector {
             connect_timeout: Duration::from_millis(500),
+            tls: tls.map(|t| t.client()),
         }),
         clock,
         logs: Arc::new(move |_, _| MemLog::new(id)),
@@ -70,6 +76,17 @@ fn memory_edges(
         meta_log: MemLog::new(id),
         snapshot_dir: None,
     }
+}
+
+/// Node `id`'s TLS material: a fresh certificate from `ca`.
+fn node_tls(
+    ca: Option<&crate::tls::CertAuthority>,
+    id: NodeId,
+) -> anyhow::Result<Option<crate::tls::Tls>> {
+    Ok(match ca {
+        Some(ca) => Some(ca.node_tls(id, crate::tls::ClientCerts::Optional)?),
+        None => None,
+    })
 }
 
 impl LocalCluster {
@@ -102,10 +119,11 @@ impl LocalCluster {
             let mut cfg = NodeConfig::new(id, addrs.clone());
             cfg.shards = opts.shards;
             cfg.bootstrap = id == 1;
+            cfg.tls = node_tls(opts.tls.as_deref(), id)?;
             if let Some(t) = &opts.tweak {
                 t(&mut cfg);
             }
-            let edges = memory_edges(id, public, internal, opts.clock.clone());
+            let edges = memory_edges(id, public, internal, opts.clock.clone(), cfg.tls.as_ref());
             nodes.insert(id, node::start(cfg, edges).await?);
         }
         Ok(LocalCluster {
@@ -114,6 +132,7 @@ impl LocalCluster {
             shards: opts.shards,
             clock: opts.clock,
             tweak: opts.tweak,
+            tls: opts.tls,
         })
     }
 
@@ -131,17 +150,25 @@ impl LocalCluster {
         let mut cfg = NodeConfig::new(id, BTreeMap::from([(id, me.clone())]));
         cfg.shards = self.shards;
         cfg.join = Some(self.addrs[&via].public.clone());
+        cfg.tls = node_tls(self.tls.as_deref(), id)?;
         if let Some(t) = &self.tweak {
             t(&mut cfg);
         }
-        let edges = memory_edges(id, public, internal, self.clock.clone());
+        let edges = memory_edges(id, public, internal, self.clock.clone(), cfg.tls.as_ref());
         self.nodes.insert(id, node::start(cfg, edges).await?);
         self.addrs.insert(id, me);
         Ok(())
     }
 
+    /// Node `id`'s public endpoint (`https://` when the cluster runs TLS).
     pub fn public_url(&self, id: NodeId) -> String {
-        format!("http://{}", self.addrs[&id].public)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addrs[&id].public)
+    }
+
+    /// The cluster's CA, when it runs TLS.
+    pub fn ca(&self) -> Option<&crate::tls::CertAuthority> {
+        self.tls.as_deref()
     }
 
     /// The node whose shard actor currently decides for `shard`, if any.

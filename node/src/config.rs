@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub join: Option<String>,
     /// Placement driver: concurrent moves, period, call deadlines.
     pub placement: PlacementOptions,
+    /// TLS on both listeners and to peers; `None` = plaintext (only where
+    /// the config says `insecure`, or `chargerd dev` on loopback).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl NodeConfig {
@@ -90,6 +93,7 @@ impl NodeConfig {
             transport: Default::default(),
             join: None,
             placement: Default::default(),
+            tls: None,
         }
     }
 
@@ -97,6 +101,10 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
         check(self.node_id != 0, "node_id: must be > 0")?;
+        check(
+            self.tls.as_ref().is_none_or(|t| t.node == self.node_id),
+            "tls.cert: must name this node",
+        )?;
         check(
             self.members.contains_key(&self.node_id),
             "members: must include this node",

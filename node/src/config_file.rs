@@ -58,6 +58,23 @@ struct FileConfig {
     peers: Vec<FilePeer>,
     #[serde(default)]
     limits: FileLimits,
+    /// Plaintext listeners and peer links, no TLS: refused unless set.
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    tls: Option<FileTls>,
+}
+
+/// `[tls]`: the node's certificate and key, the cluster's CA.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// Whether public clients must present a certificate from the CA.
+    #[serde(default)]
+    client_certs: crate::tls::ClientCerts,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,11 +146,18 @@ impl ProcessConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+        // Relative certificate paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_in(&text, base).map_err(|e| format!("config {}: {e}", path.display()))
     }
 
     /// Parses and validates config text; the error names the offending key.
+    /// Relative certificate paths are relative to the working directory.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_in(text, Path::new("."))
+    }
+
+    fn parse_in(text: &str, base: &Path) -> Result<Self, String> {
         let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let public_addr = addr("public_addr", &f.public_addr)?;
         let internal_addr = addr("internal_addr", &f.internal_addr)?;
@@ -257,6 +281,30 @@ impl ProcessConfig {
             node.connect_timeout = ms(v);
         }
         node.validate().map_err(|e| format!("limits.{e}"))?;
+        node.tls = match (&f.tls, f.insecure) {
+            (Some(t), false) => Some(
+                crate::tls::Tls::load(
+                    &base.join(&t.ca),
+                    &base.join(&t.cert),
+                    &base.join(&t.key),
+                    f.node_id,
+                    t.client_certs,
+                )
+                .map_err(|e| format!("tls: {e}"))?,
+            ),
+            (None, true) => None,
+            (Some(_), true) => {
+                return Err("insecure: set together with [tls]; choose one".into());
+            }
+            (None, false) => {
+                return Err(
+                    "tls: missing. A node serves TLS (a [tls] section with ca, cert \
+                     and key; `chargerd certs` makes them) unless its config says \
+                     `insecure = true`"
+                        .into(),
+                );
+            }
+        };
         Ok(ProcessConfig {
             node,
             public_addr,
@@ -292,7 +340,16 @@ rng_seed = {seed}
 
 # Every member of the cluster, this node included. On first start the lowest
 # id initializes the shard groups (once: it checks the peers first).
-{peers}# Every limit is optional; these are the defaults. Durations in ms.
+{peers}# TLS, required unless the file says `insecure = true` (plaintext, for a
+# closed test network only). `chargerd certs --dir certs --nodes 1,2,3` makes
+# a local CA and node certificates; paths are relative to this file.
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/node{id}.pem"
+key = "certs/node{id}.key"
+client_certs = "optional"             # optional | required (clients present one from the CA)
+
+# Every limit is optional; these are the defaults. Durations in ms.
 [limits]
 max_inflight_requests = {mir}
 request_deadline_ms = {rd}
@@ -360,7 +417,28 @@ mod tests {
 
     #[test]
     fn example_parses_and_matches_defaults() {
-        let c = ProcessConfig::parse(&example(2)).unwrap();
+        // With the certificates `chargerd certs` makes beside it.
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let ca = crate::tls::CertAuthority::generate("test CA").unwrap();
+        std::fs::write(certs.join("ca.pem"), &ca.cert_pem).unwrap();
+        let n = ca.node_cert(2, &[]).unwrap();
+        std::fs::write(certs.join("node2.pem"), n.cert_pem).unwrap();
+        std::fs::write(certs.join("node2.key"), n.key_pem).unwrap();
+        let file = dir.path().join("node2.toml");
+        std::fs::write(&file, example(2)).unwrap();
+        let c = ProcessConfig::load(&file).unwrap();
+        assert_eq!(c.node.tls.as_ref().map(|t| t.node), Some(2));
+        // The same file on node 3: the certificate names another node.
+        std::fs::write(&file, example(2).replace("node_id = 2", "node_id = 3")).unwrap();
+        assert!(ProcessConfig::load(&file).is_err());
+        // No [tls] and no `insecure`: refused, saying how.
+        let plain = insecure_example(2).replace("insecure = true\n", "");
+        let e = ProcessConfig::parse(&plain).unwrap_err();
+        assert!(e.contains("insecure = true"), "{e}");
+        let c = ProcessConfig::parse(&insecure_example(2)).unwrap();
+        assert!(c.node.tls.is_none());
         assert_eq!(c.node.node_id, 2);
         assert_eq!(c.node.shards, 16);
         assert_eq!(c.fsync, FsyncPolicy::Always);
@@ -374,8 +452,22 @@ mod tests {
         );
     }
 
+    /// The example with plaintext instead of its `[tls]` section.
+    fn insecure_example(id: u64) -> String {
+        let e = example(id);
+        let start = e.find("[tls]").unwrap();
+        let end = e.find("# Every limit").unwrap();
+        let top = e.find("[[peers]]").unwrap();
+        format!(
+            "insecure = true\n{}{}{}",
+            &e[..top],
+            &e[top..start],
+            &e[end..]
+        )
+    }
+
     fn err_of(edit: impl Fn(String) -> String) -> String {
-        ProcessConfig::parse(&edit(example(1))).unwrap_err()
+        ProcessConfig::parse(&edit(insecure_example(1))).unwrap_err()
     }
 
     #[test]

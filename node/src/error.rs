@@ -35,6 +35,13 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The caller is not who it must be (no or a bad credential). Nothing
+    /// changed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this. Nothing changed.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A fault of this node, not of the request.
     #[error("{0}")]
     Internal(String),
@@ -74,6 +81,8 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Internal(m) => Status::internal(m),
         }
     }

@@ -9,7 +9,7 @@
 //!    clock), [`ids`], [`config`] (every limit of every floor, in one place),
 //!    [`cluster_map`] (the replicated map's data), [`error`] (the one error
 //!    type and its gRPC status), [`clock`], [`codec`], [`maps`],
-//!    [`metrics_http`].
+//!    [`metrics_http`], [`tls`] (certificates and who a peer is).
 //! 2. **Data plane**, the request path, itself in three floors:
 //!    - [`raft`]: openraft type config, log engines, the state machine, and
 //!      the internal transport (one channel per peer for every group);
@@ -49,3 +49,4 @@ pub mod node;
 pub mod process;
 pub mod raft;
 pub mod shard;
+pub mod tls;

@@ -398,15 +398,28 @@ pub async fn start<L: LogEngine, I: Incoming>(
         clock: edges.clock.clone(),
         isolated: isolated.clone(),
         max_snapshot_bytes,
+        check_peers: config.tls.is_some(),
     })
     .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+    // TLS: mutual on the internal listener, always; on the public one a
+    // client certificate is taken as configured (see `crate::tls`).
+    let (internal_builder, public_builder) = match &config.tls {
+        Some(t) => (
+            tonic::transport::Server::builder().tls_config(t.internal_server())?,
+            tonic::transport::Server::builder().tls_config(t.public_server())?,
+        ),
+        None => (
+            tonic::transport::Server::builder(),
+            tonic::transport::Server::builder(),
+        ),
+    };
     let mut rx1 = rx.clone();
     let internal = edges.internal;
     tasks.push(tokio::spawn(async move {
         // Keepalive: a peer that vanished must not leave its Append stream
         // (and the sessions on it) open here.
-        let r = tonic::transport::Server::builder()
+        let r = internal_builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
@@ -445,9 +458,13 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let admin = AdminServer::new(AdminService(front_door.clone()));
     let mut rx2 = rx.clone();
     let public = edges.public;
+    let strip_internal = config.tls.is_some();
     tasks.push(tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+        let r = public_builder
             .tcp_nodelay(true)
+            .layer(tower::util::option_layer(
+                strip_internal.then_some(crate::tls::StripInternalHeaders),
+            ))
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(reflection_v1alpha)

@@ -51,9 +51,22 @@ async fn cluster_exists(cfg: &ProcessConfig) -> bool {
         if *id == cfg.node.node_id {
             continue;
         }
-        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", p.public)) else {
+        let scheme = if cfg.node.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let Ok(mut ep) =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", p.public))
+        else {
             continue;
         };
+        if let Some(t) = &cfg.node.tls {
+            let Ok(e) = ep.tls_config(t.client()) else {
+                continue;
+            };
+            ep = e;
+        }
         let ep = ep
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(1));
@@ -152,6 +165,7 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
         internal: node::tcp_incoming(internal),
         connector: Box::new(TcpConnector {
             connect_timeout: node_cfg.connect_timeout,
+            tls: node_cfg.tls.as_ref().map(|t| t.client()),
         }),
         clock: Arc::new(SystemClock),
         logs: {

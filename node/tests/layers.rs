@@ -23,6 +23,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "ledger",
             "maps",
             "metrics_http",
+            "tls",
         ],
     ),
     ("raft", &["raft"]),

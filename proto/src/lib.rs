@@ -25,6 +25,10 @@ pub mod headers {
     pub const FORWARDED: &str = "x-charging-forwarded";
     /// Restricts a forwarded SetTariff to one shard (internal).
     pub const ONLY_SHARD: &str = "x-charging-shard";
+    /// Headers only a node may send: on a TLS listener they are removed from
+    /// the calls of anyone without a node certificate. (`FORWARDED` is not
+    /// among them: it only narrows what the receiver does.)
+    pub const INTERNAL: &[&str] = &[ONLY_SHARD];
 }
 
 /// 64-bit FNV-1a: the stable hash that maps accounts to shards.

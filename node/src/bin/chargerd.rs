@@ -44,6 +44,24 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         node_id: u64,
     },
+    /// Make a local CA (once) and certificates issued by it: one per node
+    /// (`node<N>.pem` / `.key`, naming the node) and per client name.
+    /// Existing files are kept, so it can run on every start.
+    Certs {
+        /// Folder of `ca.pem`, `ca.key` and the certificates.
+        #[arg(long, default_value = "certs")]
+        dir: std::path::PathBuf,
+        /// Node ids, e.g. `1,2,3`.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<u64>,
+        /// Extra names or addresses every node certificate carries (each
+        /// node's also carries `node<N>`, `localhost`, 127.0.0.1, `chargerd`).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Client certificates for mutual TLS on the public port, by name.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
+    },
     /// Run a local 3-node cluster in this process, with demo data.
     Dev {
         /// Public port of node 1; nodes 2 and 3 use the next two.
@@ -168,6 +186,10 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
     .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     println!("chargerd dev: 3 nodes, {shards} shards, every shard replicated on all 3 nodes");
+    println!(
+        "  INSECURE, for a laptop: plaintext, no tokens, bound to 127.0.0.1 only \
+         (a real cluster: `chargerd start`, which serves TLS)"
+    );
     for (id, a) in &cluster.addrs {
         let m = TcpListener::bind("127.0.0.1:0").await?;
         let maddr = m.local_addr()?;
@@ -183,7 +205,7 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
         demo(&cluster).await?;
     }
     println!(
-        "ready. try: cargo run --bin chargectl -- balance imsi-001010000000001   (Ctrl-C to stop)"
+        "ready. try: cargo run --release --bin chargectl -- balance imsi-001010000000001   (Ctrl-C to stop)"
     );
     // A node that stops itself (an unrecoverable failure) ends the dev
     // cluster with its error, rather than leave two nodes running quietly.
@@ -228,6 +250,80 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Writes `text` to `path` unless it exists; keys readable by the owner only.
+fn write_new(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<bool> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    match o.open(path) {
+        Ok(mut f) => {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+fn certs(
+    dir: &std::path::Path,
+    nodes: &[u64],
+    hosts: &[String],
+    clients: &[String],
+) -> anyhow::Result<()> {
+    use charging_node::tls::CertAuthority;
+    std::fs::create_dir_all(dir)?;
+    let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let ca = if ca_pem.exists() {
+        CertAuthority::load(&ca_pem, &ca_key)?
+    } else {
+        let ca = CertAuthority::generate("chargerd local CA")?;
+        write_new(&ca_key, &ca.key_pem, true)?;
+        write_new(&ca_pem, &ca.cert_pem, false)?;
+        println!("made {}", ca_pem.display());
+        ca
+    };
+    let issue = |name: String, make: &dyn Fn() -> anyhow::Result<charging_node::tls::Issued>| {
+        let (pem, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        if pem.exists() {
+            return anyhow::Ok(());
+        }
+        let c = make()?;
+        write_new(&key, &c.key_pem, true)?;
+        write_new(&pem, &c.cert_pem, false)?;
+        println!("made {}", pem.display());
+        Ok(())
+    };
+    for &n in nodes {
+        anyhow::ensure!(
+            n > 0 && n < 1 << 31,
+            "--nodes: {n} is not a node id (1..2^31)"
+        );
+        let mut names = hosts.to_vec();
+        names.push(format!("node{n}"));
+        issue(format!("node{n}"), &|| Ok(ca.node_cert(n, &names)?))?;
+    }
+    for c in clients {
+        anyhow::ensure!(
+            !c.is_empty()
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'),
+            "--clients: `{c}` must be letters, digits, - or _"
+        );
+        issue(format!("client-{c}"), &|| Ok(ca.client_cert(c)?))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -262,6 +358,12 @@ async fn main() -> anyhow::Result<()> {
             println!("chargerd node {id}: stopped");
             Ok(())
         }
+        Cmd::Certs {
+            dir,
+            nodes,
+            hosts,
+            clients,
+        } => certs(&dir, &nodes, &hosts, &clients),
         Cmd::ConfigExample { node_id } => {
             print!("{}", charging_node::config_file::example(node_id));
             Ok(())

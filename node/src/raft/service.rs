@@ -62,6 +62,9 @@ pub struct RaftService {
     pub isolated: Arc<AtomicBool>,
     /// Largest snapshot reassembled (`TransportOptions::snapshot_max_bytes`).
     pub max_snapshot_bytes: u64,
+    /// Over TLS: every message's claimed sender (`from_node`, and the node
+    /// of a vote it carries) must be the node its peer certificate names.
+    pub check_peers: bool,
 }
 
 fn reply<T: Serialize, E: Display>(r: Result<T, E>) -> Result<Vec<u8>, Status> {
@@ -98,6 +101,40 @@ fn isolated_status() -> Status {
     ))
 }
 
+/// The sender a peer's certificate names, when peers are checked: `None`
+/// when they are not (plaintext), an error when it names no node.
+fn certified_sender(check: bool, ext: &tonic::Extensions) -> Result<Option<NodeId>, Status> {
+    if !check {
+        return Ok(None);
+    }
+    crate::tls::peer_node(ext).map(Some).ok_or_else(|| {
+        Status::from(Error::Unauthenticated(
+            "internal: the peer certificate names no node".into(),
+        ))
+    })
+}
+
+/// Refuses a message whose claimed sender is not the certified one.
+fn check_sender(certified: Option<NodeId>, claimed: NodeId, what: &str) -> Result<(), Status> {
+    match certified {
+        Some(c) if c != claimed => Err(Status::from(Error::PermissionDenied(format!(
+            "internal: {what} claims node {claimed}, but the peer certificate names node {c}"
+        )))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a Raft message whose vote (the candidate's, or the leader's)
+/// is not a replica of the certified sender: a peer may speak only for its
+/// own replicas.
+fn check_vote(certified: Option<NodeId>, vote: &VoteOf<TypeConfig>) -> Result<(), Status> {
+    check_sender(
+        certified,
+        super::node_of(vote.leader_id().node_id),
+        "its vote",
+    )
+}
+
 impl RaftService {
     fn is_isolated(&self) -> bool {
         self.isolated.load(Ordering::SeqCst)
@@ -123,6 +160,7 @@ fn session_reply(
 /// Reads one `Append` stream's frames and routes them to their sessions,
 /// starting a session task on each session's first frame.
 async fn demux(
+    certified: Option<NodeId>,
     groups: Groups,
     isolated: Arc<AtomicBool>,
     heard: PeerHealth,
@@ -134,6 +172,11 @@ async fn demux(
     loop {
         let frame = match inbound.message().await {
             Ok(Some(f)) => {
+                // A peer that claims another node's frames loses its stream.
+                if let Err(s) = check_sender(certified, f.from_node, "from_node") {
+                    let _ = out.send(Err(s)).await;
+                    break;
+                }
                 heard.insert(f.from_node, tokio::time::Instant::now());
                 f
             }
@@ -161,6 +204,10 @@ async fn demux(
                 continue;
             }
         };
+        if let Err(s) = check_vote(certified, &req.vote) {
+            let _ = out.send(Err(s)).await;
+            break;
+        }
         if let Some(tx) = sessions.get(&frame.session) {
             match tx.try_send(req) {
                 Ok(()) => {}
@@ -248,15 +295,33 @@ impl RaftInternal for RaftService {
         if self.is_isolated() {
             return Err(isolated_status());
         }
+        let certified = certified_sender(self.check_peers, request.extensions())?;
         let req = request.into_inner();
+        check_sender(certified, req.from_node, "from_node")?;
         self.heard
             .insert(req.from_node, tokio::time::Instant::now());
         let raft = self.group(req.shard, req.to_replica)?;
         let out = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
-            RaftKind::Vote => reply(raft.vote(body(&req.body)?).await)?,
-            RaftKind::PreVote => reply(raft.pre_vote(body(&req.body)?).await)?,
-            RaftKind::Append => reply(raft.append_entries(body(&req.body)?).await)?,
-            RaftKind::TransferLeader => reply(raft.handle_transfer_leader(body(&req.body)?).await)?,
+            RaftKind::Vote => {
+                let v: openraft::raft::VoteRequest<TypeConfig> = body(&req.body)?;
+                check_vote(certified, &v.vote)?;
+                reply(raft.vote(v).await)?
+            }
+            RaftKind::PreVote => {
+                let v: openraft::raft::VoteRequest<TypeConfig> = body(&req.body)?;
+                check_vote(certified, &v.vote)?;
+                reply(raft.pre_vote(v).await)?
+            }
+            RaftKind::Append => {
+                let a: AppendEntriesRequest<TypeConfig> = body(&req.body)?;
+                check_vote(certified, &a.vote)?;
+                reply(raft.append_entries(a).await)?
+            }
+            RaftKind::TransferLeader => {
+                let t: openraft::raft::TransferLeaderRequest<TypeConfig> = body(&req.body)?;
+                check_vote(certified, t.from_leader())?;
+                reply(raft.handle_transfer_leader(t).await)?
+            }
             RaftKind::Unspecified => {
                 return Err(Status::from(Error::InvalidArgument(
                     "kind: unknown raft message kind".into(),
@@ -278,8 +343,10 @@ impl RaftInternal for RaftService {
         if self.is_isolated() {
             return Err(isolated_status());
         }
+        let certified = certified_sender(self.check_peers, request.extensions())?;
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         tokio::spawn(demux(
+            certified,
             self.groups.clone(),
             self.isolated.clone(),
             self.heard.clone(),
@@ -296,10 +363,12 @@ impl RaftInternal for RaftService {
         if self.is_isolated() {
             return Err(isolated_status());
         }
+        let certified = certified_sender(self.check_peers, request.extensions())?;
         let mut chunks = request.into_inner();
         let first = next_chunk(&mut chunks)
             .await?
             .ok_or_else(|| Status::from(Error::InvalidArgument("snapshot: no chunk".into())))?;
+        check_sender(certified, first.from_node, "from_node")?;
         let total = first.total_bytes;
         if total > self.max_snapshot_bytes {
             return Err(Status::from(Error::Overloaded(format!(
@@ -309,6 +378,7 @@ impl RaftInternal for RaftService {
         }
         let raft = self.group(first.shard, first.to_replica)?;
         let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = body(&first.header)?;
+        check_vote(certified, &vote)?;
         let mut data = Vec::with_capacity(total as usize);
         data.extend_from_slice(&first.data);
         while (data.len() as u64) < total {

@@ -55,10 +55,33 @@ impl Env {
     }
 }
 
+/// The CA of every test cluster in this binary: the clusters run TLS
+/// (mutual between nodes), as a production cluster does.
+pub fn ca() -> std::sync::Arc<charging_node::tls::CertAuthority> {
+    static CA: std::sync::OnceLock<std::sync::Arc<charging_node::tls::CertAuthority>> =
+        std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        std::sync::Arc::new(
+            charging_node::tls::CertAuthority::generate("cluster tests CA").unwrap(),
+        )
+    })
+    .clone()
+}
+
+/// TLS settings of a client of the test clusters (the CA, no certificate).
+pub fn client_tls() -> charging_client::ClientTls {
+    charging_client::ClientTls {
+        ca_pem: ca().cert_pem.clone(),
+        identity: None,
+        domain: None,
+    }
+}
+
 pub fn client_config() -> ClientConfig {
     ClientConfig {
         deadline_ms: 15_000,
         max_retries: 60,
+        tls: Some(client_tls()),
         ..ClientConfig::default()
     }
 }
@@ -81,6 +104,7 @@ pub async fn start_with(tweak: Option<ConfigTweak>) -> Env {
         nodes: NODES,
         shards: SHARDS,
         tweak,
+        tls: Some(ca()),
         ..ClusterOptions::default()
     })
     .await

@@ -12,6 +12,26 @@ use std::time::{Duration, Instant};
 
 pub const SHARDS: u32 = 4;
 
+/// The CA of every test cluster in this binary: processes run TLS (mutual
+/// between nodes), as `chargerd start` does by default.
+pub fn ca() -> &'static charging_node::tls::CertAuthority {
+    static CA: std::sync::OnceLock<charging_node::tls::CertAuthority> = std::sync::OnceLock::new();
+    CA.get_or_init(|| charging_node::tls::CertAuthority::generate("process tests CA").unwrap())
+}
+
+/// Writes node `id`'s certificate and key (and the CA) into `dir`, and
+/// returns the config's `[tls]` section.
+fn tls_section(dir: &Path, id: u64) -> String {
+    let ca_path = dir.join("ca.pem");
+    if !ca_path.exists() {
+        std::fs::write(&ca_path, &ca().cert_pem).unwrap();
+    }
+    let n = ca().node_cert(id, &[]).unwrap();
+    std::fs::write(dir.join(format!("node{id}.pem")), n.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("node{id}.key")), n.key_pem).unwrap();
+    format!("\n[tls]\nca = \"ca.pem\"\ncert = \"node{id}.pem\"\nkey = \"node{id}.key\"\n")
+}
+
 /// Picks a free loopback port (bind port 0, read it, release it).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -55,8 +75,9 @@ impl ProcCluster {
                 format!(
                     "node_id = {id}\npublic_addr = \"127.0.0.1:{p}\"\ninternal_addr = \"127.0.0.1:{r}\"\n\
                      data_dir = \"{}\"\nshards = {SHARDS}\nreplication_factor = {n}\nfsync = \"{fsync}\"\n\
-                     {peers}\n[limits]\n{extra}\n",
-                    data.display()
+                     {peers}{}\n[limits]\n{extra}\n",
+                    data.display(),
+                    tls_section(dir.path(), id),
                 ),
             )
             .unwrap();
@@ -65,7 +86,7 @@ impl ProcCluster {
                 Proc {
                     id,
                     config,
-                    public: format!("http://127.0.0.1:{p}"),
+                    public: format!("https://127.0.0.1:{p}"),
                     child: None,
                 },
             );
@@ -84,14 +105,15 @@ impl ProcCluster {
         let data = self.dir.path().join(format!("node{id}"));
         std::fs::create_dir_all(&data).unwrap();
         let config = self.dir.path().join(format!("node{id}.toml"));
-        let join = self.url(via).trim_start_matches("http://").to_string();
+        let join = self.url(via).trim_start_matches("https://").to_string();
         std::fs::write(
             &config,
             format!(
                 "node_id = {id}\npublic_addr = \"127.0.0.1:{p}\"\ninternal_addr = \"127.0.0.1:{r}\"\n\
                  data_dir = \"{}\"\nshards = {SHARDS}\nfsync = \"{fsync}\"\njoin = \"{join}\"\n\
-                 [limits]\n{extra}\n",
-                data.display()
+                 {}\n[limits]\n{extra}\n",
+                data.display(),
+                tls_section(self.dir.path(), id),
             ),
         )
         .unwrap();
@@ -100,7 +122,7 @@ impl ProcCluster {
             Proc {
                 id,
                 config,
-                public: format!("http://127.0.0.1:{p}"),
+                public: format!("https://127.0.0.1:{p}"),
                 child: None,
             },
         );
@@ -176,7 +198,7 @@ impl ProcCluster {
     pub async fn wait_ready(&self, id: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(c) = Client::connect(self.url(id)).await {
+            if let Ok(c) = Client::connect_with_config(self.url(id), client_config()).await {
                 if let Ok(s) = c.status().await {
                     if s.shard_status.len() == SHARDS as usize
                         && s.shard_status.iter().all(|s| s.leader != 0)
@@ -196,7 +218,7 @@ impl ProcCluster {
 
     /// The node leading each shard, as node `id` sees it.
     pub async fn leaders(&self, id: u64) -> Vec<u64> {
-        let c = Client::connect(self.url(id)).await.expect("connect");
+        let c = connect(&self.url(id)).await;
         let s = c.status().await.expect("status");
         s.shard_status.iter().map(|s| s.leader).collect()
     }
@@ -217,6 +239,11 @@ pub fn client_config() -> ClientConfig {
     ClientConfig {
         deadline_ms: 10_000,
         max_retries: 100,
+        tls: Some(charging_client::ClientTls {
+            ca_pem: ca().cert_pem.clone(),
+            identity: None,
+            domain: None,
+        }),
         ..ClientConfig::default()
     }
 }

@@ -10,10 +10,12 @@ const LIMITS: &str = "snapshot_logs = 20";
 
 /// Status of the metadata leader (it knows the moves in progress).
 async fn driver_status(c: &ProcCluster) -> Option<charging_client::proto::StatusResponse> {
-    let any = Client::connect(c.url(1)).await.ok()?;
+    let any = Client::connect_with_config(c.url(1), client_config())
+        .await
+        .ok()?;
     let s = any.status().await.ok()?;
     let leader = c.procs.get(&s.meta_leader)?;
-    Client::connect(leader.public.clone())
+    Client::connect_with_config(leader.public.clone(), client_config())
         .await
         .ok()?
         .status()
@@ -40,7 +42,10 @@ async fn wait_placed(
             if placed.is_some_and(&want) && s.moves_in_progress == 0 {
                 // The node itself hosts exactly that many (dropped ones gone).
                 if let Ok(Ok(mine)) = tokio::time::timeout(Duration::from_secs(2), async {
-                    Client::connect(c.url(node)).await?.status().await
+                    Client::connect_with_config(c.url(node), client_config())
+                        .await?
+                        .status()
+                        .await
                 })
                 .await
                 {

@@ -22,8 +22,52 @@ pub(crate) struct Cli {
     /// id); by default as many as fit in the deadline.
     #[arg(long, global = true, default_value_t = u32::MAX, hide_default_value = true)]
     pub(crate) max_retries: u32,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// TLS to the cluster: an `https://` endpoint needs `--ca`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TlsArgs {
+    /// PEM of the CA that issued the nodes' certificates (TLS on).
+    #[arg(long, global = true, env = "CHARGING_CA", value_name = "PEM")]
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// PEM of this client's certificate (mutual TLS), with --key.
+    #[arg(
+        long,
+        global = true,
+        env = "CHARGING_CERT",
+        value_name = "PEM",
+        requires = "key"
+    )]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// PEM of this client's private key, with --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "CHARGING_KEY",
+        value_name = "PEM",
+        requires = "cert"
+    )]
+    pub(crate) key: Option<std::path::PathBuf>,
+    /// Name to check on the node's certificate (default: the endpoint's host).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) tls_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The client's TLS settings; `None` without `--ca`.
+    pub(crate) fn client_tls(&self) -> Result<Option<charging_client::ClientTls>, Error> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let mut t =
+            charging_client::ClientTls::from_files(ca, self.cert.as_deref(), self.key.as_deref())?;
+        t.domain = self.tls_name.clone();
+        Ok(Some(t))
+    }
 }
 
 #[derive(Args, Debug, Clone)]

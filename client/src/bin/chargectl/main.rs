@@ -78,14 +78,20 @@ impl Outcome {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = ClientConfig {
-        deadline_ms: cli.deadline_ms,
-        max_retries: cli.max_retries,
-        ..ClientConfig::default()
-    };
     let request_id = cli.command.request_id();
-    let result = match Client::connect_lazy(cli.endpoint.clone(), config) {
-        Ok(client) => run(&client, cli.command, request_id).await,
+    let result = match cli.tls.client_tls() {
+        Ok(tls) => {
+            let config = ClientConfig {
+                deadline_ms: cli.deadline_ms,
+                max_retries: cli.max_retries,
+                tls,
+                ..ClientConfig::default()
+            };
+            match Client::connect_lazy(cli.endpoint.clone(), config) {
+                Ok(client) => run(&client, cli.command, request_id).await,
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     };
     match result {
@@ -399,7 +405,7 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
                         let url = format!("http://{}", l.public_addr);
                         let cfg = ClientConfig {
                             deadline_ms: 2_000,
-                            ..ClientConfig::default()
+                            ..client.config().clone()
                         };
                         if let Ok(c) = Client::connect_lazy(url, cfg) {
                             if let Ok(s) = c.status().await {

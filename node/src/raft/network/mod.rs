@@ -78,16 +78,24 @@ pub trait Connector: Send + Sync + 'static {
     fn channel(&self, addr: &str) -> Result<Channel, String>;
 }
 
-/// TCP connector: lazily connected HTTP/2 channels with a connect timeout.
-#[derive(Debug, Clone, Copy)]
+/// TCP connector: lazily connected HTTP/2 channels with a connect timeout;
+/// over TLS with this node's certificate when `tls` is set (see
+/// [`crate::tls`]).
+#[derive(Debug, Clone)]
 pub struct TcpConnector {
     pub connect_timeout: Duration,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Connector for TcpConnector {
     fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep =
+            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone()).map_err(|e| e.to_string())?;
+        }
+        let ep = ep
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
