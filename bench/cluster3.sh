@@ -9,10 +9,15 @@
 #   bench/cluster3.sh endpoints                      --endpoint flags for chargebench
 #
 # Environment: C3_DIR (default /tmp/chargec3), CHARGERD / CHARGECTL,
-# C3_SNAPSHOT_LOGS (the nodes' snapshot_logs limit).
+# C3_SNAPSHOT_LOGS (the nodes' snapshot_logs limit), C3_TLS=1 (TLS between
+# the nodes and to clients, certificates in $C3_DIR/certs; then
+# `export CHARGING_CA=$C3_DIR/certs/ca.pem` for chargebench and chargectl).
+# Plaintext by default: the figures of record are measured without TLS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${C3_DIR:-/tmp/chargec3}
+scheme=http
+[[ -n "${C3_TLS:-}" ]] && scheme=https
 chargerd=${CHARGERD:-target/release/chargerd}
 chargectl=${CHARGECTL:-target/release/chargectl}
 
@@ -22,10 +27,16 @@ case "${1:-}" in
     [[ "${2:-}" == --fsync ]] && fsync=${3:?never|always}
     "$0" stop >/dev/null 2>&1 || true
     rm -rf "$dir"
+    mkdir -p "$dir"
+    if [[ -n "${C3_TLS:-}" ]]; then
+      "$chargerd" certs --dir "$dir/certs" --nodes 1,2,3 >/dev/null
+      export CHARGING_CA=$dir/certs/ca.pem
+    fi
     for id in 1 2 3; do
       mkdir -p "$dir/node$id"
       {
         echo "node_id = $id"
+        [[ -n "${C3_TLS:-}" ]] || echo "insecure = true"
         echo "public_addr = \"127.0.1.$id:50051\""
         echo "internal_addr = \"127.0.1.$id:51051\""
         echo "metrics_addr = \"127.0.1.$id:9100\""
@@ -39,18 +50,21 @@ case "${1:-}" in
         for p in 1 2 3; do
           printf '\n[[peers]]\nid = %s\npublic = "127.0.1.%s:50051"\ninternal = "127.0.1.%s:51051"\n' "$p" "$p" "$p"
         done
+        if [[ -n "${C3_TLS:-}" ]]; then
+          printf '\n[tls]\nca = "../certs/ca.pem"\ncert = "../certs/node%s.pem"\nkey = "../certs/node%s.key"\n' "$id" "$id"
+        fi
       } >"$dir/node$id/node.toml"
       "$chargerd" start --config "$dir/node$id/node.toml" >"$dir/node$id/log" 2>&1 &
       echo $! >"$dir/node$id/pid"
     done
     deadline=$((SECONDS + 90))
-    until "$chargectl" --endpoint http://127.0.1.1:50051 status --json 2>/dev/null |
+    until "$chargectl" --endpoint $scheme://127.0.1.1:50051 status --json 2>/dev/null |
       python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["shard_status"] and all(x.get("leader",0) for x in s["shard_status"]) else 1)' 2>/dev/null; do
       if ((SECONDS >= deadline)); then echo "cluster not ready" >&2; "$0" stop; exit 1; fi
       sleep 0.5
     done
     # The demo tariffs of `chargerd dev` (the bench's workloads rate against them).
-    e=(--endpoint http://127.0.1.1:50051)
+    e=(--endpoint $scheme://127.0.1.1:50051)
     "$chargectl" "${e[@]}" set-tariff --rg 32 --price bytes:1000000:1000000000 >/dev/null
     "$chargectl" "${e[@]}" set-tariff --rg 10 --price seconds:60:5000000000 >/dev/null
     "$chargectl" "${e[@]}" set-tariff --rg 100 --price units:1:10000000000 >/dev/null
@@ -71,6 +85,6 @@ case "${1:-}" in
     echo stopped
     ;;
   pids) cat "$dir"/node*/pid 2>/dev/null | tr '\n' ' ' ;;
-  endpoints) echo "--endpoint http://127.0.1.1:50051 --endpoint http://127.0.1.2:50051 --endpoint http://127.0.1.3:50051" ;;
-  *) sed -n '2,12p' "$0"; exit 64 ;;
+  endpoints) echo "--endpoint $scheme://127.0.1.1:50051 --endpoint $scheme://127.0.1.2:50051 --endpoint $scheme://127.0.1.3:50051" ;;
+  *) sed -n '2,16p' "$0"; exit 64 ;;
 esac

@@ -45,6 +45,7 @@ for id in 1 2 3; do
   mkdir -p "$dir/node$id"
   {
     echo "node_id = $id"
+    echo "insecure = true   # a throwaway measurement cluster on loopback"
     echo "public_addr = \"127.0.1.$id:50051\""
     echo "internal_addr = \"127.0.1.$id:51051\""
     echo "metrics_addr = \"127.0.1.$id:9100\""

@@ -37,7 +37,7 @@ def log(msg):
 
 
 def endpoint(n):
-    return f"http://127.0.0.1:{25050 + n}"
+    return f"https://127.0.0.1:{25050 + n}"
 
 
 def ctl(n, *args, request_id=None, deadline_ms=3000, max_retries=5):

@@ -65,13 +65,17 @@ case "$target" in
       scripts/cluster.sh wipe >/dev/null 2>&1 || true
     }
     scripts/cluster.sh start --nodes 3 --shards 4 --fsync always
-    endpoints=(http://127.0.0.1:50051 http://127.0.0.2:50051 http://127.0.0.3:50051)
+    # The cluster runs TLS: chargectl, chargebench and chargechaos read the CA
+    # from the environment.
+    export CHARGING_CA=.chaos-cluster/certs/ca.pem
+    endpoints=(https://127.0.0.1:50051 https://127.0.0.2:50051 https://127.0.0.3:50051)
     ;;
   compose)
     export CHARGECTL=$bin/chargectl
     stop_cluster() { scripts/compose.sh down -v >/dev/null 2>&1 || true; }
     scripts/compose.sh up
-    endpoints=(http://127.0.0.1:25051 http://127.0.0.1:25052 http://127.0.0.1:25053)
+    export CHARGING_CA=deploy/certs/ca.pem
+    endpoints=(https://127.0.0.1:25051 https://127.0.0.1:25052 https://127.0.0.1:25053)
     ;;
   *) echo "chaos.sh: unknown target $target" >&2; exit 64 ;;
 esac

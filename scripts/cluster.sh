@@ -13,6 +13,12 @@
 #   scripts/cluster.sh remove N          take drained node N out of the cluster and stop it
 #   scripts/cluster.sh wipe              stop, then delete the data folder
 #
+# TLS is on: the first start makes a local CA and certificates in
+# $CLUSTER_DIR/certs (`chargerd certs`). Talk to the cluster with
+#   export CHARGING_CA=.cluster/certs/ca.pem
+#   chargectl --endpoint https://127.0.0.1:50051 status
+# CLUSTER_INSECURE=1 on the first start makes a plaintext cluster instead.
+#
 # Environment: CLUSTER_DIR (default .cluster), CHARGERD / CHARGECTL (binaries;
 # default: target/release, built on first use), CLUSTER_READY_TIMEOUT (s, 60).
 set -euo pipefail
@@ -23,7 +29,7 @@ ready_timeout=${CLUSTER_READY_TIMEOUT:-60}
 chargerd=${CHARGERD:-target/release/chargerd}
 chargectl=${CHARGECTL:-target/release/chargectl}
 
-usage() { sed -n '2,17p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,23p' "$0"; exit "${1:-64}"; }
 
 build() {
   if [[ -z "${CHARGERD:-}" && ! -x "$chargerd" ]] || [[ -z "${CHARGECTL:-}" && ! -x "$chargectl" ]]; then
@@ -33,6 +39,27 @@ build() {
 }
 
 nodes_of() { cat "$dir/nodes" 2>/dev/null || echo 0; }
+# A cluster is secure (TLS) unless it was made with CLUSTER_INSECURE=1.
+secure() { [[ ! -f "$dir/insecure" ]]; }
+scheme() { if secure; then echo https; else echo http; fi; }
+# chargectl reads the CA from the environment, as a user's shell would.
+use_ca() { if secure; then export CHARGING_CA="$dir/certs/ca.pem"; fi; }
+# Node certificates (and the CA, on the first call) for the given ids.
+make_certs() { # ids
+  secure || return 0
+  local id
+  for id in "$@"; do
+    # Node i is reached at 127.0.0.i: its certificate names that address.
+    "$chargerd" certs --dir "$dir/certs" --nodes "$id" --hosts "127.0.0.$id" --clients ops >/dev/null
+  done
+}
+# The [tls] section of a node's config (paths relative to node<N>/node.toml),
+# or `insecure = true` for a plaintext cluster.
+tls_section() { # id
+  if secure; then
+    printf '\n[tls]\nca = "../certs/ca.pem"\ncert = "../certs/node%s.pem"\nkey = "../certs/node%s.key"\n' "$1" "$1"
+  fi
+}
 pid_of() { cat "$dir/node$1/pid" 2>/dev/null || true; }
 alive() { local p; p=$(pid_of "$1"); [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
 
@@ -40,6 +67,7 @@ alive() { local p; p=$(pid_of "$1"); [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; 
 config_head() { # id shards fsync
   local id=$1 shards=$2 fsync=$3
   echo "node_id = $id"
+  secure || echo "insecure = true"
   echo "public_addr = \"127.0.0.$id:50051\""
   echo "internal_addr = \"127.0.0.$id:51051\""
   echo "metrics_addr = \"127.0.0.$id:9100\""
@@ -57,12 +85,13 @@ write_config() { # id nodes shards fsync: an initial member
     for p in $(seq 1 "$n"); do
       printf '\n[[peers]]\nid = %s\npublic = "127.0.0.%s:50051"\ninternal = "127.0.0.%s:51051"\n' "$p" "$p" "$p"
     done
+    tls_section "$id"
   } >"$f"
 }
 
 write_join_config() { # id shards fsync via: a node added to the running cluster
   mkdir -p "$dir/node$1"
-  { config_head "$1" "$2" "$3"; echo "join = \"$4\""; } >"$dir/node$1/node.toml"
+  { config_head "$1" "$2" "$3"; echo "join = \"$4\""; tls_section "$1"; } >"$dir/node$1/node.toml"
 }
 
 # A live node's public address (to send admin calls and joins through).
@@ -82,7 +111,7 @@ wait_nodes() { # predicate description
   local deadline=$((SECONDS + ready_timeout)) via
   while ((SECONDS < deadline)); do
     via=$(any_live) || return 1
-    if "$chargectl" --endpoint "http://$via" node list --json 2>/dev/null |
+    if "$chargectl" --endpoint "$(scheme)://$via" node list --json 2>/dev/null |
       python3 -c "import json,sys; nodes=json.load(sys.stdin)['nodes']; sys.exit(0 if ($1) else 1)" 2>/dev/null; then
       echo "$2"
       return 0
@@ -98,7 +127,7 @@ launch() { # id
   if alive "$id"; then echo "node $id already running (pid $(pid_of "$id"))"; return; fi
   "$chargerd" start --config "$dir/node$id/node.toml" >>"$dir/node$id/log" 2>&1 &
   echo $! >"$dir/node$id/pid"
-  echo "node $id: pid $! api 127.0.0.$id:50051 metrics http://127.0.0.$id:9100/metrics log $dir/node$id/log"
+  echo "node $id: pid $! api $(scheme)://127.0.0.$id:50051 metrics http://127.0.0.$id:9100/metrics log $dir/node$id/log"
 }
 
 wait_ready() { # waits until every shard has a leader, bounded
@@ -107,7 +136,7 @@ wait_ready() { # waits until every shard has a leader, bounded
   while ((SECONDS < deadline)); do
     for id in $(seq 1 "$n"); do
       alive "$id" || continue
-      if "$chargectl" --endpoint "http://127.0.0.$id:50051" status --json 2>/dev/null |
+      if "$chargectl" --endpoint "$(scheme)://127.0.0.$id:50051" status --json 2>/dev/null |
         python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["shard_status"] and all(x.get("leader",0) for x in s["shard_status"]) else 1)' 2>/dev/null; then
         echo "ready: every shard has a leader"
         return 0
@@ -121,6 +150,7 @@ wait_ready() { # waits until every shard has a leader, bounded
 
 cmd=${1:-}
 [[ -n "$cmd" ]] || usage
+use_ca
 shift
 case "$cmd" in
   start)
@@ -140,6 +170,13 @@ case "$cmd" in
       echo "== restarting the existing $n-node cluster in $dir (scripts/cluster.sh wipe for a new one)"
     else
       echo "== new $n-node cluster in $dir: $shards shards, fsync $fsync"
+      if [[ -n "${CLUSTER_INSECURE:-}" ]]; then
+        touch "$dir/insecure"
+        echo "   INSECURE: plaintext, no TLS (CLUSTER_INSECURE is set)"
+      else
+        make_certs $(seq 1 "$n")
+        echo "   TLS: CA and certificates in $dir/certs; export CHARGING_CA=$dir/certs/ca.pem"
+      fi
       echo "$n" >"$dir/nodes"
       for id in $(seq 1 "$n"); do write_config "$id" "$n" "$shards" "$fsync"; done
     fi
@@ -153,7 +190,7 @@ case "$cmd" in
       if alive "$id"; then echo "node $id: up (pid $(pid_of "$id"))"; else echo "node $id: down"; fi
     done
     for id in $(seq 1 "$n"); do
-      if alive "$id"; then exec "$chargectl" --endpoint "http://127.0.0.$id:50051" status; fi
+      if alive "$id"; then exec "$chargectl" --endpoint "$(scheme)://127.0.0.$id:50051" status; fi
     done
     ;;
   stop)
@@ -188,6 +225,7 @@ case "$cmd" in
     via=$(any_live)
     shards=$(sed -n 's/^shards = //p' "$dir/node1/node.toml")
     fsync=$(sed -n 's/^fsync = "\(.*\)"/\1/p' "$dir/node1/node.toml")
+    make_certs "$id"
     write_join_config "$id" "$shards" "$fsync" "$via"
     echo "$id" >"$dir/nodes"
     launch "$id"
@@ -197,14 +235,14 @@ case "$cmd" in
   drain)
     id=${1:?node number}
     build
-    "$chargectl" --endpoint "http://$(any_live)" node drain "$id"
+    "$chargectl" --endpoint "$(scheme)://$(any_live)" node drain "$id"
     wait_nodes "all(x['replicas'] == 0 for x in nodes if x['node_id'] == $id)" \
       "node $id drained: it holds no replica"
     ;;
   remove)
     id=${1:?node number}
     build
-    "$chargectl" --endpoint "http://$(any_live)" node remove "$id"
+    "$chargectl" --endpoint "$(scheme)://$(any_live)" node remove "$id"
     if alive "$id"; then kill -TERM "$(pid_of "$id")"; fi
     echo "node $id removed from the cluster (its id is retired)"
     ;;

@@ -28,6 +28,9 @@ ready_timeout=${READY_TIMEOUT:-90}
 chargectl_given=${CHARGECTL:+1}
 chargectl=${CHARGECTL:-${CARGO_TARGET_DIR:-target}/release/chargectl}
 export CHARGECTL=$chargectl COMPOSE_PROJECT=$project
+# The cluster runs TLS; chargectl (and smoke.py through it) read the CA here.
+certs=deploy/certs
+export CHARGING_CA=$certs/ca.pem
 
 usage() { sed -n '2,20p' "$0"; exit "${1:-64}"; }
 die() { echo "compose.sh: $*" >&2; exit 1; }
@@ -83,12 +86,25 @@ ensure_image() {
   fi
 }
 
+# The CA and node certificates (once), made by the image's own chargerd as
+# its user, so the containers can read their keys.
+ensure_certs() {
+  [[ -f "$certs/node5.pem" ]] && return 0
+  mkdir -p "$certs"
+  chmod 0777 "$certs"
+  docker run --rm --network none --user 65532:65532 -v "$PWD/$certs:/certs" \
+    --entrypoint /usr/local/bin/chargerd "$image" certs --dir /certs --nodes 1,2,3,4,5 >/dev/null ||
+    die "making certificates in $certs failed"
+  chmod 0755 "$certs"
+  echo "== TLS: CA and node certificates in $certs (export CHARGING_CA=$certs/ca.pem)"
+}
+
 # The first node whose published API answers.
 any_endpoint() {
   local i
   for i in 1 2 3 4 5; do
-    if "$chargectl" --endpoint "http://127.0.0.1:2505$i" status >/dev/null 2>&1; then
-      echo "http://127.0.0.1:2505$i"
+    if "$chargectl" --endpoint "https://127.0.0.1:2505$i" status >/dev/null 2>&1; then
+      echo "https://127.0.0.1:2505$i"
       return 0
     fi
   done
@@ -116,6 +132,7 @@ case "$cmd" in
   up)
     ensure_chargectl
     ensure_image
+    ensure_certs
     t0=$SECONDS
     compose up -d --no-build node1 node2 node3
     if ! python3 deploy/smoke.py ready --timeout "$ready_timeout"; then
@@ -145,7 +162,7 @@ case "$cmd" in
   status)
     ensure_chargectl
     for i in 1 2 3 4 5; do
-      if "$chargectl" --endpoint "http://127.0.0.1:2505$i" --deadline-ms 1000 --max-retries 0 status 2>/dev/null; then exit 0; fi
+      if "$chargectl" --endpoint "https://127.0.0.1:2505$i" --deadline-ms 1000 --max-retries 0 status 2>/dev/null; then exit 0; fi
     done
     die "no node answers on 127.0.0.1:25051-25055"
     ;;

@@ -31,10 +31,12 @@ trap 'rm -f "$events"; scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
 
 scripts/cluster.sh wipe >/dev/null
 scripts/cluster.sh start --fsync "$fsync"
+# The cluster runs TLS; chargectl and chargebench read its CA from here.
+export CHARGING_CA=.cluster/certs/ca.pem
 # Data at 1 cent per started MB (tariffs are shard state: they move too).
-"$chargectl" set-tariff --rg 32 --price bytes:1MB:1000000000 >/dev/null
+"$chargectl" --endpoint https://127.0.0.1:50051 set-tariff --rg 32 --price bytes:1MB:1000000000 >/dev/null
 t0=$(date +%s.%N)
-target/release/chargebench run --endpoint http://127.0.0.1:50051 --workload reserve-commit \
+target/release/chargebench run --endpoint https://127.0.0.1:50051 --workload reserve-commit \
   --concurrency "$concurrency" --duration "$duration" --accounts 2000 --quiet --json "$out" &
 bench=$!
 
@@ -42,8 +44,8 @@ bench=$!
 # replicas within one of the others.
 settled() {
   local leader
-  leader=$("$chargectl" --endpoint http://127.0.0.1:50051 status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["meta_leader"])')
-  "$chargectl" --endpoint "http://127.0.0.$leader:50051" status --json | python3 -c '
+  leader=$("$chargectl" --endpoint https://127.0.0.1:50051 status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["meta_leader"])')
+  "$chargectl" --endpoint "https://127.0.0.$leader:50051" status --json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 r = [n["replicas"] for n in s["nodes"]]
@@ -64,7 +66,7 @@ scripts/cluster.sh add
 scripts/cluster.sh add
 wait_settled 5
 echo "settled $(now)" >>"$events"
-"$chargectl" --endpoint http://127.0.0.1:50051 node list
+"$chargectl" --endpoint https://127.0.0.1:50051 node list
 wait "$bench"
 
 python3 - "$out" "$events" <<'EOF'

@@ -31,7 +31,12 @@ pub enum Target {
 pub async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n.max(1) {
-        let ch = Endpoint::from_shared(addr.to_string())?
+        // TLS from the environment (CHARGING_CA, as chargectl reads it).
+        let ep = match charging_client::ClientTls::from_env()? {
+            Some(tls) => tls.endpoint(addr)?,
+            None => Endpoint::from_shared(addr.to_string())?,
+        };
+        let ch = ep
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .initial_connection_window_size(Some(8 << 20))

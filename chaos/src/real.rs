@@ -115,10 +115,18 @@ fn public_addr(target: &Target, node: u64) -> String {
     }
 }
 
+/// A channel to a node's public `host:port`; over TLS when the environment
+/// says so (`CHARGING_CA`, as chargectl reads it: `scripts/cluster.sh`
+/// clusters run TLS).
 fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid address")
-        .connect_timeout(Duration::from_millis(500))
+    let tls = charging_client::ClientTls::from_env().expect("CHARGING_CA readable");
+    let ep = match tls {
+        Some(t) => t
+            .endpoint(&format!("http://{addr}"))
+            .expect("valid address"),
+        None => Endpoint::from_shared(format!("http://{addr}")).expect("valid address"),
+    };
+    ep.connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .connect_lazy()
 }
@@ -156,8 +164,11 @@ impl Caller {
             match crate::wire::send(ch.clone(), req, Duration::from_millis(2000), true).await {
                 Ok(o) => return o,
                 Err(status) => {
-                    let hint = charging_client::leader_hint(&status)
-                        .map(|h| h.trim_start_matches("http://").to_string());
+                    let hint = charging_client::leader_hint(&status).map(|h| {
+                        h.trim_start_matches("http://")
+                            .trim_start_matches("https://")
+                            .to_string()
+                    });
                     match hint.filter(|h| *h != addr).and_then(|h| self.by_addr(&h)) {
                         Some((a, c)) => (addr, ch) = (a, c),
                         None => {

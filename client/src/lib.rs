@@ -140,6 +140,35 @@ impl ClientTls {
         })
     }
 
+    /// From the environment, as `chargectl` reads it: `CHARGING_CA`, and
+    /// `CHARGING_CERT` with `CHARGING_KEY` for mutual TLS. `None` when
+    /// `CHARGING_CA` is unset (plaintext).
+    pub fn from_env() -> Result<Option<ClientTls>, Error> {
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from)
+        };
+        let Some(ca) = var("CHARGING_CA") else {
+            return Ok(None);
+        };
+        let (cert, key) = (var("CHARGING_CERT"), var("CHARGING_KEY"));
+        ClientTls::from_files(&ca, cert.as_deref(), key.as_deref()).map(Some)
+    }
+
+    /// `url` as this dials it: `http://` becomes `https://`.
+    pub fn url(&self, url: &str) -> String {
+        match url.strip_prefix("http://") {
+            Some(rest) => format!("https://{rest}"),
+            None => url.to_string(),
+        }
+    }
+
+    /// An endpoint for `url` over TLS with these settings.
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint, tonic::transport::Error> {
+        Endpoint::from_shared(self.url(url))?.tls_config(self.config())
+    }
+
     fn config(&self) -> tonic::transport::ClientTlsConfig {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
@@ -335,19 +364,12 @@ fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, Error> {
     let ep = match &config.tls {
         // Leader hints and the shard map give `host:port`, made `http://`
         // above: over TLS every address is dialled as `https://`.
-        Some(tls) => {
-            let url = match addr.strip_prefix("http://") {
-                Some(rest) => format!("https://{rest}"),
-                None => addr.to_string(),
-            };
-            Endpoint::from_shared(url)
-                .map_err(invalid)?
-                .tls_config(tls.config())
-                .map_err(invalid)?
-        }
-        None if addr.starts_with("https://") => return Err(Error::InvalidArgument(format!(
+        Some(tls) => tls.endpoint(addr).map_err(invalid)?,
+        None if addr.starts_with("https://") => {
+            return Err(Error::InvalidArgument(format!(
             "{addr}: an https endpoint needs the cluster's CA (ClientConfig::tls, chargectl --ca)"
-        ))),
+        )))
+        }
         None => Endpoint::from_shared(addr.to_string()).map_err(invalid)?,
     };
     Ok(ep
