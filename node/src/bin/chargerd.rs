@@ -134,7 +134,7 @@ async fn demo(c: &LocalCluster) -> anyhow::Result<()> {
     println!("demo accounts:");
     for (id, balance, credit, buckets, what) in accounts {
         let r = fd
-            .create_account(
+            .mutate(
                 pb::CreateAccountRequest {
                     account_id: id.into(),
                     request_id: rid(),
