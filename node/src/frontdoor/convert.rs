@@ -30,7 +30,8 @@ pub fn rejection_label(r: Option<&Rejection>) -> &'static str {
     }
 }
 
-fn code(r: &Result<Reply, Rejection>) -> i32 {
+/// The result code of a decision, as a response carries it.
+pub fn code(r: &Result<Reply, Rejection>) -> i32 {
     match r {
         Ok(_) => RC::Ok as i32,
         Err(rej) => result_code(*rej) as i32,

@@ -623,11 +623,14 @@ macro_rules! mutations {
                 type Response = pb::$Resp;
                 const NAME: &'static str = stringify!($op);
                 fn request(&self) -> Result<Request, Status> {
-                    let (account, request_id, cmd) = ($validate)(self)?;
+                    // A closure in the row takes its types from these.
+                    let validate: fn(&Self) -> Result<validate::Validated, Status> = $validate;
+                    let (account, request_id, cmd) = validate(self)?;
                     Ok(Request { account, request_id, cmd })
                 }
                 fn response(r: Result<Reply, Rejection>) -> pb::$Resp {
-                    ($convert)(r)
+                    let convert: fn(Result<Reply, Rejection>) -> pb::$Resp = $convert;
+                    convert(r)
                 }
                 fn call(
                     mut c: ChargingClient<Channel>,
