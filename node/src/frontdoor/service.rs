@@ -94,6 +94,10 @@ macro_rules! charging_service {
             }
         }
 
+        /// The `Charging` methods made from the table.
+        #[cfg(test)]
+        const SERVED: &[(&str, &str)] = &[$($((stringify!($op), stringify!($serve)),)?)*];
+
         #[tonic::async_trait]
         impl Charging for ChargingService {
             $($(
@@ -286,4 +290,49 @@ fn stream(fd: Arc<FrontDoor>, mut input: Streaming<pb::OpBatch>) -> ResultStream
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SERVED;
+
+    /// The public services are built with default stubs (a method not
+    /// written answers UNIMPLEMENTED), so this is what catches an rpc added
+    /// to `charging.proto` without a row that serves it.
+    #[test]
+    fn every_rpc_of_the_proto_is_served() {
+        let proto = include_str!("../../../proto/proto/charging.proto");
+        let service = proto
+            .split("service Charging {")
+            .nth(1)
+            .and_then(|s| s.split('}').next())
+            .expect("service Charging in charging.proto");
+        let mut rpcs: Vec<String> = service
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .map(|l| snake_case(l.split('(').next().unwrap_or_default()))
+            .collect();
+        // Written by hand in the `Charging` impl.
+        let by_hand = ["set_tariff", "get_tariffs", "stream"];
+        let mut served: Vec<String> = SERVED
+            .iter()
+            .map(|(op, _)| op.to_string())
+            .chain(by_hand.map(String::from))
+            .collect();
+        rpcs.sort();
+        served.sort();
+        assert!(rpcs.len() >= 16, "parsed {rpcs:?}");
+        assert_eq!(rpcs, served);
+    }
+
+    fn snake_case(camel: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in camel.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
 }
