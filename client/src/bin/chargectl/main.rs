@@ -403,6 +403,51 @@ mod tests {
         );
     }
 
+    /// Each response's lines are its row's `shows` column: the same keys
+    /// and forms the hand-written printing had.
+    #[test]
+    fn lines_come_from_the_operation_table() {
+        use charging_client::proto::{ReleaseResponse, ReserveResponse, ResultCode, TopUpResponse};
+        let r = ReserveResponse {
+            result: ResultCode::Ok as i32,
+            reservation_id: 7,
+            granted: Some(Units {
+                volume_bytes: 10_000_000,
+                time_s: 60,
+                service_units: 0,
+            }),
+            final_units: true,
+            expires_at_ms: 0,
+        };
+        let lines: Vec<(&str, String)> = vec![
+            ("result", "OK".into()),
+            ("reservation-id", "7".into()),
+            ("granted", "10000000 bytes (10.0 MB), 60 s".into()),
+            ("final-units", "yes".into()),
+            ("expires-at", "-".into()),
+        ];
+        assert_eq!(r.lines(), lines);
+        assert_eq!(r.code(), ResultCode::Ok as i32);
+        let t = TopUpResponse {
+            result: ResultCode::BucketNotFound as i32,
+            balance: 0,
+        };
+        assert_eq!(
+            t.lines(),
+            vec![
+                ("result", "BUCKET_NOT_FOUND".into()),
+                ("balance", "0".into())
+            ]
+        );
+        let r = ReleaseResponse {
+            result: ResultCode::ReservationNotFound as i32,
+        };
+        assert_eq!(r.lines(), vec![("result", "RESERVATION_NOT_FOUND".into())]);
+        let out = shown(&r);
+        assert_eq!(out.code, Some(ResultCode::ReservationNotFound as i32));
+        assert_eq!(out.render(None), "result: RESERVATION_NOT_FOUND");
+    }
+
     #[test]
     fn code_names() {
         assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
