@@ -36,7 +36,7 @@ mod convert;
 mod service;
 pub mod validate;
 
-pub use convert::result_code;
+pub use convert::{rejection_of, result_code};
 pub use service::ChargingService as ChargingServiceHandle;
 
 /// Metadata keys, defined once with the API (see [`charging_proto::headers`]).
