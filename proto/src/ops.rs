@@ -8,17 +8,19 @@
 //! |----------|-------------------------|-------------------------------------------------|
 //! | doc      | client                  | the doc of the client's call                    |
 //! | `on`     | client                  | `account`: routed to the account's shard leader |
-//! | `client` | client                  | `pair`: `op` and `op_with_id`; `read`: `op`     |
-//! | `decide` | node front door         | validation → ledger request, reply → response   |
 //! | `serve`  | node tonic service      | the `Charging` method: forwards to this         |
 //! | `stream` | node tonic service      | the stream arm: `batched` (one message per      |
 //! |          |                         | shard actor) or `unary` (the unary path)        |
+//! | `client` | client                  | `pair`: `op` and `op_with_id`; `read`: `op`     |
+//! | `decide` | node front door         | its `Mutation`: message → ledger request        |
+//! |          |                         | (validation), reply → response                  |
 //! | `shows`  | `chargectl`             | its `key: value` lines, in words                |
 //!
-//! The `decide` and `serve` columns are paths in the node's front door
-//! (`node/src/frontdoor`), the `client` column Rust in the client library:
-//! a macro's tokens mean nothing until a crate expands them, and each crate
-//! reads only its own columns. Rows without `serve` are written by hand in
+//! The `decide` and `serve` columns are Rust in the node's front door
+//! (`node/src/frontdoor`: paths, or closures for a simple operation), the
+//! `client` column Rust in the client library: a macro's tokens mean
+//! nothing until a crate expands them, and each crate reads only its own
+//! columns. Rows without `serve` are written by hand in
 //! the node's service (`set_tariff`, `get_tariffs`).
 //!
 //! `shows` words: `number`, `units` (e.g. "10000000 bytes (10.0 MB), 60 s"),
