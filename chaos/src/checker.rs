@@ -25,11 +25,12 @@
 //!   account whose search runs out of budget is counted `inconclusive`, not a
 //!   violation.
 use crate::history::{
-    is_session_op, AccountSummary, FinalAccount, FinalState, History, Op, Outcome, Res,
+    is_session_op, AccountSummary, FinalAccount, FinalState, History, Op, Outcome,
 };
 use charging_node::ledger::hash::stable_hash;
 use charging_node::ledger::{
-    decide, params_hash, rating, Account, AccountId, Command, Decision, Limits, RequestId, Tariffs,
+    decide, params_hash, rating, Account, AccountId, Command, Decision, Limits, Reply, RequestId,
+    Tariffs,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -219,7 +220,7 @@ fn check_account_state(id: &AccountId, fa: &FinalAccount, r: &mut Report) {
 
 /// Money a command may move on `balance - debt`: `(low, high)` if applied.
 /// `None` for commands that move no money.
-fn money_range(op: &Op, res: Option<&Res>, tariffs: &Tariffs) -> Option<(i128, i128)> {
+fn money_range(op: &Op, res: Option<&Reply>, tariffs: &Tariffs) -> Option<(i128, i128)> {
     let price = |rg: u32, used: &charging_node::ledger::Units| -> i128 {
         let p = rating::price_money(tariffs.get(&rg), rating::wide(used));
         i128::try_from(p).unwrap_or(i128::MAX / 4)
@@ -234,8 +235,8 @@ fn money_range(op: &Op, res: Option<&Res>, tariffs: &Tariffs) -> Option<(i128, i
         (Command::TopUp { amount, .. }, _) | (Command::Refund { amount, .. }, _) => {
             Some((i128::from(*amount), i128::from(*amount)))
         }
-        (Command::Debit { .. }, Some(Res::Debited { charged }))
-        | (Command::Commit { .. }, Some(Res::Committed { charged, .. })) => {
+        (Command::Debit { .. }, Some(Reply::Debited { charged }))
+        | (Command::Commit { .. }, Some(Reply::Committed { charged, .. })) => {
             Some((-i128::from(*charged), -i128::from(*charged)))
         }
         (
@@ -430,7 +431,7 @@ fn check_durable(id: &AccountId, ops: &[&Op], fin: Option<&FinalAccount>, r: &mu
                     op.id, op.request.request_id.0, op.request.cmd
                 ),
             ),
-            Some(e) if Res::from_reply(&e.reply) != *res => violation(
+            Some(e) if crate::history::seen(&e.reply) != *res => violation(
                 r,
                 Kind::AckLost,
                 id,
@@ -465,7 +466,9 @@ struct Search<'a> {
 
 fn outcome_of(d: &Decision) -> Outcome {
     match d {
-        Decision::Accept(reply) | Decision::Duplicate(reply) => Outcome::Ok(Res::from_reply(reply)),
+        Decision::Accept(reply) | Decision::Duplicate(reply) => {
+            Outcome::Ok(crate::history::seen(reply))
+        }
         Decision::Reject(r) => Outcome::Rejected(*r),
     }
 }

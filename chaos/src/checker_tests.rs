@@ -54,7 +54,7 @@ impl Ideal {
             req,
             T0 + self.clock,
         ) {
-            Decision::Accept(r) | Decision::Duplicate(r) => Outcome::Ok(Res::from_reply(&r)),
+            Decision::Accept(r) | Decision::Duplicate(r) => Outcome::Ok(crate::history::seen(&r)),
             Decision::Reject(r) => Outcome::Rejected(r),
         }
     }
@@ -226,7 +226,7 @@ fn a_reservation_resolved_twice_is_caught() {
     let id = s.h.invoke(0, c, T0 + 60, 60);
     s.h.complete(
         id,
-        Outcome::Ok(Res::Committed {
+        Outcome::Ok(Reply::Committed {
             charged: 2,
             debt: 0,
         }),

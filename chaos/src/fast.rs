@@ -24,7 +24,7 @@
 //!
 //! Then it heals, every replica catches up, and the [`checker`] runs.
 use crate::checker::{self, Report};
-use crate::history::{FinalAccount, FinalState, History, Outcome, ReplicaDigest, Res};
+use crate::history::{FinalAccount, FinalState, History, Outcome, ReplicaDigest};
 use crate::rng::Rng;
 use crate::workload::{self, Workload};
 use charging_node::ledger::{
@@ -314,7 +314,7 @@ impl Sim {
             Decision::Duplicate(r) => self.inflight.push_back(Inflight::Read {
                 client,
                 op,
-                outcome: Outcome::Ok(Res::from_reply(&r)),
+                outcome: Outcome::Ok(crate::history::seen(&r)),
             }),
             Decision::Reject(r) => self.inflight.push_back(Inflight::Read {
                 client,
@@ -347,7 +347,7 @@ impl Sim {
                     }
                     match applied {
                         Applied::Ok(r) => {
-                            self.complete(client, op, Outcome::Ok(Res::from_reply(&r)))
+                            self.complete(client, op, Outcome::Ok(crate::history::seen(&r)))
                         }
                         // A conflict changed nothing: the node answers
                         // UNAVAILABLE and the client does not know.

@@ -9,72 +9,36 @@
 //! same request id is a separate operation with the same [`Request`].
 //!
 //! Requests and results are the ledger's own types (`charging_node::ledger`),
-//! with replies normalized to [`Res`]: the fields a client can see and
-//! compare, without times that depend on the decision clock.
+//! with replies normalized by [`seen`]: without times that depend on
+//! the decision clock.
 use charging_node::ledger::{
-    Account, AccountId, Command, Limits, Rejection, Reply, Request, RequestId, Tariffs, Units,
+    Account, AccountId, Command, Limits, Rejection, Reply, Request, RequestId, Tariffs,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A successful result as a client sees it, without clock-dependent fields.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Res {
-    Created {
-        version: u64,
-    },
-    ToppedUp {
-        balance: i64,
-    },
-    Reserved {
-        reservation: u64,
-        granted: Units,
-        final_units: bool,
-    },
-    Committed {
-        charged: i64,
-        debt: i64,
-    },
-    Released,
-    Refunded {
-        refunded_total: i64,
-    },
-    Debited {
-        charged: i64,
-    },
-    /// Any other reply (not produced by the chaos workloads).
-    Other(String),
-}
-
-impl Res {
-    pub fn from_reply(r: &Reply) -> Res {
-        match r {
-            Reply::Created { version } => Res::Created { version: *version },
-            Reply::ToppedUp { balance } => Res::ToppedUp { balance: *balance },
-            Reply::Reserved(g) => Res::Reserved {
-                reservation: g.reservation.0,
-                granted: g.granted,
-                final_units: g.final_units,
-            },
-            Reply::Committed { charged, debt } => Res::Committed {
-                charged: *charged,
-                debt: *debt,
-            },
-            Reply::Released => Res::Released,
-            Reply::Refunded { refunded_total } => Res::Refunded {
-                refunded_total: *refunded_total,
-            },
-            Reply::Debited { charged } => Res::Debited { charged: *charged },
-            other => Res::Other(format!("{other:?}")),
+/// A reply as a client sees it and the checker compares it: without the
+/// fields that depend on the decision clock (a grant's expiry is zeroed),
+/// which the model, deciding at the client's time, cannot know.
+pub fn seen(r: &Reply) -> Reply {
+    let mut r = r.clone();
+    match &mut r {
+        Reply::Reserved(g) => g.expires_at_ms = 0,
+        Reply::Updated { grants, .. } => {
+            for g in grants.iter_mut().filter_map(|g| g.result.as_mut().ok()) {
+                g.expires_at_ms = 0;
+            }
         }
+        _ => {}
     }
+    r
 }
 
 /// What the client learnt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Acknowledged success.
-    Ok(Res),
+    /// Acknowledged success, as [`seen`] by the client.
+    Ok(Reply),
     /// A definite business rejection (nothing changed).
     Rejected(Rejection),
     /// Timeout, lost leader, crash: applied fully or not at all.

@@ -1,9 +1,9 @@
 //! Ledger requests over the real gRPC API, and responses back to
 //! [`Outcome`]s: shared by the turmoil simulator and the real-process runner.
-use crate::history::{Outcome, Res};
+use crate::history::Outcome;
 use charging_client::proto::charging_client::ChargingClient;
 use charging_client::proto::{self as pb};
-use charging_node::ledger::{Command, Rejection, Request, Units};
+use charging_node::ledger::{Command, Grant, Reply, Request, ReservationId, Units};
 use tonic::transport::Channel;
 
 fn units(u: &Units) -> Option<pb::Units> {
@@ -23,30 +23,11 @@ fn ledger_units(u: Option<pb::Units>) -> Units {
     }
 }
 
-/// The ledger rejection of a result code (`None` = OK or unknown code).
-pub fn rejection(code: i32) -> Option<Rejection> {
-    use Rejection::*;
-    const ALL: [Rejection; 13] = [
-        AccountNotFound,
-        AccountNotActive,
-        SessionNotFound,
-        ReservationNotFound,
-        ReservationResolved,
-        RatingFailed,
-        InsufficientBalance,
-        RefundExceedsCharge,
-        RequestIdReused,
-        RequestTooOld,
-        AccountExists,
-        BucketNotFound,
-        LimitExceeded,
-    ];
-    usize::try_from(code - 2)
-        .ok()
-        .and_then(|i| ALL.get(i).copied())
-}
+/// The ledger rejection of a result code (`None` = OK or unknown code):
+/// the node's own mapping.
+pub use charging_node::frontdoor::rejection_of as rejection;
 
-fn outcome(code: i32, ok: impl FnOnce() -> Res) -> Result<Outcome, tonic::Status> {
+fn outcome(code: i32, ok: impl FnOnce() -> Reply) -> Result<Outcome, tonic::Status> {
     if code == pb::ResultCode::Ok as i32 {
         return Ok(Outcome::Ok(ok()));
     }
@@ -109,7 +90,7 @@ pub async fn send(
                 ))
                 .await?
                 .into_inner();
-            outcome(r.result, || Res::Created { version: r.version })
+            outcome(r.result, || Reply::Created { version: r.version })
         }
         Command::TopUp { bucket, amount } => {
             let r = c
@@ -125,7 +106,7 @@ pub async fn send(
                 ))
                 .await?
                 .into_inner();
-            outcome(r.result, || Res::ToppedUp { balance: r.balance })
+            outcome(r.result, || Reply::ToppedUp { balance: r.balance })
         }
         Command::Debit {
             rating_group,
@@ -144,7 +125,7 @@ pub async fn send(
                 ))
                 .await?
                 .into_inner();
-            outcome(r.result, || Res::Debited { charged: r.charged })
+            outcome(r.result, || Reply::Debited { charged: r.charged })
         }
         Command::Reserve {
             session,
@@ -167,10 +148,13 @@ pub async fn send(
                 ))
                 .await?
                 .into_inner();
-            outcome(r.result, || Res::Reserved {
-                reservation: r.reservation_id,
-                granted: ledger_units(r.granted),
-                final_units: r.final_units,
+            outcome(r.result, || {
+                crate::history::seen(&Reply::Reserved(Grant {
+                    reservation: ReservationId(r.reservation_id),
+                    granted: ledger_units(r.granted),
+                    final_units: r.final_units,
+                    expires_at_ms: r.expires_at_ms,
+                }))
             })
         }
         Command::Commit {
@@ -192,7 +176,7 @@ pub async fn send(
                 ))
                 .await?
                 .into_inner();
-            outcome(r.result, || Res::Committed {
+            outcome(r.result, || Reply::Committed {
                 charged: r.charged,
                 debt: r.debt,
             })
@@ -210,7 +194,7 @@ pub async fn send(
                 ))
                 .await?
                 .into_inner();
-            outcome(r.result, || Res::Released)
+            outcome(r.result, || Reply::Released)
         }
         Command::Refund { original, amount } => {
             let r = c
@@ -226,7 +210,7 @@ pub async fn send(
                 ))
                 .await?
                 .into_inner();
-            outcome(r.result, || Res::Refunded {
+            outcome(r.result, || Reply::Refunded {
                 refunded_total: r.refunded_total,
             })
         }

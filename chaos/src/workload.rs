@@ -5,11 +5,11 @@
 //! reservation), final commit or release of a reservation the client saw
 //! granted, refund of a debit it saw charged, and exact re-sends of an earlier
 //! request (a duplicate must change nothing and answer the same).
-use crate::history::{request_id_at, Outcome, Res};
+use crate::history::{request_id_at, Outcome};
 use crate::rng::Rng;
 use charging_node::ledger::{
-    AccountId, BucketId, Command, Price, RatingGroup, Request, RequestId, ReservationId, SessionId,
-    Tariff, Tariffs, Units,
+    AccountId, BucketId, Command, Price, RatingGroup, Reply, Request, RequestId, ReservationId,
+    SessionId, Tariff, Tariffs, Units,
 };
 use std::collections::BTreeMap;
 
@@ -165,21 +165,16 @@ impl Workload {
         }
         let k = self.known.entry(req.account.clone()).or_default();
         match (&req.cmd, outcome) {
-            (
-                Command::Reserve { .. },
-                Outcome::Ok(Res::Reserved {
-                    reservation,
-                    granted,
-                    ..
-                }),
-            ) if !k.open.iter().any(|(r, _)| r == reservation) => {
-                k.open.push((*reservation, granted.volume_bytes / MB));
+            (Command::Reserve { .. }, Outcome::Ok(Reply::Reserved(g)))
+                if !k.open.iter().any(|(r, _)| *r == g.reservation.0) =>
+            {
+                k.open.push((g.reservation.0, g.granted.volume_bytes / MB));
             }
             (Command::Commit { reservation, .. }, Outcome::Ok(_))
             | (Command::Release { reservation }, Outcome::Ok(_)) => {
                 k.open.retain(|(r, _)| *r != reservation.0);
             }
-            (Command::Debit { .. }, Outcome::Ok(Res::Debited { charged }))
+            (Command::Debit { .. }, Outcome::Ok(Reply::Debited { charged }))
                 if *charged > 0 && !k.debits.iter().any(|(r, _)| *r == req.request_id) =>
             {
                 k.debits.push((req.request_id, *charged));

@@ -37,13 +37,8 @@ pub use charging_proto::v1 as proto;
 use proto::admin_client::AdminClient;
 use proto::charging_client::ChargingClient;
 use proto::{
-    AccountState, AddBucketRequest, AddBucketResponse, BalanceRequest, BalanceResponse, BucketKind,
-    BucketSpec, CommitRequest, CommitResponse, CreateAccountRequest, CreateAccountResponse,
-    DebitRequest, DebitResponse, GetTariffsRequest, GetTariffsResponse, RefundRequest,
-    RefundResponse, ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse, ResultCode,
-    SetAccountStateRequest, SetAccountStateResponse, SetTariffRequest, SetTariffResponse,
-    StatusRequest, StatusResponse, Tariff, TerminateRequest, TerminateResponse, TopUpRequest,
-    TopUpResponse, Units, UpdateRequest, UpdateResponse, UsageReport,
+    AccountState, BucketKind, BucketSpec, ResultCode, StatusRequest, StatusResponse, Tariff, Units,
+    UsageReport,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -326,18 +321,17 @@ macro_rules! on_account {
 }
 
 on_account!(
-    CreateAccountRequest, AddBucketRequest, TopUpRequest, ReserveRequest, UpdateRequest,
-    TerminateRequest, CommitRequest, ReleaseRequest, RefundRequest, DebitRequest,
-    BalanceRequest, SetAccountStateRequest;
-    SetTariffRequest, GetTariffsRequest, StatusRequest, proto::ShardMapRequest,
-    proto::AddNodeRequest, proto::NodeRequest, proto::RemoveNodeRequest
+    ;
+    StatusRequest, proto::ShardMapRequest, proto::AddNodeRequest, proto::NodeRequest,
+    proto::RemoveNodeRequest
 );
 
 /// How long after a shard-map fetch the client asks again, if the map is
 /// missing or some shard's leader is unknown.
 const SHARD_MAP_RETRY: Duration = Duration::from_secs(5);
 
-// The calls, one per operation (after `on_account!`, which they use).
+// The calls, one per operation (they implement `OnAccount` for the
+// `Charging` requests, from the operation table).
 mod ops;
 
 /// A client of the charging cluster. Cheap to clone; clones share channels.

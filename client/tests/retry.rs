@@ -1,6 +1,5 @@
 //! Retry, request-id and leader-hint behaviour against tiny in-process servers.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,9 +80,6 @@ impl Fake {
         }
     }
 }
-
-type BoxStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<OpResultBatch, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Charging for Fake {
@@ -185,13 +181,6 @@ impl Charging for Fake {
         &self,
         _: Request<charging_proto::v1::BulkCreateAccountsRequest>,
     ) -> Result<Response<charging_proto::v1::BulkCreateAccountsResponse>, Status> {
-        Err(Status::unimplemented("test"))
-    }
-    type StreamStream = BoxStream;
-    async fn stream(
-        &self,
-        _: Request<tonic::Streaming<OpBatch>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
         Err(Status::unimplemented("test"))
     }
 }

@@ -25,8 +25,10 @@
 //!    runs several in one process (`chargerd dev`, tests), [`process`] and
 //!    [`config_file`] make one from a config file.
 //!
-//! Where new code goes: a new charging operation is ledger (its decision),
-//! proto (its message) and front door (its validation and conversion); a
+//! Where new code goes: a new charging operation is ledger (its command
+//! and decision), proto (its message and its row in the operation table,
+//! `charging_proto::charging_ops!`, which makes its front door
+//! [`frontdoor::Mutation`], tonic method, stream arm and client calls); a
 //! new limit is a field in [`config`]; a new cluster operation is control
 //! plane; anything that starts or wires tasks is assembly. A lower floor
 //! that needs something from a higher one takes it as an argument or a

@@ -2,6 +2,8 @@
 //!
 //! - [`v1`]: the public `charging.v1` API (Charging service, Admin service).
 //! - [`internal`]: node-to-node Raft transport (`charging.internal.v1`).
+//! - [`charging_ops!`]: the operation table, one row per `charging.v1`
+//!   call, from which the node and the client make what each call needs.
 #![allow(clippy::all, missing_docs)]
 
 pub mod v1 {
@@ -11,6 +13,8 @@ pub mod v1 {
 pub mod internal {
     tonic::include_proto!("charging.internal.v1");
 }
+
+mod ops;
 
 /// gRPC metadata keys the API uses, defined once for nodes and clients.
 pub mod headers {

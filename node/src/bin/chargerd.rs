@@ -152,7 +152,7 @@ async fn demo(c: &LocalCluster) -> anyhow::Result<()> {
     println!("demo accounts:");
     for (id, balance, credit, buckets, what) in accounts {
         let r = fd
-            .create_account(
+            .mutate(
                 pb::CreateAccountRequest {
                     account_id: id.into(),
                     request_id: rid(),
@@ -205,7 +205,8 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
         demo(&cluster).await?;
     }
     println!(
-        "ready. try: cargo run --release --bin chargectl -- balance imsi-001010000000001   (Ctrl-C to stop)"
+        "ready. try (as in the README's tour): cargo build --release --bin chargectl && \
+         ./target/release/chargectl balance imsi-001010000000001   (Ctrl-C to stop)"
     );
     // A node that stops itself (an unrecoverable failure) ends the dev
     // cluster with its error, rather than leave two nodes running quietly.

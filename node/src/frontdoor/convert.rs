@@ -5,22 +5,39 @@ use crate::ledger::{
 use charging_proto::v1 as pb;
 use pb::ResultCode as RC;
 
-pub fn result_code(r: Rejection) -> RC {
-    match r {
-        Rejection::AccountNotFound => RC::AccountNotFound,
-        Rejection::AccountNotActive => RC::AccountNotActive,
-        Rejection::SessionNotFound => RC::SessionNotFound,
-        Rejection::ReservationNotFound => RC::ReservationNotFound,
-        Rejection::ReservationResolved => RC::ReservationAlreadyResolved,
-        Rejection::RatingFailed => RC::RatingFailed,
-        Rejection::InsufficientBalance => RC::InsufficientBalance,
-        Rejection::RefundExceedsCharge => RC::RefundExceedsCharge,
-        Rejection::RequestIdReused => RC::RequestIdReused,
-        Rejection::RequestTooOld => RC::RequestTooOld,
-        Rejection::AccountExists => RC::AccountExists,
-        Rejection::BucketNotFound => RC::BucketNotFound,
-        Rejection::LimitExceeded => RC::LimitExceeded,
-    }
+/// Each rejection's result code, both ways, from one list.
+macro_rules! rejection_codes {
+    ($($rejection:ident => $code:ident,)*) => {
+        pub fn result_code(r: Rejection) -> RC {
+            match r {
+                $(Rejection::$rejection => RC::$code,)*
+            }
+        }
+
+        /// The rejection a result code stands for (`None`: OK, or a code
+        /// that is no rejection): what a client of the API reads back.
+        pub fn rejection_of(code: i32) -> Option<Rejection> {
+            match RC::try_from(code).ok()? {
+                $(RC::$code => Some(Rejection::$rejection),)*
+                _ => None,
+            }
+        }
+    };
+}
+rejection_codes! {
+    AccountNotFound => AccountNotFound,
+    AccountNotActive => AccountNotActive,
+    SessionNotFound => SessionNotFound,
+    ReservationNotFound => ReservationNotFound,
+    ReservationResolved => ReservationAlreadyResolved,
+    RatingFailed => RatingFailed,
+    InsufficientBalance => InsufficientBalance,
+    RefundExceedsCharge => RefundExceedsCharge,
+    RequestIdReused => RequestIdReused,
+    RequestTooOld => RequestTooOld,
+    AccountExists => AccountExists,
+    BucketNotFound => BucketNotFound,
+    LimitExceeded => LimitExceeded,
 }
 
 pub fn rejection_label(r: Option<&Rejection>) -> &'static str {
@@ -30,7 +47,8 @@ pub fn rejection_label(r: Option<&Rejection>) -> &'static str {
     }
 }
 
-fn code(r: &Result<Reply, Rejection>) -> i32 {
+/// The result code of a decision, as a response carries it.
+pub fn code(r: &Result<Reply, Rejection>) -> i32 {
     match r {
         Ok(_) => RC::Ok as i32,
         Err(rej) => result_code(*rej) as i32,

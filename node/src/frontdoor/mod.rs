@@ -36,7 +36,7 @@ mod convert;
 mod service;
 pub mod validate;
 
-pub use convert::result_code;
+pub use convert::{rejection_of, result_code};
 pub use service::ChargingService as ChargingServiceHandle;
 
 /// Metadata keys, defined once with the API (see [`charging_proto::headers`]).
@@ -558,46 +558,88 @@ impl FrontDoor {
     }
 }
 
-/// Generates, per mutating operation, `FrontDoor::<op>(msg, forwarded)`:
-/// validate → submit to the shard → map the outcome, or forward one hop.
-macro_rules! mutating_ops {
-    ($( $op:ident : $req:ty => $resp:ty, $validate:path, $to_resp:path; )*) => {
-        impl FrontDoor {
-            $(
-            pub async fn $op(&self, msg: $req, forwarded: bool) -> Result<$resp, Status> {
-                let started = Instant::now();
-                let (account, request_id, cmd) = $validate(&msg)?;
-                let shard = self.shard_id(&account);
-                match self.submit(shard, Request { account, request_id, cmd }).await? {
-                    Routed::Local(outcome) => self.finish(stringify!($op), started, outcome, $to_resp),
-                    Routed::Remote(leader) => {
-                        let candidates = self.candidates(shard, leader);
-                        if forwarded || candidates.is_empty() {
-                            self.record(stringify!($op), "not_leader", started);
-                            return Err(self.unavailable(candidates.first().copied(), "not the shard leader"));
-                        }
-                        let r = self
-                            .forward_to(shard, candidates, msg, false, self.limits.request_deadline, |mut c, req| async move { c.$op(req).await })
-                            .await;
-                        self.record(stringify!($op), if r.is_ok() { "forwarded" } else { "forward_failed" }, started);
-                        r
-                    }
+/// A mutating account operation as the front door sees it: how its
+/// message becomes a ledger request, how the ledger's answer becomes its
+/// response, and how it is forwarded. One impl per `decide` row of the
+/// operation table ([`charging_proto::charging_ops!`]).
+pub trait Mutation: Clone + Send + Sync + 'static {
+    type Response;
+    /// The operation's name, as metrics label it.
+    const NAME: &'static str;
+    /// Validates the message (`INVALID_ARGUMENT` naming the field).
+    fn request(&self) -> Result<Request, Status>;
+    /// The response to a decision: its result code and payload.
+    fn response(r: Result<Reply, Rejection>) -> Self::Response;
+    /// The same call on another node's front door (forwarding).
+    fn call(
+        c: ChargingClient<Channel>,
+        req: TReq<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<tonic::Response<Self::Response>, Status>>;
+}
+
+impl FrontDoor {
+    /// One mutating operation: validate → submit to the shard → map the
+    /// outcome, or forward one hop.
+    pub async fn mutate<M: Mutation>(
+        &self,
+        msg: M,
+        forwarded: bool,
+    ) -> Result<M::Response, Status> {
+        let started = Instant::now();
+        let req = msg.request()?;
+        let shard = self.shard_id(&req.account);
+        match self.submit(shard, req).await? {
+            Routed::Local(outcome) => self.finish(M::NAME, started, outcome, M::response),
+            Routed::Remote(leader) => {
+                let candidates = self.candidates(shard, leader);
+                if forwarded || candidates.is_empty() {
+                    self.record(M::NAME, "not_leader", started);
+                    return Err(
+                        self.unavailable(candidates.first().copied(), "not the shard leader")
+                    );
+                }
+                let deadline = self.limits.request_deadline;
+                let r = self
+                    .forward_to(shard, candidates, msg, false, deadline, M::call)
+                    .await;
+                let result = if r.is_ok() {
+                    "forwarded"
+                } else {
+                    "forward_failed"
+                };
+                self.record(M::NAME, result, started);
+                r
+            }
+        }
+    }
+}
+
+/// `impl Mutation` for each row of the operation table with a `decide` column.
+macro_rules! mutations {
+    ($( $(#[doc = $doc:literal])* $op:ident($Req:ident -> $Resp:ident) on $on:tt serve $serve:tt
+        stream $stream:tt client $client:tt decide [$($validate:expr => $convert:expr)?] shows $shows:tt; )*) => {
+        $($(
+            impl Mutation for pb::$Req {
+                type Response = pb::$Resp;
+                const NAME: &'static str = stringify!($op);
+                fn request(&self) -> Result<Request, Status> {
+                    // A closure in the row takes its types from these.
+                    let validate: fn(&Self) -> Result<validate::Validated, Status> = $validate;
+                    let (account, request_id, cmd) = validate(self)?;
+                    Ok(Request { account, request_id, cmd })
+                }
+                fn response(r: Result<Reply, Rejection>) -> pb::$Resp {
+                    let convert: fn(Result<Reply, Rejection>) -> pb::$Resp = $convert;
+                    convert(r)
+                }
+                fn call(
+                    mut c: ChargingClient<Channel>,
+                    req: TReq<Self>,
+                ) -> futures::future::BoxFuture<'static, Result<tonic::Response<pb::$Resp>, Status>> {
+                    Box::pin(async move { c.$op(req).await })
                 }
             }
-            )*
-        }
+        )?)*
     };
 }
-mutating_ops! {
-    create_account: pb::CreateAccountRequest => pb::CreateAccountResponse, validate::create_account, convert::create_account;
-    add_bucket: pb::AddBucketRequest => pb::AddBucketResponse, validate::add_bucket, convert::add_bucket;
-    top_up: pb::TopUpRequest => pb::TopUpResponse, validate::top_up, convert::top_up;
-    reserve: pb::ReserveRequest => pb::ReserveResponse, validate::reserve, convert::reserve;
-    update: pb::UpdateRequest => pb::UpdateResponse, validate::update, convert::update;
-    terminate: pb::TerminateRequest => pb::TerminateResponse, validate::terminate, convert::terminate;
-    commit: pb::CommitRequest => pb::CommitResponse, validate::commit, convert::commit;
-    release: pb::ReleaseRequest => pb::ReleaseResponse, validate::release, convert::release;
-    refund: pb::RefundRequest => pb::RefundResponse, validate::refund, convert::refund;
-    debit: pb::DebitRequest => pb::DebitResponse, validate::debit, convert::debit;
-    set_account_state: pb::SetAccountStateRequest => pb::SetAccountStateResponse, validate::set_state, convert::set_state;
-}
+charging_proto::charging_ops!(mutations);

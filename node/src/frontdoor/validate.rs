@@ -157,6 +157,9 @@ fn reports(rs: &[pb::UsageReport], terminate: bool) -> Result<Vec<UsageReport>, 
     Ok(out)
 }
 
+/// A valid mutating request: the account, the request id, the command.
+pub type Validated = (AccountId, RequestId, Command);
+
 pub fn create_account(
     r: &pb::CreateAccountRequest,
 ) -> Result<(AccountId, RequestId, Command), Status> {

@@ -46,6 +46,12 @@ struct Outcome {
     text: String,
 }
 
+/// The outcome of a call whose response has a result code: its lines are
+/// the operation table's description of it (see [`Describe`]).
+fn shown<R: Describe + ToJson>(r: &R) -> Outcome {
+    Outcome::new(Some(r.code()), r.to_json(), r.lines())
+}
+
 impl Outcome {
     fn new(code: Option<i32>, json: Value, lines: Vec<(&'static str, String)>) -> Outcome {
         Outcome {
@@ -165,19 +171,11 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             credit_limit,
             buckets,
             ..
-        } => {
-            let r = client
+        } => shown(
+            &client
                 .create_account_with_id(id, account, currency, balance, credit_limit, buckets)
-                .await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("version", r.version.to_string()),
-                ],
-            )
-        }
+                .await?,
+        ),
         Command::AddBucket {
             account,
             kind,
@@ -197,32 +195,14 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
                 priority,
                 rating_groups,
             };
-            let r = client.add_bucket_with_id(id, account, spec).await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("bucket-id", r.bucket_id.to_string()),
-                ],
-            )
+            shown(&client.add_bucket_with_id(id, account, spec).await?)
         }
         Command::TopUp {
             account,
             amount,
             bucket,
             ..
-        } => {
-            let r = client.top_up_with_id(id, account, bucket, amount).await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("balance", r.balance.to_string()),
-                ],
-            )
-        }
+        } => shown(&client.top_up_with_id(id, account, bucket, amount).await?),
         Command::Reserve {
             account,
             session,
@@ -230,22 +210,11 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             rg,
             units,
             ..
-        } => {
-            let r = client
+        } => shown(
+            &client
                 .reserve_with_id(id, account, session, seq, rg, units.to_units())
-                .await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("reservation-id", r.reservation_id.to_string()),
-                    ("granted", fmt_units(&r.granted.unwrap_or_default())),
-                    ("final-units", yes_no(r.final_units)),
-                    ("expires-at", fmt_ts(r.expires_at_ms)),
-                ],
-            )
-        }
+                .await?,
+        ),
         Command::Update {
             account,
             session,
@@ -256,16 +225,7 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             let r = client
                 .update_with_id(id, account, session, seq, reports)
                 .await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("charged", r.charged.to_string()),
-                    ("debt", r.debt.to_string()),
-                ],
-            )
-            .with_text(grants_table(&r.grants))
+            shown(&r).with_text(grants_table(&r.grants))
         }
         Command::Terminate {
             account,
@@ -273,85 +233,44 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             seq,
             reports,
             ..
-        } => {
-            let r = client
+        } => shown(
+            &client
                 .terminate_with_id(id, account, session, seq, reports)
-                .await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("charged", r.charged.to_string()),
-                    ("debt", r.debt.to_string()),
-                ],
-            )
-        }
+                .await?,
+        ),
         Command::Commit {
             account,
             reservation_id,
             units,
             final_,
             ..
-        } => {
-            let r = client
+        } => shown(
+            &client
                 .commit_with_id(id, account, reservation_id, units.to_units(), final_)
-                .await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("charged", r.charged.to_string()),
-                    ("debt", r.debt.to_string()),
-                ],
-            )
-        }
+                .await?,
+        ),
         Command::Release {
             account,
             reservation_id,
             ..
-        } => {
-            let r = client.release_with_id(id, account, reservation_id).await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![("result", result_name(r.result).into())],
-            )
-        }
+        } => shown(&client.release_with_id(id, account, reservation_id).await?),
         Command::Refund {
             account,
             original_request_id,
             amount,
             ..
-        } => {
-            let r = client
+        } => shown(
+            &client
                 .refund_with_id(id, account, original_request_id, amount)
-                .await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("refunded-total", r.refunded_total.to_string()),
-                ],
-            )
-        }
+                .await?,
+        ),
         Command::Debit {
             account, rg, units, ..
-        } => {
-            let r = client
+        } => shown(
+            &client
                 .debit_with_id(id, account, rg, units.to_units())
-                .await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("charged", r.charged.to_string()),
-                ],
-            )
-        }
+                .await?,
+        ),
         Command::Balance { account } => {
             let r = client.balance(account.clone()).await?;
             let mut json = r.to_json();
@@ -359,12 +278,7 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             Outcome::new(Some(r.result), json, vec![]).with_text(balance_text(&account, &r))
         }
         Command::SetState { account, state, .. } => {
-            let r = client.set_account_state_with_id(id, account, state).await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![("result", result_name(r.result).into())],
-            )
+            shown(&client.set_account_state_with_id(id, account, state).await?)
         }
         Command::SetTariff { rg, prices, .. } => {
             let tariff = Tariff {
@@ -372,15 +286,7 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
                 version: 0,
                 prices,
             };
-            let r = client.set_tariff_with_id(id, tariff).await?;
-            Outcome::new(
-                Some(r.result),
-                r.to_json(),
-                vec![
-                    ("result", result_name(r.result).into()),
-                    ("version", r.version.to_string()),
-                ],
-            )
+            shown(&client.set_tariff_with_id(id, tariff).await?)
         }
         Command::Tariffs => {
             let r = client.get_tariffs().await?;
@@ -501,6 +407,51 @@ mod tests {
             Cli::try_parse_from(["chargectl", "update", "a", "--session", "s", "--seq", "1"])
                 .is_err()
         );
+    }
+
+    /// Each response's lines are its row's `shows` column: the same keys
+    /// and forms the hand-written printing had.
+    #[test]
+    fn lines_come_from_the_operation_table() {
+        use charging_client::proto::{ReleaseResponse, ReserveResponse, ResultCode, TopUpResponse};
+        let r = ReserveResponse {
+            result: ResultCode::Ok as i32,
+            reservation_id: 7,
+            granted: Some(Units {
+                volume_bytes: 10_000_000,
+                time_s: 60,
+                service_units: 0,
+            }),
+            final_units: true,
+            expires_at_ms: 0,
+        };
+        let lines: Vec<(&str, String)> = vec![
+            ("result", "OK".into()),
+            ("reservation-id", "7".into()),
+            ("granted", "10000000 bytes (10.0 MB), 60 s".into()),
+            ("final-units", "yes".into()),
+            ("expires-at", "-".into()),
+        ];
+        assert_eq!(r.lines(), lines);
+        assert_eq!(r.code(), ResultCode::Ok as i32);
+        let t = TopUpResponse {
+            result: ResultCode::BucketNotFound as i32,
+            balance: 0,
+        };
+        assert_eq!(
+            t.lines(),
+            vec![
+                ("result", "BUCKET_NOT_FOUND".into()),
+                ("balance", "0".into())
+            ]
+        );
+        let r = ReleaseResponse {
+            result: ResultCode::ReservationNotFound as i32,
+        };
+        assert_eq!(r.lines(), vec![("result", "RESERVATION_NOT_FOUND".into())]);
+        let out = shown(&r);
+        assert_eq!(out.code, Some(ResultCode::ReservationNotFound as i32));
+        assert_eq!(out.render(None), "result: RESERVATION_NOT_FOUND");
     }
 
     #[test]

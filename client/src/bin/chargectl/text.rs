@@ -2,6 +2,41 @@
 //! words a person reads.
 use super::*;
 
+/// What `chargectl` prints of a response with a result code: the result's
+/// name, then the `key: value` lines the operation table's `shows` column
+/// names, each in its word's form (see [`charging_proto::charging_ops!`]).
+pub(crate) trait Describe {
+    fn code(&self) -> i32;
+    fn lines(&self) -> Vec<(&'static str, String)>;
+}
+
+macro_rules! describe {
+    ($( $(#[doc = $doc:literal])* $op:ident($Req:ident -> $Resp:ident) on $on:tt serve $serve:tt
+        stream $stream:tt client $client:tt decide $decide:tt shows [$($shows:tt)*]; )*) => {
+        $( describe!(@one $Resp $($shows)*); )*
+    };
+    (@one $Resp:ident result $(, $label:literal: $field:ident as $how:ident)*) => {
+        impl Describe for charging_client::proto::$Resp {
+            fn code(&self) -> i32 {
+                self.result
+            }
+            fn lines(&self) -> Vec<(&'static str, String)> {
+                vec![
+                    ("result", result_name(self.result).into()),
+                    $(($label, describe!(@how $how self.$field)),)*
+                ]
+            }
+        }
+    };
+    // Printed by its own text (balance, tariffs).
+    (@one $Resp:ident) => {};
+    (@how number $v:expr) => { $v.to_string() };
+    (@how units $v:expr) => { fmt_units(&$v.unwrap_or_default()) };
+    (@how yes_no $v:expr) => { yes_no($v) };
+    (@how time $v:expr) => { fmt_ts($v) };
+}
+charging_proto::charging_ops!(describe);
+
 /// A gRPC code as its canonical name, e.g. `UNAVAILABLE`, `DEADLINE_EXCEEDED`.
 pub(crate) fn code_name(code: Code) -> String {
     let mut out = String::new();
