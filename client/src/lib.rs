@@ -83,6 +83,42 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     /// Send each call straight to its shard's leader using the cached shard map.
     pub direct_to_leader: bool,
+    /// Bearer token sent on every call (`authorization: Bearer <JWT>`), for
+    /// nodes with `[auth]` enabled.
+    pub token: Option<BearerToken>,
+}
+
+/// The environment variable `chargectl` and `chargebench` read a bearer
+/// token from when `--token` is not given.
+pub const TOKEN_ENV: &str = "CHARGING_TOKEN";
+
+/// A bearer token (JWT), ready to send. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(tonic::metadata::AsciiMetadataValue);
+
+impl BearerToken {
+    /// From a JWT (with or without a leading `Bearer `).
+    pub fn new(jwt: &str) -> Result<BearerToken, Error> {
+        let jwt = jwt.trim();
+        let jwt = jwt.strip_prefix("Bearer ").unwrap_or(jwt).trim();
+        if jwt.is_empty() {
+            return Err(Error::InvalidArgument("token: empty".into()));
+        }
+        tonic::metadata::AsciiMetadataValue::try_from(format!("Bearer {jwt}"))
+            .map(BearerToken)
+            .map_err(|_| Error::InvalidArgument("token: not printable ASCII".into()))
+    }
+
+    /// Sets `authorization` on `md`.
+    pub fn apply(&self, md: &mut tonic::metadata::MetadataMap) {
+        md.insert("authorization", self.0.clone());
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
 }
 
 impl Default for ClientConfig {
@@ -94,6 +130,7 @@ impl Default for ClientConfig {
             max_retry_backoff_ms: 200,
             connect_timeout_ms: 1000,
             direct_to_leader: true,
+            token: None,
         }
     }
 }
@@ -337,6 +374,14 @@ impl Client {
         self.shared.channel.clone()
     }
 
+    /// Puts this client's bearer token (if any) on a request made by hand,
+    /// e.g. the streaming call on [`Client::channel`].
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(t) = &self.config.token {
+            t.apply(req.metadata_mut());
+        }
+    }
+
     /// A raw generated Charging client on the configured endpoint (no retries).
     pub fn charging(&self) -> ChargingClient<Channel> {
         ChargingClient::new(self.channel())
@@ -411,6 +456,7 @@ impl Client {
                 .min(Duration::from_millis(500));
             let mut req = tonic::Request::new(proto::ShardMapRequest {});
             req.set_timeout(wait);
+            self.authorize(&mut req);
             if let Ok(Ok(m)) =
                 tokio::time::timeout(wait, AdminClient::new(self.channel()).shard_map(req)).await
             {
@@ -489,6 +535,7 @@ impl Client {
             }
             let mut req = tonic::Request::new(msg.clone());
             req.set_timeout(remaining);
+            self.authorize(&mut req);
             if target.is_some() {
                 // Aimed at a leader: a node that no longer leads answers
                 // UNAVAILABLE with a hint (which updates the cached map)

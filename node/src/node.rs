@@ -335,6 +335,17 @@ pub async fn start<L: LogEngine, I: Incoming>(
     if !fresh_joiner {
         groups.insert(META_GROUP, (meta_member, meta_raft.clone()));
     }
+    // Bearer tokens on the public port (`auth`); off: every call passes.
+    let (verifier, credential) = if config.auth.enabled {
+        let v = crate::frontdoor::auth::Verifier::new(&config.auth, edges.clock.clone());
+        let c = crate::frontdoor::auth::NodeCredential::new(me, &config.auth, edges.clock.clone());
+        (
+            Some(Arc::new(v.map_err(|e| anyhow::anyhow!(e))?)),
+            Some(Arc::new(c.map_err(|e| anyhow::anyhow!(e))?)),
+        )
+    } else {
+        (None, None)
+    };
     let front_door = FrontDoor::new(
         me,
         config.shards,
@@ -389,6 +400,9 @@ pub async fn start<L: LogEngine, I: Incoming>(
         rx.clone(),
     )));
 
+    if let Some(c) = &credential {
+        front_door.set_own_credential(c.clone());
+    }
     peers.set_heard(front_door.heard.clone());
     front_door.set_transport(peers.clone());
     // Internal server: Raft traffic of every group.
@@ -448,6 +462,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(crate::frontdoor::auth::AuthLayer(verifier))
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -524,6 +539,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
                 via: join,
                 channel,
                 fresh: fresh_joiner,
+                credential,
             },
             admitted_tx,
             rx.clone(),

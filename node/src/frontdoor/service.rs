@@ -351,10 +351,14 @@ impl Charging for ChargingService {
         &self,
         r: Request<Streaming<pb::OpBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // Checked when the call opened (any role); each operation is checked
+        // against its own method's role, and the caller's token goes with
+        // what is forwarded (see `auth`).
+        let caller = r.extensions().get::<super::auth::Caller>().cloned();
         let mut input = r.into_inner();
         let fd = self.0.clone();
         let (tx, rx) = mpsc::channel(MAX_BATCHES_IN_FLIGHT_PER_STREAM);
-        tokio::spawn(async move {
+        tokio::spawn(super::auth::scoped(caller.clone(), async move {
             let mut running = FuturesUnordered::new();
             loop {
                 tokio::select! {
@@ -380,8 +384,11 @@ impl Charging for ChargingService {
                                     return;
                                 }
                                 let fd = fd.clone();
+                                let (ops, denied) = super::auth::screen(caller.as_ref(), batch.ops);
                                 running.push(async move {
-                                    pb::OpResultBatch { results: run_batch(&fd, batch.ops).await }
+                                    let mut results = run_batch(&fd, ops).await;
+                                    results.extend(denied);
+                                    pb::OpResultBatch { results }
                                 });
                             }
                             Some(Err(_)) | None => break,
@@ -397,7 +404,7 @@ impl Charging for ChargingService {
                     return;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -22,6 +22,10 @@ pub(crate) struct Cli {
     /// id); by default as many as fit in the deadline.
     #[arg(long, global = true, default_value_t = u32::MAX, hide_default_value = true)]
     pub(crate) max_retries: u32,
+    /// Bearer token (JWT) sent on every call, for nodes with [auth] on
+    /// (`chargerd token`); default: the environment variable CHARGING_TOKEN.
+    #[arg(long, global = true, value_name = "JWT")]
+    pub(crate) token: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -78,13 +78,23 @@ impl Outcome {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = ClientConfig {
-        deadline_ms: cli.deadline_ms,
-        max_retries: cli.max_retries,
-        ..ClientConfig::default()
-    };
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| std::env::var(charging_client::TOKEN_ENV).ok())
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| charging_client::BearerToken::new(&t))
+        .transpose();
     let request_id = cli.command.request_id();
-    let result = match Client::connect_lazy(cli.endpoint.clone(), config) {
+    let result = match token.and_then(|token| {
+        let config = ClientConfig {
+            deadline_ms: cli.deadline_ms,
+            max_retries: cli.max_retries,
+            token,
+            ..ClientConfig::default()
+        };
+        Client::connect_lazy(cli.endpoint.clone(), config)
+    }) {
         Ok(client) => run(&client, cli.command, request_id).await,
         Err(e) => Err(e),
     };
@@ -399,6 +409,7 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
                         let url = format!("http://{}", l.public_addr);
                         let cfg = ClientConfig {
                             deadline_ms: 2_000,
+                            token: client.config().token.clone(),
                             ..ClientConfig::default()
                         };
                         if let Ok(c) = Client::connect_lazy(url, cfg) {
