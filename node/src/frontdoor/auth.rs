@@ -679,6 +679,7 @@ impl TokenSpec {
 
 #[derive(serde::Serialize)]
 struct SignedClaims<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
     sub: &'a str,
     aud: &'a [String],
