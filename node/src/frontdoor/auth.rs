@@ -65,7 +65,7 @@ pub const ROLE_SCOPE_PREFIX: &str = "charging:";
 /// Verified tokens remembered at once (then the map starts over).
 pub const MAX_CACHED_TOKENS: usize = 4096;
 /// Longest token accepted (bytes of the header value).
-pub const MAX_TOKEN_BYTES: usize = 8192;
+pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Lifetime of the tokens a node signs for its own calls.
 pub const NODE_TOKEN_TTL: Duration = Duration::from_secs(600);
 

@@ -502,3 +502,31 @@ async fn a_non_owner_forwards_with_the_callers_token() {
     assert_eq!(main_balance(&mut raw, &admin, account).await, expected);
     env.shutdown().await;
 }
+
+/// With auth on, the nodes' own calls carry their own admin token: a new
+/// node joins (AddNode, forwarded to the metadata leader with that token)
+/// and the placement driver (Status and DropReplica on every node) moves
+/// replicas onto it. Without the node's token neither would happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_and_gets_replicas_with_auth_on() {
+    let k = keys();
+    let mut env = start_secure(&k).await;
+    env.cluster.add_node(4, 2).await.expect("node 4 starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let in_map = env.cluster.nodes[&1]
+            .front_door
+            .map()
+            .is_some_and(|m| m.nodes.contains_key(&4));
+        let hosted = env.cluster.nodes[&4].shards().len();
+        if in_map && hosted > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 4: in the map {in_map}, replicas {hosted}, after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.shutdown().await;
+}
