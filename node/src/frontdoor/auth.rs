@@ -860,6 +860,114 @@ mod tests {
         }
     }
 
+    struct FakeClock(std::sync::atomic::AtomicU64);
+    impl crate::clock::Clock for FakeClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn headers(token: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    /// Keys by `kid`, and `exp` / `nbf` with the leeway, by the node's
+    /// clock, also for a token already verified (cached).
+    #[test]
+    fn kid_selection_and_time_with_leeway() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = Vec::new();
+        let mut signers = Vec::new();
+        for kid in ["a", "b"] {
+            let (private, public) = generate_es256().unwrap();
+            let file = dir.path().join(format!("{kid}.pub.pem"));
+            std::fs::write(&file, public).unwrap();
+            keys.push(AuthKey {
+                file,
+                kid: Some(kid.into()),
+            });
+            signers.push(Signer::from_pem(private.as_bytes(), None).unwrap());
+        }
+        let cfg = AuthConfig {
+            enabled: true,
+            keys,
+            audience: vec!["aud".into()],
+            leeway: Duration::from_secs(30),
+            ..AuthConfig::default()
+        };
+        let t0 = 1_800_000_000u64;
+        let clock = Arc::new(FakeClock((t0 * 1000).into()));
+        let v = Verifier::new(&cfg, clock.clone()).unwrap();
+        let spec = |kid: Option<&str>| TokenSpec {
+            subject: "s".into(),
+            audience: vec!["aud".into()],
+            issuer: None,
+            scope: TokenSpec::for_roles("nchf-convergedcharging", &[Role::Billing]),
+            ttl: Duration::from_secs(60),
+            kid: kid.map(Into::into),
+        };
+        let msg = |r: Result<Caller, Status>| r.err().map(|s| s.message().to_string());
+        // Signed by b: accepted under kid b or without a kid, not under kid a.
+        let b = signers[1].sign(&spec(Some("b")), t0).unwrap();
+        assert!(v.caller(&headers(&b)).is_ok());
+        assert!(v
+            .caller(&headers(&signers[1].sign(&spec(None), t0).unwrap()))
+            .is_ok());
+        let as_a = signers[1].sign(&spec(Some("a")), t0).unwrap();
+        assert!(msg(v.caller(&headers(&as_a)))
+            .unwrap()
+            .contains("bad signature"));
+        let unknown = signers[1].sign(&spec(Some("z")), t0).unwrap();
+        assert!(msg(v.caller(&headers(&unknown)))
+            .unwrap()
+            .contains("no configured key"));
+        let c = v.caller(&headers(&b)).unwrap();
+        assert_eq!(c.roles, Roles::of(&[Role::Billing]));
+        assert_eq!(&*c.subject, "s");
+        // exp = t0 + 60; leeway 30: good until t0 + 90 (cached by now).
+        clock
+            .0
+            .store((t0 + 90) * 1000, std::sync::atomic::Ordering::SeqCst);
+        assert!(v.caller(&headers(&b)).is_ok());
+        clock
+            .0
+            .store((t0 + 91) * 1000, std::sync::atomic::Ordering::SeqCst);
+        assert!(msg(v.caller(&headers(&b))).unwrap().contains("expired"));
+        // Issued in the future (nbf), within and past the leeway.
+        let mut later = spec(None);
+        later.ttl = Duration::from_secs(600);
+        let now = t0 + 91;
+        #[derive(serde::Serialize)]
+        struct WithNbf<'a> {
+            sub: &'a str,
+            aud: &'a str,
+            scope: String,
+            exp: u64,
+            nbf: u64,
+        }
+        let key = |i: usize| &signers[i].key;
+        let nbf = |n: u64| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::ES256),
+                &WithNbf {
+                    sub: "s",
+                    aud: "aud",
+                    scope: later.scope.clone(),
+                    exp: now + 600,
+                    nbf: n,
+                },
+                key(0),
+            )
+            .unwrap()
+        };
+        assert!(v.caller(&headers(&nbf(now + 30))).is_ok());
+        assert!(msg(v.caller(&headers(&nbf(now + 31))))
+            .unwrap()
+            .contains("not valid yet"));
+    }
+
     #[test]
     fn roles_of_methods() {
         let need = |m: &str| access_of(&format!("/charging.v1.{m}")).unwrap().unwrap();
