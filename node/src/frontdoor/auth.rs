@@ -443,11 +443,12 @@ impl Verifier {
             })
             .map(str::trim)
             .ok_or_else(|| unauthenticated("authorization is not `Bearer <JWT>`"))?;
-        let v = self.verify(token)?;
+        let verified = self.verify(token)?;
         Ok(Caller {
-            subject: v.subject,
-            roles: v.roles,
-            authorization: AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            subject: verified.subject,
+            roles: verified.roles,
+            // Passed on as it came (to_str above: visible ASCII).
+            authorization: AsciiMetadataValue::try_from(v.as_bytes())
                 .map_err(|_| unauthenticated("token is not ASCII"))?,
         })
     }
