@@ -248,6 +248,18 @@ pub async fn start<L: LogEngine, I: Incoming>(
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let me = config.node_id;
+    // Bearer tokens on the public port (`auth`); off: every call passes.
+    // Keys are read before anything starts, so a bad one stops nothing.
+    let (verifier, credential) = if config.auth.enabled {
+        let v = crate::frontdoor::auth::Verifier::new(&config.auth, edges.clock.clone());
+        let c = crate::frontdoor::auth::NodeCredential::new(me, &config.auth, edges.clock.clone());
+        (
+            Some(Arc::new(v.map_err(|e| anyhow::anyhow!(e))?)),
+            Some(Arc::new(c.map_err(|e| anyhow::anyhow!(e))?)),
+        )
+    } else {
+        (None, None)
+    };
     let transport: TransportOptions = config.transport.clone();
     let max_snapshot_bytes = transport.snapshot_max_bytes;
     let peers = Peers::new(me, edges.connector, edges.clock.clone(), transport);
@@ -335,17 +347,6 @@ pub async fn start<L: LogEngine, I: Incoming>(
     if !fresh_joiner {
         groups.insert(META_GROUP, (meta_member, meta_raft.clone()));
     }
-    // Bearer tokens on the public port (`auth`); off: every call passes.
-    let (verifier, credential) = if config.auth.enabled {
-        let v = crate::frontdoor::auth::Verifier::new(&config.auth, edges.clock.clone());
-        let c = crate::frontdoor::auth::NodeCredential::new(me, &config.auth, edges.clock.clone());
-        (
-            Some(Arc::new(v.map_err(|e| anyhow::anyhow!(e))?)),
-            Some(Arc::new(c.map_err(|e| anyhow::anyhow!(e))?)),
-        )
-    } else {
-        (None, None)
-    };
     let front_door = FrontDoor::new(
         me,
         config.shards,

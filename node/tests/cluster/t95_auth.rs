@@ -530,3 +530,34 @@ async fn a_node_joins_and_gets_replicas_with_auth_on() {
     }
     env.shutdown().await;
 }
+
+/// A node whose token keys cannot be read does not start, and says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_bad_key_stops_the_start_and_is_named() {
+    let k = keys();
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_key = dir.path().join("junk.pem");
+    std::fs::write(
+        &not_a_key,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    for (file, says) in [
+        (dir.path().join("missing.pem"), "auth.keys[0]"),
+        (not_a_key, "not an EC (P-256) or RSA public key"),
+    ] {
+        let mut cfg = k.cfg.clone();
+        cfg.keys[0].file = file;
+        let tweak: ConfigTweak = Arc::new(move |c| c.auth = cfg.clone());
+        let r =
+            charging_node::cluster::LocalCluster::start(charging_node::cluster::ClusterOptions {
+                nodes: 1,
+                shards: 1,
+                tweak: Some(tweak),
+                ..Default::default()
+            })
+            .await;
+        let err = r.err().expect("the node must not start").to_string();
+        assert!(err.contains(says), "`{err}` does not say {says}");
+    }
+}
