@@ -969,6 +969,42 @@ mod tests {
             .contains("not valid yet"));
     }
 
+    /// With an issuer configured, `iss` is required and must match.
+    #[test]
+    fn issuer_when_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = generate_es256().unwrap();
+        let file = dir.path().join("k.pub.pem");
+        std::fs::write(&file, public).unwrap();
+        let cfg = AuthConfig {
+            enabled: true,
+            keys: vec![AuthKey { file, kid: None }],
+            audience: vec!["aud".into()],
+            issuer: Some("nrf".into()),
+            ..AuthConfig::default()
+        };
+        let t0 = 1_800_000_000u64;
+        let v = Verifier::new(&cfg, Arc::new(FakeClock((t0 * 1000).into()))).unwrap();
+        let signer = Signer::from_pem(private.as_bytes(), None).unwrap();
+        let token = |iss: Option<&str>| {
+            let spec = TokenSpec {
+                subject: "s".into(),
+                audience: vec!["aud".into()],
+                issuer: iss.map(Into::into),
+                scope: TokenSpec::for_roles("nchf-convergedcharging", &[Role::Charging]),
+                ttl: Duration::from_secs(60),
+                kid: None,
+            };
+            headers(&signer.sign(&spec, t0).unwrap())
+        };
+        let why = |h| v.caller(&h).err().map(|s| s.message().to_string());
+        assert_eq!(why(token(Some("nrf"))), None);
+        assert!(why(token(Some("someone")))
+            .unwrap()
+            .contains("wrong issuer"));
+        assert!(why(token(None)).unwrap().contains("missing claim iss"));
+    }
+
     #[test]
     fn roles_of_methods() {
         let need = |m: &str| access_of(&format!("/charging.v1.{m}")).unwrap().unwrap();
