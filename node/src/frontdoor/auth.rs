@@ -5,9 +5,10 @@
 //! A token is accepted when:
 //! - its header's `alg` is ES256, RS256 or RS512 (`none` and the HS* shared
 //!   secrets are refused before anything else is looked at);
-//! - its signature verifies with a configured public key: the key whose
-//!   `kid` the header names (or the keys configured without one), else, for
-//!   a token without `kid`, any key of the algorithm's family;
+//! - its signature verifies with a configured public key of the algorithm's
+//!   family: the keys with the `kid` its header names (if no key has that
+//!   `kid`, the keys configured without one); for a token without `kid`,
+//!   any key;
 //! - it carries `sub`, `aud` naming one of the configured audiences, `exp`
 //!   not past (by more than the leeway), `nbf` (if present) not ahead, `iss`
 //!   equal to the configured issuer if one is set (TS 29.510 claims);
