@@ -2,7 +2,9 @@
 # A local multi-process cluster: one chargerd process per node, node i on
 # 127.0.0.i (api :50051, raft :51051, metrics :9100), data under one folder.
 #
-#   scripts/cluster.sh start [--nodes N] [--shards S] [--fsync always|never]
+#   scripts/cluster.sh start [--nodes N] [--shards S] [--fsync always|never] [--auth]
+#                                        --auth (new cluster): bearer tokens on, keys in $dir/jwt*.pem
+#   scripts/cluster.sh token ROLE [TTL]  print a token (charging|billing|admin; TTL e.g. 1h) of an --auth cluster
 #   scripts/cluster.sh status            nodes, shards, leaders, applied, lag
 #   scripts/cluster.sh stop              graceful stop of every node (SIGTERM)
 #   scripts/cluster.sh kill N            kill -9 node N
@@ -29,13 +31,31 @@ ready_timeout=${CLUSTER_READY_TIMEOUT:-60}
 chargerd=${CHARGERD:-target/release/chargerd}
 chargectl=${CHARGECTL:-target/release/chargectl}
 
-usage() { sed -n '2,23p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,29p' "$0"; exit "${1:-64}"; }
 
 build() {
   if [[ -z "${CHARGERD:-}" && ! -x "$chargerd" ]] || [[ -z "${CHARGECTL:-}" && ! -x "$chargectl" ]]; then
     echo "== building chargerd and chargectl (release)"
     cargo build --release -q --bin chargerd --bin chargectl
   fi
+  auth_env
+}
+
+# A cluster started with --auth has its token keys in $dir; this script's
+# own chargectl calls then carry an admin token (unless CHARGING_TOKEN is set).
+auth_on() { [[ -f "$dir/jwt.pem" ]]; }
+auth_env() {
+  if auth_on && [[ -z "${CHARGING_TOKEN:-}" ]]; then
+    CHARGING_TOKEN=$("$chargerd" token --key "$dir/jwt.pem" --role admin --ttl 1h)
+    export CHARGING_TOKEN
+  fi
+}
+
+# The [auth] section of a node's config (nothing without --auth).
+auth_section() {
+  auth_on || return 0
+  printf '\n[auth]\nenabled = true\nkeys = ["%s"]\naudience = "charging"\nnode_key = "%s"\n' \
+    "$dir/jwt.pub.pem" "$dir/jwt.pem"
 }
 
 nodes_of() { cat "$dir/nodes" 2>/dev/null || echo 0; }
@@ -86,12 +106,13 @@ write_config() { # id nodes shards fsync: an initial member
       printf '\n[[peers]]\nid = %s\npublic = "127.0.0.%s:50051"\ninternal = "127.0.0.%s:51051"\n' "$p" "$p" "$p"
     done
     tls_section "$id"
+    auth_section
   } >"$f"
 }
 
 write_join_config() { # id shards fsync via: a node added to the running cluster
   mkdir -p "$dir/node$1"
-  { config_head "$1" "$2" "$3"; echo "join = \"$4\""; tls_section "$1"; } >"$dir/node$1/node.toml"
+  { config_head "$1" "$2" "$3"; echo "join = \"$4\""; tls_section "$1"; auth_section; } >"$dir/node$1/node.toml"
 }
 
 # A live node's public address (to send admin calls and joins through).
@@ -154,9 +175,10 @@ use_ca
 shift
 case "$cmd" in
   start)
-    n=3 shards=16 fsync=always
+    n=3 shards=16 fsync=always auth=0
     while (($#)); do
       case "$1" in
+        --auth) auth=1; shift ;;
         --nodes) n=$2; shift 2 ;;
         --shards) shards=$2; shift 2 ;;
         --fsync) fsync=$2; shift 2 ;;
@@ -176,6 +198,11 @@ case "$cmd" in
       else
         make_certs $(seq 1 "$n")
         echo "   TLS: CA and certificates in $dir/certs; export CHARGING_CA=$dir/certs/ca.pem"
+      fi
+      if ((auth)); then
+        "$chargerd" keygen --out "$dir/jwt" >/dev/null
+        auth_env
+        echo "== bearer tokens on: export CHARGING_TOKEN=\$(scripts/cluster.sh token admin)"
       fi
       echo "$n" >"$dir/nodes"
       for id in $(seq 1 "$n"); do write_config "$id" "$n" "$shards" "$fsync"; done
@@ -245,6 +272,12 @@ case "$cmd" in
     "$chargectl" --endpoint "$(scheme)://$(any_live)" node remove "$id"
     if alive "$id"; then kill -TERM "$(pid_of "$id")"; fi
     echo "node $id removed from the cluster (its id is retired)"
+    ;;
+  token)
+    role=${1:?role: charging, billing or admin}
+    build
+    auth_on || { echo "no token keys in $dir: start a new cluster with --auth" >&2; exit 1; }
+    "$chargerd" token --key "$dir/jwt.pem" --role "$role" --ttl "${2:-1h}"
     ;;
   wipe)
     "$0" stop || true

@@ -1,6 +1,7 @@
 //! Talking to the cluster outside the measured load: tariffs, the bulk
 //! preload of accounts, and the balance read-back that checks for drift.
 
+use crate::exec::Channel;
 use crate::exec::{batched, Bulk, OpKind, OpOut, Target};
 use crate::workload::{Dim, Expect, WorkCfg};
 use charging_client::proto as pb;
@@ -9,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// The unit dimension of each rating group's first price.

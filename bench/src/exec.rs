@@ -14,7 +14,38 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
+
+/// A connection: a tonic channel that puts the bearer token (if any) on
+/// every call, for nodes with `[auth]` on.
+pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// `authorization: Bearer <JWT>` on every request (nothing without a token).
+#[derive(Clone, Default)]
+pub struct Bearer(pub Option<AsciiMetadataValue>);
+
+impl Bearer {
+    /// From a JWT (`--token`, else `CHARGING_TOKEN`); `None`: no token.
+    pub fn new(jwt: Option<&str>) -> anyhow::Result<Bearer> {
+        let Some(jwt) = jwt.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(Bearer(None));
+        };
+        let v = AsciiMetadataValue::try_from(format!("Bearer {jwt}"))
+            .map_err(|_| anyhow::anyhow!("--token: not printable ASCII"))?;
+        Ok(Bearer(Some(v)))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
 use tonic::Code;
 
 pub type OpKind = pb::op::Op;
@@ -28,7 +59,7 @@ pub enum Target {
 }
 
 /// Opens `n` HTTP/2 connections to `addr`.
-pub async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+pub async fn connect(addr: &str, n: usize, token: &Bearer) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n.max(1) {
         // TLS from the environment (CHARGING_CA, as chargectl reads it).
@@ -44,7 +75,7 @@ pub async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
             .connect()
             .await
             .map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
-        out.push(ch);
+        out.push(InterceptedService::new(ch, token.clone()));
     }
     Ok(out)
 }

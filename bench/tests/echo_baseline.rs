@@ -42,7 +42,9 @@ fn opts(concurrency: usize, rate: Option<f64>) -> LoadOpts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_against_the_echo_baseline() {
     let server = EchoServer::start(1).unwrap();
-    let channels = connect(&server.url(), 2).await.unwrap();
+    let channels = connect(&server.url(), 2, &Default::default())
+        .await
+        .unwrap();
 
     // Unary, reserve-commit, 1 second, concurrency 4.
     let rec = Arc::new(Recorder::new(0));

@@ -81,6 +81,9 @@ pub struct ClientConfig {
     /// TLS: every endpoint (the configured one, leader hints, the shard
     /// map's addresses) is dialled over TLS with this. `None`: plaintext.
     pub tls: Option<ClientTls>,
+    /// Bearer token sent on every call (`authorization: Bearer <JWT>`), for
+    /// nodes with `[auth]` enabled.
+    pub token: Option<BearerToken>,
 }
 
 /// TLS settings of a client: the cluster's CA, a client certificate when the
@@ -177,6 +180,39 @@ impl ClientTls {
     }
 }
 
+/// The environment variable `chargectl` and `chargebench` read a bearer
+/// token from when `--token` is not given.
+pub const TOKEN_ENV: &str = "CHARGING_TOKEN";
+
+/// A bearer token (JWT), ready to send. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(tonic::metadata::AsciiMetadataValue);
+
+impl BearerToken {
+    /// From a JWT (with or without a leading `Bearer `).
+    pub fn new(jwt: &str) -> Result<BearerToken, Error> {
+        let jwt = jwt.trim();
+        let jwt = jwt.strip_prefix("Bearer ").unwrap_or(jwt).trim();
+        if jwt.is_empty() {
+            return Err(Error::InvalidArgument("token: empty".into()));
+        }
+        tonic::metadata::AsciiMetadataValue::try_from(format!("Bearer {jwt}"))
+            .map(BearerToken)
+            .map_err(|_| Error::InvalidArgument("token: not printable ASCII".into()))
+    }
+
+    /// Sets `authorization` on `md`.
+    pub fn apply(&self, md: &mut tonic::metadata::MetadataMap) {
+        md.insert("authorization", self.0.clone());
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
@@ -187,6 +223,7 @@ impl Default for ClientConfig {
             connect_timeout_ms: 1000,
             direct_to_leader: true,
             tls: None,
+            token: None,
         }
     }
 }
@@ -440,6 +477,14 @@ impl Client {
         self.shared.channel.clone()
     }
 
+    /// Puts this client's bearer token (if any) on a request made by hand,
+    /// e.g. the streaming call on [`Client::channel`].
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(t) = &self.config.token {
+            t.apply(req.metadata_mut());
+        }
+    }
+
     /// A raw generated Charging client on the configured endpoint (no retries).
     pub fn charging(&self) -> ChargingClient<Channel> {
         ChargingClient::new(self.channel())
@@ -514,6 +559,7 @@ impl Client {
                 .min(Duration::from_millis(500));
             let mut req = tonic::Request::new(proto::ShardMapRequest {});
             req.set_timeout(wait);
+            self.authorize(&mut req);
             if let Ok(Ok(m)) =
                 tokio::time::timeout(wait, AdminClient::new(self.channel()).shard_map(req)).await
             {
@@ -600,6 +646,7 @@ impl Client {
             }
             let mut req = tonic::Request::new(msg.clone());
             req.set_timeout(remaining);
+            self.authorize(&mut req);
             if target.is_some() {
                 // Aimed at a leader: a node that no longer leads answers
                 // UNAVAILABLE with a hint (which updates the cached map)

@@ -27,6 +27,8 @@ struct Fake {
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
     /// grpc-timeout header of each call.
     timeouts: Arc<Mutex<Vec<Option<String>>>>,
+    /// authorization header of each call.
+    auths: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl Fake {
@@ -35,6 +37,7 @@ impl Fake {
             behaviour,
             seen: Arc::default(),
             timeouts: Arc::default(),
+            auths: Arc::default(),
         }
     }
 
@@ -53,6 +56,12 @@ impl Fake {
             seen.push(id);
             seen.len()
         };
+        self.auths.lock().unwrap().push(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        );
         self.timeouts.lock().unwrap().push(
             req.metadata()
                 .get("grpc-timeout")
@@ -411,11 +420,78 @@ async fn invalid_endpoint_is_a_typed_error() {
     );
 }
 
+#[tokio::test]
+async fn the_token_goes_on_every_attempt() {
+    let fake = Fake::new(Behaviour::UnavailableThenOk { n: 2, hint: None });
+    let addr = serve(fake.clone()).await;
+    let config = ClientConfig {
+        token: Some(::charging_client::BearerToken::new("aaa.bbb.ccc").unwrap()),
+        ..ClientConfig::default()
+    };
+    assert!(
+        !format!("{config:?}").contains("aaa.bbb"),
+        "Debug shows the token"
+    );
+    let client = Client::connect_with_config(addr.clone(), config)
+        .await
+        .unwrap();
+    client.top_up("acc", 0, 100).await.unwrap();
+    let auths = fake.auths.lock().unwrap().clone();
+    assert_eq!(auths.len(), 3, "2 failures + 1 success");
+    assert!(
+        auths
+            .iter()
+            .all(|a| a.as_deref() == Some("Bearer aaa.bbb.ccc")),
+        "{auths:?}"
+    );
+    // Without one, nothing is sent.
+    let plain = Client::connect(addr).await.unwrap();
+    plain.top_up("acc", 0, 100).await.unwrap();
+    assert_eq!(fake.auths.lock().unwrap().last(), Some(&None));
+    assert!(::charging_client::BearerToken::new(" ").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chargectl_sends_the_token_from_the_flag_or_the_environment() {
+    let fake = Fake::new(Behaviour::UnavailableThenOk { n: 0, hint: None });
+    let addr = serve(fake.clone()).await;
+    let top_up = |extra: &[&str]| {
+        let mut a = args(&["--endpoint", &addr]);
+        a.extend(args(extra));
+        a.extend(args(&["top-up", "acc", "5"]));
+        a
+    };
+    let (code, out, err) = chargectl_env(top_up(&["--token", "x.y.z"]), &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = chargectl_env(top_up(&[]), &[("CHARGING_TOKEN", "e.n.v")]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let auths = fake.auths.lock().unwrap().clone();
+    assert_eq!(
+        auths,
+        vec![
+            Some("Bearer x.y.z".to_string()),
+            Some("Bearer e.n.v".into())
+        ]
+    );
+}
+
 /// Runs the chargectl binary (blocking, so on a blocking thread).
 async fn chargectl(args: Vec<String>) -> (i32, String, String) {
+    chargectl_env(args, &[]).await
+}
+
+/// Runs the chargectl binary with extra environment variables (and without
+/// an inherited CHARGING_TOKEN).
+async fn chargectl_env(args: Vec<String>, env: &[(&str, &str)]) -> (i32, String, String) {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chargectl"))
             .args(&args)
+            .env_remove("CHARGING_TOKEN")
+            .envs(env)
             .output()
             .unwrap();
         (

@@ -72,6 +72,9 @@ pub struct NodeConfig {
     /// TLS on both listeners and to peers; `None` = plaintext (only where
     /// the config says `insecure`, or `chargerd dev` on loopback).
     pub tls: Option<crate::tls::Tls>,
+    /// Bearer tokens on the public API (off by default; see
+    /// `crate::frontdoor::auth`).
+    pub auth: AuthConfig,
 }
 
 impl NodeConfig {
@@ -94,6 +97,7 @@ impl NodeConfig {
             join: None,
             placement: Default::default(),
             tls: None,
+            auth: AuthConfig::default(),
         }
     }
 
@@ -167,6 +171,80 @@ impl NodeConfig {
             self.transport.snapshot_max_bytes >= self.transport.snapshot_chunk_bytes as u64,
             "snapshot_max_bytes: must be >= snapshot_chunk_bytes",
         )?;
+        self.auth.validate()?;
+        Ok(())
+    }
+}
+
+/// A public key (PEM file) that signs bearer tokens, or the node's own
+/// private signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthKey {
+    pub file: std::path::PathBuf,
+    /// The JWT header `kid` this key answers to (`None`: any token).
+    pub kid: Option<String>,
+}
+
+/// Bearer tokens (JWT) on the public API: who may call what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Off by default (`chargerd dev`, the in-process test cluster).
+    pub enabled: bool,
+    /// Public keys (ES256 P-256, or RSA for RS256 / RS512), PEM files.
+    pub keys: Vec<AuthKey>,
+    /// Accepted `aud` values; a token must name one of them.
+    pub audience: Vec<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Scope value every token must carry (TS 29.510: the service name);
+    /// empty = none required beyond the role scopes.
+    pub scope: String,
+    /// Slack on `exp` and `nbf` for clock skew.
+    pub leeway: Duration,
+    /// The node's own private key (PEM; its public key must be in `keys`):
+    /// it signs the short-lived admin tokens of the node's own calls to
+    /// other nodes (placement driver, join). Required when enabled.
+    pub node_key: Option<AuthKey>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            keys: Vec::new(),
+            audience: Vec::new(),
+            issuer: None,
+            scope: "nchf-convergedcharging".into(),
+            leeway: Duration::from_secs(30),
+            node_key: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.keys.is_empty() {
+            return Err("auth.keys: at least one public key is needed when auth is enabled".into());
+        }
+        if self.audience.iter().all(|a| a.is_empty()) {
+            return Err("auth.audience: needed when auth is enabled".into());
+        }
+        if self.node_key.is_none() {
+            return Err(
+                "auth.node_key: needed when auth is enabled (it signs the node's \
+                 own calls to other nodes: placement, join)"
+                    .into(),
+            );
+        }
+        if self.leeway > Duration::from_secs(300) {
+            return Err("auth.leeway_s: must be <= 300".into());
+        }
+        if self.scope.contains(' ') {
+            return Err("auth.scope: one scope value, without spaces".into());
+        }
         Ok(())
     }
 }

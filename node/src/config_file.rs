@@ -63,6 +63,8 @@ struct FileConfig {
     insecure: bool,
     #[serde(default)]
     tls: Option<FileTls>,
+    #[serde(default)]
+    auth: Option<FileAuth>,
 }
 
 /// `[tls]`: the node's certificate and key, the cluster's CA.
@@ -75,6 +77,55 @@ struct FileTls {
     /// Whether public clients must present a certificate from the CA.
     #[serde(default)]
     client_certs: crate::tls::ClientCerts,
+}
+
+/// `[auth]`: bearer tokens on the public API (see `frontdoor::auth`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    #[serde(default)]
+    enabled: bool,
+    /// Public keys: `"file.pem"` or `{ file = "file.pem", kid = "k1" }`.
+    #[serde(default)]
+    keys: Vec<FileKey>,
+    /// One audience, or a list.
+    #[serde(default)]
+    audience: Option<OneOrMany>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    leeway_s: Option<u64>,
+    #[serde(default)]
+    node_key: Option<FileKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileKey {
+    Path(PathBuf),
+    Table {
+        file: PathBuf,
+        #[serde(default)]
+        kid: Option<String>,
+    },
+}
+
+impl From<FileKey> for crate::config::AuthKey {
+    fn from(k: FileKey) -> Self {
+        match k {
+            FileKey::Path(file) => crate::config::AuthKey { file, kid: None },
+            FileKey::Table { file, kid } => crate::config::AuthKey { file, kid },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +331,25 @@ impl ProcessConfig {
         if let Some(v) = l.connect_timeout_ms {
             node.connect_timeout = ms(v);
         }
+        if let Some(a) = f.auth {
+            let c = &mut node.auth;
+            c.enabled = a.enabled;
+            c.keys = a.keys.into_iter().map(Into::into).collect();
+            c.audience = match a.audience {
+                None => Vec::new(),
+                Some(OneOrMany::One(s)) => vec![s],
+                Some(OneOrMany::Many(v)) => v,
+            };
+            c.issuer = a.issuer;
+            if let Some(s) = a.scope {
+                c.scope = s;
+            }
+            if let Some(l) = a.leeway_s {
+                c.leeway = Duration::from_secs(l);
+            }
+            c.node_key = a.node_key.map(Into::into);
+            c.validate()?;
+        }
         node.validate().map_err(|e| format!("limits.{e}"))?;
         node.tls = match (&f.tls, f.insecure) {
             (Some(t), false) => Some(
@@ -378,6 +448,21 @@ max_sessions_per_account = {msa}
 max_reservations_per_account = {mra}
 max_buckets_per_account = {mba}
 max_moves = {mm}                      # shards the placement driver moves at once
+
+# Bearer tokens (JWT) on the public API; off unless enabled. Calls to
+# charging.v1.Charging and .Admin then need `authorization: Bearer <JWT>`
+# signed by one of `keys` (ES256 / RS256 / RS512), with `aud` one of
+# `audience`, `scope` holding `scope` and a role (charging:charging,
+# charging:billing, charging:admin). Keys: `chargerd keygen`; tokens:
+# `chargerd token`. Paths are relative to the working directory.
+# [auth]
+# enabled = true
+# keys = ["jwt-public.pem"]           # or [{{ file = "jwt-public.pem", kid = "k1" }}]
+# audience = "charging"               # or a list
+# issuer = "my-nrf"                   # optional: required iss
+# scope = "nchf-convergedcharging"    # the service scope every token carries
+# leeway_s = 30                       # slack on exp / nbf
+# node_key = "jwt-private.pem"        # signs this node's own calls (placement, join)
 "#,
         shards = d.shards,
         seed = d.rng_seed,
@@ -466,6 +551,30 @@ mod tests {
         )
     }
 
+    #[test]
+    fn auth_section_is_read() {
+        let text = insecure_example(1).replace(
+            "# [auth]\n# enabled = true\n# keys = [\"jwt-public.pem\"]           # or [{ file = \"jwt-public.pem\", kid = \"k1\" }]\n# audience = \"charging\"               # or a list\n# issuer = \"my-nrf\"",
+            "[auth]\nenabled = true\nkeys = [\"a.pem\", { file = \"b.pem\", kid = \"k2\" }]\naudience = [\"charging\", \"chf\"]\nissuer = \"my-nrf\"\nnode_key = \"n.pem\"",
+        );
+        let a = ProcessConfig::parse(&text).unwrap().node.auth;
+        assert!(a.enabled);
+        assert_eq!(a.keys.len(), 2);
+        assert_eq!(a.keys[1].kid.as_deref(), Some("k2"));
+        assert_eq!(a.audience, vec!["charging".to_string(), "chf".into()]);
+        assert_eq!(a.issuer.as_deref(), Some("my-nrf"));
+        assert_eq!(a.scope, "nchf-convergedcharging");
+        assert_eq!(a.node_key.unwrap().file, PathBuf::from("n.pem"));
+        // Off by default.
+        assert!(
+            !ProcessConfig::parse(&insecure_example(1))
+                .unwrap()
+                .node
+                .auth
+                .enabled
+        );
+    }
+
     fn err_of(edit: impl Fn(String) -> String) -> String {
         ProcessConfig::parse(&edit(insecure_example(1))).unwrap_err()
     }
@@ -504,6 +613,16 @@ mod tests {
                 "max_buckets_per_account",
                 "max_bucketz_per_account",
                 "max_bucketz_per_account",
+            ),
+            (
+                "# [auth]\n# enabled = true",
+                "[auth]\nenabled = true",
+                "auth.keys",
+            ),
+            (
+                "# [auth]\n# enabled = true\n# keys = [\"jwt-public.pem\"]",
+                "[auth]\nenabled = true\nkeys = [\"jwt-public.pem\"]",
+                "auth.audience",
             ),
         ];
         for (from, to, want) in cases {

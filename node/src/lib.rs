@@ -17,7 +17,8 @@
 //!      (the shard's only, fenced proposer), its supervisor, the expiry
 //!      sweeper;
 //!    - [`frontdoor`]: the public gRPC service; validation, admission
-//!      control, routing by [`frontdoor::shard_of`], one-hop forwarding.
+//!      control, routing by [`frontdoor::shard_of`], one-hop forwarding,
+//!      and who may call what ([`frontdoor::auth`]: bearer tokens, roles).
 //! 3. **Control plane**, [`control`]: the replicated cluster map (`meta`),
 //!    the placement driver (`placement`), leader spreading (`balance`), the
 //!    replicas a node hosts (`replicas`) and the `Admin` service (`admin`).

@@ -248,6 +248,18 @@ pub async fn start<L: LogEngine, I: Incoming>(
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let me = config.node_id;
+    // Bearer tokens on the public port (`auth`); off: every call passes.
+    // Keys are read before anything starts, so a bad one stops nothing.
+    let (verifier, credential) = if config.auth.enabled {
+        let v = crate::frontdoor::auth::Verifier::new(&config.auth, edges.clock.clone());
+        let c = crate::frontdoor::auth::NodeCredential::new(me, &config.auth, edges.clock.clone());
+        (
+            Some(Arc::new(v.map_err(|e| anyhow::anyhow!(e))?)),
+            Some(Arc::new(c.map_err(|e| anyhow::anyhow!(e))?)),
+        )
+    } else {
+        (None, None)
+    };
     let transport: TransportOptions = config.transport.clone();
     let max_snapshot_bytes = transport.snapshot_max_bytes;
     let peers = Peers::new(me, edges.connector, edges.clock.clone(), transport);
@@ -389,6 +401,9 @@ pub async fn start<L: LogEngine, I: Incoming>(
         rx.clone(),
     )));
 
+    if let Some(c) = &credential {
+        front_door.set_own_credential(c.clone());
+    }
     peers.set_heard(front_door.heard.clone());
     front_door.set_transport(peers.clone());
     // Internal server: Raft traffic of every group.
@@ -465,6 +480,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
             .layer(tower::util::option_layer(
                 strip_internal.then_some(crate::tls::StripInternalHeaders),
             ))
+            .layer(crate::frontdoor::auth::AuthLayer(verifier))
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -541,6 +557,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
                 via: join,
                 channel,
                 fresh: fresh_joiner,
+                credential,
             },
             admitted_tx,
             rx.clone(),

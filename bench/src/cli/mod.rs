@@ -2,6 +2,7 @@
 
 use crate::cluster::{self, Preload};
 use crate::echo::EchoServer;
+use crate::exec::Channel;
 use crate::exec::{connect, Exec, Target};
 use crate::nodecpu::NodeCpu;
 use crate::report::{put_baseline, put_measured, round1, table, Measured};
@@ -16,7 +17,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 mod setup;
 pub use setup::*;
@@ -184,6 +184,11 @@ pub struct Common {
     /// Public API endpoint of a node (repeatable; load is spread over all).
     #[arg(long = "endpoint", value_name = "URL")]
     pub endpoints: Vec<String>,
+    /// Bearer token (JWT) for nodes with [auth] on; the preload and tariffs
+    /// need an admin token (`chargerd token --role admin`). Default: the
+    /// environment variable CHARGING_TOKEN.
+    #[arg(long, value_name = "JWT")]
+    pub token: Option<String>,
     /// Allow endpoints that are not on loopback.
     #[arg(long)]
     pub allow_remote: bool,
@@ -341,6 +346,12 @@ pub fn is_loopback(url: &str) -> bool {
 }
 
 impl Common {
+    /// The bearer token: `--token`, else `CHARGING_TOKEN`, else none.
+    pub fn bearer(&self) -> anyhow::Result<crate::exec::Bearer> {
+        let env = std::env::var(charging_client::TOKEN_ENV).ok();
+        crate::exec::Bearer::new(self.token.as_deref().or(env.as_deref()))
+    }
+
     pub fn endpoints(&self) -> anyhow::Result<Vec<String>> {
         let eps = if self.endpoints.is_empty() {
             vec![charging_client::DEFAULT_ENDPOINT.to_string()]

@@ -38,10 +38,11 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
     if c.rating_groups.is_empty() {
         bail!("--rating-groups: at least one");
     }
+    let token = c.bearer()?;
     let mut channels = Vec::new();
     let mut admin = Vec::new();
     for e in &endpoints {
-        admin.extend(connect(e, 1).await?);
+        admin.extend(connect(e, 1, &token).await?);
     }
     // With leader routing, one group of connections per node of the map.
     let router = match c.route {
@@ -55,7 +56,7 @@ pub async fn setup(c: &Common) -> anyhow::Result<Setup> {
         None => endpoints.clone(),
     };
     for e in &targets {
-        channels.extend(connect(e, c.connections()).await?);
+        channels.extend(connect(e, c.connections(), &token).await?);
     }
     let dims = cluster::tariff_dims(&admin[0])
         .await
@@ -195,7 +196,7 @@ pub async fn echo_baseline(
     width: usize,
 ) -> anyhow::Result<LoadResult> {
     let server = EchoServer::start(0)?;
-    let channels = connect(&server.url(), width).await?;
+    let channels = connect(&server.url(), width, &Default::default()).await?;
     let exec = make_exec(c, Target::Echo, &channels).await?;
     let opts = LoadOpts {
         label: "echo".into(),

@@ -39,6 +39,47 @@ enum Cmd {
         #[arg(long)]
         join: Option<String>,
     },
+    /// Make an ES256 (P-256) key pair for bearer tokens: `<out>.pem`
+    /// (private, PKCS#8, mode 0600) and `<out>.pub.pem` (public: the node
+    /// config's `auth.keys`).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, default_value = "jwt")]
+        out: std::path::PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a signed bearer token (JWT) for a role.
+    Token {
+        /// Private key (PEM): EC P-256 (ES256) or RSA (RS256, or --alg RS512).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// charging, billing or admin (repeat for several).
+        #[arg(long, required = true)]
+        role: Vec<String>,
+        /// Lifetime, e.g. 30s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Audience (`aud`); repeat for several.
+        #[arg(long, default_value = "charging")]
+        aud: Vec<String>,
+        /// Issuer (`iss`).
+        #[arg(long)]
+        iss: Option<String>,
+        /// Subject (`sub`).
+        #[arg(long, default_value = "chargerd-token")]
+        sub: String,
+        /// The service scope the nodes require (`auth.scope`).
+        #[arg(long, default_value = "nchf-convergedcharging")]
+        scope: String,
+        /// Key id (`kid` header), if the nodes' keys have one.
+        #[arg(long)]
+        kid: Option<String>,
+        /// ES256, RS256 or RS512 (default: from the key).
+        #[arg(long)]
+        alg: Option<String>,
+    },
     /// Print a commented config for node N of a local 3-node cluster.
     ConfigExample {
         #[arg(long, default_value_t = 1)]
@@ -190,6 +231,7 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
         "  INSECURE, for a laptop: plaintext, no tokens, bound to 127.0.0.1 only \
          (a real cluster: `chargerd start`, which serves TLS)"
     );
+    println!("  auth: off (bearer tokens are not checked; enable [auth] with chargerd start)");
     for (id, a) in &cluster.addrs {
         let m = TcpListener::bind("127.0.0.1:0").await?;
         let maddr = m.local_addr()?;
@@ -325,6 +367,56 @@ fn certs(
     Ok(())
 }
 
+/// `30s`, `15m`, `1h`, `7d` (a bare number is seconds).
+fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--ttl {s}: a number and s, m, h or d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("--ttl {s}: a number and s, m, h or d"),
+    };
+    if n == 0 {
+        anyhow::bail!("--ttl {s}: must be > 0");
+    }
+    Ok(Duration::from_secs(n.saturating_mul(mult)))
+}
+
+fn keygen(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (private, public) =
+        charging_node::frontdoor::auth::generate_es256().map_err(|e| anyhow::anyhow!(e))?;
+    let priv_path = std::path::PathBuf::from(format!("{}.pem", out.display()));
+    let pub_path = std::path::PathBuf::from(format!("{}.pub.pem", out.display()));
+    for p in [&priv_path, &pub_path] {
+        if p.exists() && !force {
+            anyhow::bail!("{} exists (--force to overwrite)", p.display());
+        }
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(&priv_path)?.write_all(private.as_bytes())?;
+    std::fs::write(&pub_path, public)?;
+    println!(
+        "private key: {} (signs tokens: chargerd token --key ...; node config auth.node_key)",
+        priv_path.display()
+    );
+    println!(
+        "public key:  {} (node config auth.keys)",
+        pub_path.display()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -365,6 +457,55 @@ async fn main() -> anyhow::Result<()> {
             hosts,
             clients,
         } => certs(&dir, &nodes, &hosts, &clients),
+        Cmd::Keygen { out, force } => keygen(&out, force),
+        Cmd::Token {
+            key,
+            role,
+            ttl,
+            aud,
+            iss,
+            sub,
+            scope,
+            kid,
+            alg,
+        } => {
+            use charging_node::frontdoor::auth::{Role, Signer, TokenSpec};
+            let roles = role
+                .iter()
+                .map(|r| {
+                    Role::parse(r).ok_or_else(|| {
+                        anyhow::anyhow!("--role {r}: one of charging, billing, admin")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let alg = alg
+                .map(|a| {
+                    a.parse()
+                        .map_err(|_| anyhow::anyhow!("--alg {a}: ES256, RS256 or RS512"))
+                })
+                .transpose()?;
+            let pem =
+                std::fs::read(&key).map_err(|e| anyhow::anyhow!("--key {}: {e}", key.display()))?;
+            let signer = Signer::from_pem(&pem, alg)
+                .map_err(|e| anyhow::anyhow!("--key {}: {e}", key.display()))?;
+            let spec = TokenSpec {
+                subject: sub,
+                audience: aud,
+                issuer: iss,
+                scope: TokenSpec::for_roles(&scope, &roles),
+                ttl: parse_ttl(&ttl)?,
+                kid,
+            };
+            #[allow(clippy::disallowed_methods)] // a CLI, not the node core
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            println!(
+                "{}",
+                signer.sign(&spec, now).map_err(|e| anyhow::anyhow!(e))?
+            );
+            Ok(())
+        }
         Cmd::ConfigExample { node_id } => {
             print!("{}", charging_node::config_file::example(node_id));
             Ok(())

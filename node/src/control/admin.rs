@@ -134,6 +134,8 @@ fn marked<M>(m: M) -> Request<M> {
     r.set_timeout(FORWARD_DEADLINE);
     r.metadata_mut()
         .insert(crate::frontdoor::FORWARDED, "1".parse().expect("ascii"));
+    // The metadata leader checks the caller's token too.
+    crate::frontdoor::auth::forward_credentials(r.metadata_mut());
     r
 }
 

@@ -345,6 +345,7 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
             let mut c = c;
             let mut req = tonic::Request::new(pb::StatusRequest::default());
             req.set_timeout(opts.call_timeout);
+            fd.authorize_own(req.metadata_mut());
             match tokio::time::timeout(opts.call_timeout, c.status(req)).await {
                 Ok(Ok(r)) => {
                     fd.heard.insert(id, tokio::time::Instant::now());
@@ -412,6 +413,7 @@ async fn drive_once(fd: &FrontDoor, opts: &PlacementOptions, clients: &mut Clien
             replica,
         });
         req.set_timeout(opts.call_timeout * 5);
+        fd.authorize_own(req.metadata_mut());
         let dropped = tokio::time::timeout(opts.call_timeout * 5, c.drop_replica(req))
             .await
             .unwrap_or_else(|_| {
@@ -674,6 +676,8 @@ pub struct Joiner {
     pub channel: tonic::transport::Channel,
     /// Started with no replica list (new, or its data was lost).
     pub fresh: bool,
+    /// The node's own admin token (auth on): joining needs admin rights.
+    pub credential: Option<std::sync::Arc<crate::frontdoor::auth::NodeCredential>>,
 }
 
 /// Asks the cluster (through `j.via`) to add this node, retrying with
@@ -694,6 +698,9 @@ pub async fn join(j: Joiner, admitted: watch::Sender<bool>, mut stop: watch::Rec
                     fresh: j.fresh,
                 });
                 req.set_timeout(Duration::from_secs(10));
+                if let Some(c) = &j.credential {
+                    c.authorize(req.metadata_mut());
+                }
                 let mut client = AdminClient::new(j.channel.clone());
                 let v = tokio::time::timeout(Duration::from_secs(11), client.add_node(req))
                     .await

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request as TReq, Status};
 
+pub mod auth;
 mod convert;
 mod service;
 pub mod validate;
@@ -84,6 +85,8 @@ pub struct FrontDoor {
     forward: DashMap<NodeId, ChargingClient<Channel>>,
     /// Shared string: labelling a request's metrics copies no bytes.
     node_label: metrics::SharedString,
+    /// The token of this node's own calls to other nodes (auth on).
+    own_credential: std::sync::OnceLock<Arc<auth::NodeCredential>>,
 }
 
 /// Where a request went.
@@ -127,12 +130,26 @@ impl FrontDoor {
             clock,
             forward: DashMap::default(),
             node_label: crate::metrics_http::label(node),
+            own_credential: std::sync::OnceLock::new(),
         })
     }
 
     /// Sets the transport whose connector makes forwarding channels.
     pub fn set_transport(&self, peers: Arc<crate::raft::network::Peers>) {
         let _ = self.transport.set(peers);
+    }
+
+    /// Sets the credential of this node's own calls (auth on).
+    pub fn set_own_credential(&self, c: Arc<auth::NodeCredential>) {
+        let _ = self.own_credential.set(c);
+    }
+
+    /// Marks a call this node makes on its own behalf (not a caller's):
+    /// its own admin token when auth is on.
+    pub fn authorize_own(&self, md: &mut tonic::metadata::MetadataMap) {
+        if let Some(c) = self.own_credential.get() {
+            c.authorize(md);
+        }
     }
 
     /// The current cluster map, if one was written.
@@ -394,6 +411,8 @@ impl FrontDoor {
             let mut req = TReq::new(msg.clone());
             req.metadata_mut()
                 .insert(FORWARDED, "1".parse().expect("ascii"));
+            // The owner checks the caller's token too (see `auth`).
+            auth::forward_credentials(req.metadata_mut());
             if only_shard {
                 req.metadata_mut()
                     .insert(ONLY_SHARD, shard.to_string().parse().expect("ascii"));

@@ -125,7 +125,11 @@ macro_rules! charging_service {
                 &self,
                 r: Request<Streaming<pb::OpBatch>>,
             ) -> Result<Response<ResultStream>, Status> {
-                Ok(Response::new(stream(self.0.clone(), r.into_inner())))
+                // Checked when the call opened (any role); each operation is
+                // checked against its own method's role, and the caller's
+                // token goes with what is forwarded (see `auth`).
+                let caller = r.extensions().get::<super::auth::Caller>().cloned();
+                Ok(Response::new(stream(self.0.clone(), caller, r.into_inner())))
             }
         }
     };
@@ -243,9 +247,13 @@ fn get_tariffs(fd: &FrontDoor) -> Result<pb::GetTariffsResponse, Status> {
 /// its results go back as one message. At most
 /// `MAX_BATCHES_IN_FLIGHT_PER_STREAM` batches of a stream are worked on at
 /// once; beyond that the stream is not read (HTTP/2 flow control pushes back).
-fn stream(fd: Arc<FrontDoor>, mut input: Streaming<pb::OpBatch>) -> ResultStream {
+fn stream(
+    fd: Arc<FrontDoor>,
+    caller: Option<super::auth::Caller>,
+    mut input: Streaming<pb::OpBatch>,
+) -> ResultStream {
     let (tx, rx) = mpsc::channel(MAX_BATCHES_IN_FLIGHT_PER_STREAM);
-    tokio::spawn(async move {
+    tokio::spawn(super::auth::scoped(caller.clone(), async move {
         let mut running = FuturesUnordered::new();
         loop {
             tokio::select! {
@@ -271,8 +279,11 @@ fn stream(fd: Arc<FrontDoor>, mut input: Streaming<pb::OpBatch>) -> ResultStream
                                 return;
                             }
                             let fd = fd.clone();
+                            let (ops, denied) = super::auth::screen(caller.as_ref(), batch.ops);
                             running.push(async move {
-                                pb::OpResultBatch { results: run_batch(&fd, batch.ops).await }
+                                let mut results = run_batch(&fd, ops).await;
+                                results.extend(denied);
+                                pb::OpResultBatch { results }
                             });
                         }
                         Some(Err(_)) | None => break,
@@ -288,7 +299,7 @@ fn stream(fd: Arc<FrontDoor>, mut input: Streaming<pb::OpBatch>) -> ResultStream
                 return;
             }
         }
-    });
+    }));
     Box::pin(ReceiverStream::new(rx))
 }
 

@@ -16,3 +16,4 @@ mod t70_stream;
 mod t80_supervision;
 mod t90_reflection;
 mod t91_tls;
+mod t95_auth;

@@ -24,6 +24,10 @@ pub(crate) struct Cli {
     pub(crate) max_retries: u32,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
+    /// Bearer token (JWT) sent on every call, for nodes with [auth] on
+    /// (`chargerd token`); default: the environment variable CHARGING_TOKEN.
+    #[arg(long, global = true, value_name = "JWT")]
+    pub(crate) token: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

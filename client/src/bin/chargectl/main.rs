@@ -84,20 +84,25 @@ impl Outcome {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| std::env::var(charging_client::TOKEN_ENV).ok())
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| charging_client::BearerToken::new(&t))
+        .transpose();
     let request_id = cli.command.request_id();
-    let result = match cli.tls.client_tls() {
-        Ok(tls) => {
-            let config = ClientConfig {
-                deadline_ms: cli.deadline_ms,
-                max_retries: cli.max_retries,
-                tls,
-                ..ClientConfig::default()
-            };
-            match Client::connect_lazy(cli.endpoint.clone(), config) {
-                Ok(client) => run(&client, cli.command, request_id).await,
-                Err(e) => Err(e),
-            }
-        }
+    let result = match token.and_then(|token| {
+        let config = ClientConfig {
+            deadline_ms: cli.deadline_ms,
+            max_retries: cli.max_retries,
+            token,
+            tls: cli.tls.client_tls()?,
+            ..ClientConfig::default()
+        };
+        Client::connect_lazy(cli.endpoint.clone(), config)
+    }) {
+        Ok(client) => run(&client, cli.command, request_id).await,
         Err(e) => Err(e),
     };
     match result {
