@@ -234,6 +234,13 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let fd = &self.0;
         let with_hash = r.get_ref().with_state_hash;
+        // A digest walks every account of every hosted replica: heavy.
+        let _permits = if with_hash {
+            let (p, h) = fd.admit_heavy("status with state hashes")?;
+            (p, Some(h))
+        } else {
+            (fd.admit()?, None)
+        };
         let map = fd.map();
         let mut hosted: Vec<ShardHandle> = fd.hosted.iter().map(|h| h.clone()).collect();
         hosted.sort_by_key(|h| h.shard);

@@ -19,8 +19,6 @@ mod bulk;
 
 /// Most operations in one stream message.
 pub const MAX_OPS_PER_BATCH: usize = 4096;
-/// Stream messages of one stream being worked on at once (pipeline depth).
-pub const MAX_BATCHES_IN_FLIGHT_PER_STREAM: usize = 64;
 
 #[derive(Clone)]
 pub struct ChargingService(pub Arc<FrontDoor>);
@@ -123,6 +121,10 @@ async fn run_batch(fd: &FrontDoor, ops: Vec<pb::Op>) -> Vec<pb::OpResult> {
     let mut unary: Vec<usize> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op.op.as_ref().and_then(prepare) {
+            Some(Ok((_, req))) if fd.check_request_time(req.request_id).is_err() => {
+                let e = fd.check_request_time(req.request_id).expect_err("checked");
+                results[i] = Some(op_error(e));
+            }
             Some(Ok((kind, req))) => {
                 let shard = fd.shard_id(&req.account);
                 if fd.hosted.contains_key(&shard) {
@@ -313,6 +315,7 @@ impl Charging for ChargingService {
         &self,
         _r: Request<pb::GetTariffsRequest>,
     ) -> Result<Response<pb::GetTariffsResponse>, Status> {
+        let _permit = self.0.admit()?;
         // Every shard holds the same tariffs; any hosted shard's applied
         // view answers.
         let Some(tariffs) = self
@@ -336,6 +339,7 @@ impl Charging for ChargingService {
         r: Request<pb::BulkCreateAccountsRequest>,
     ) -> Result<Response<pb::BulkCreateAccountsResponse>, Status> {
         let f = forwarded(&r);
+        let _permits = self.0.admit_heavy("bulk_create_accounts")?;
         bulk::bulk_create(&self.0, r.into_inner(), f)
             .await
             .map(Response::new)
@@ -345,46 +349,52 @@ impl Charging for ChargingService {
 
     /// Each incoming message is a batch; its operations run concurrently and
     /// its results go back as one message. At most
-    /// `MAX_BATCHES_IN_FLIGHT_PER_STREAM` batches of a stream are worked on at
-    /// once; beyond that the stream is not read (HTTP/2 flow control pushes back).
+    /// `stream_batches_inflight_max` batches of a stream are worked on at
+    /// once; beyond that the stream is not read (HTTP/2 flow control pushes
+    /// back). Each batch holds its size of the node's stream byte budget
+    /// while worked on; a batch over it is answered `RESOURCE_EXHAUSTED` for
+    /// every operation. A message that does not decode ends the stream with
+    /// the status any call would get (see `listener::rewrite_decode_failure`).
     async fn stream(
         &self,
         r: Request<Streaming<pb::OpBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let mut input = r.into_inner();
         let fd = self.0.clone();
-        let (tx, rx) = mpsc::channel(MAX_BATCHES_IN_FLIGHT_PER_STREAM);
+        let depth = fd.limits.stream_batches_inflight_max;
+        let (tx, rx) = mpsc::channel(depth);
         tokio::spawn(async move {
             let mut running = FuturesUnordered::new();
+            // Why the stream ends early, sent after the results of the
+            // batches accepted before it (they may have been applied).
+            let mut end: Option<Status> = None;
             loop {
                 tokio::select! {
-                    msg = input.next(), if running.len() < MAX_BATCHES_IN_FLIGHT_PER_STREAM => {
+                    msg = input.next(), if running.len() < depth => {
                         match msg {
                             Some(Ok(batch)) => {
                                 if batch.ops.len() > MAX_OPS_PER_BATCH {
-                                    // The batches accepted before this one may
-                                    // have been applied: their results go out
-                                    // first, then the error ends the stream.
-                                    while let Some(done) = running.next().await {
-                                        if tx.send(Ok(done)).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                    let _ = tx
-                                        .send(Err(Error::invalid(
-                                            "ops",
-                                            format!("more than {MAX_OPS_PER_BATCH} in one batch"),
-                                        )
-                                        .into()))
-                                        .await;
-                                    return;
+                                    end = Some(Error::invalid(
+                                        "ops",
+                                        format!("more than {MAX_OPS_PER_BATCH} in one batch"),
+                                    )
+                                    .into());
+                                    break;
                                 }
                                 let fd = fd.clone();
+                                let held = fd.admit_stream_bytes(prost::Message::encoded_len(&batch));
                                 running.push(async move {
+                                    let Some(_held) = held else {
+                                        return refused(batch.ops);
+                                    };
                                     pb::OpResultBatch { results: run_batch(&fd, batch.ops).await }
                                 });
                             }
-                            Some(Err(_)) | None => break,
+                            Some(Err(s)) => {
+                                end = Some(crate::listener::rewrite_decode_failure(s));
+                                break;
+                            }
+                            None => break,
                         }
                     }
                     Some(done) = running.next(), if !running.is_empty() => {
@@ -397,7 +407,29 @@ impl Charging for ChargingService {
                     return;
                 }
             }
+            if let Some(s) = end {
+                let _ = tx.send(Err(s)).await;
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Every operation of a batch refused: the node's stream byte budget is
+/// spent. Nothing was applied; back off and retry.
+fn refused(ops: Vec<pb::Op>) -> pb::OpResultBatch {
+    let s: Status = Error::Overloaded(
+        "node at its in-flight stream bytes limit (stream_bytes_inflight_max); back off and retry"
+            .into(),
+    )
+    .into();
+    pb::OpResultBatch {
+        results: ops
+            .into_iter()
+            .map(|op| pb::OpResult {
+                correlation_id: op.correlation_id,
+                result: Some(op_error(s.clone())),
+            })
+            .collect(),
     }
 }
