@@ -445,7 +445,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let max_message = config.front_door.message_bytes_max;
     let charging = ChargingServer::new(crate::frontdoor::ChargingServiceHandle(front_door.clone()))
         .max_decoding_message_size(max_message);
-    let admin = AdminServer::new(AdminService(front_door.clone()))
+    let admin = AdminServer::new(AdminService(front_door.clone(), config.nodes_max))
         .max_decoding_message_size(max_message);
     let mut rx2 = rx.clone();
     // Limits: `config.public_listener`; malformed input gets the statuses

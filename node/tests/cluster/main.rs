@@ -15,3 +15,4 @@ mod t60_concurrency;
 mod t70_stream;
 mod t80_supervision;
 mod t90_reflection;
+mod t95_hardening;
