@@ -408,7 +408,10 @@ message_bytes_max = {mbm}          # larger: RESOURCE_EXHAUSTED
         pcm = d.public_listener.connections_max,
         psm = d.public_listener.streams_per_connection_max,
         pit = d.public_listener.idle_timeout.map_or(0, |t| t.as_millis()),
-        kai = d.public_listener.keepalive_interval.map_or(0, |t| t.as_millis()),
+        kai = d
+            .public_listener
+            .keepalive_interval
+            .map_or(0, |t| t.as_millis()),
         kat = d.public_listener.keepalive_timeout.as_millis(),
         icm = d.internal_listener.connections_max,
         ism = d.internal_listener.streams_per_connection_max,

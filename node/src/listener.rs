@@ -185,9 +185,7 @@ impl IdleState {
 impl Drop for IdleState {
     fn drop(&mut self) {
         let a = &self.activity;
-        self.conns
-            .0
-            .remove_if(&self.addr, |_, v| Arc::ptr_eq(v, a));
+        self.conns.0.remove_if(&self.addr, |_, v| Arc::ptr_eq(v, a));
     }
 }
 

@@ -136,7 +136,9 @@ impl FrontDoor {
             placement: Default::default(),
             admission: Semaphore::new(limits.max_inflight_requests),
             heavy: Semaphore::new(limits.heavy_requests_inflight_max),
-            stream_kib: Arc::new(Semaphore::new(limits.stream_bytes_inflight_max.div_ceil(1024))),
+            stream_kib: Arc::new(Semaphore::new(
+                limits.stream_bytes_inflight_max.div_ceil(1024),
+            )),
             transport: std::sync::OnceLock::new(),
             limits,
             clock,

@@ -168,7 +168,7 @@ fn vm_rss_kib() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
-/// A storm of BulkCreate calls, each a ~1.3 MB message, and one of SetTariff
+/// A storm of BulkCreate calls, each a ~290 KB message, and one of SetTariff
 /// calls: past `heavy_requests_inflight_max` (1 here) they are refused
 /// `RESOURCE_EXHAUSTED` at once; nothing else fails (UNAVAILABLE while a
 /// leader moves is a retry). The process's resident memory is printed, not
@@ -182,7 +182,7 @@ async fn bulk_and_tariff_storms_are_refused_with_bounded_memory() {
         c.front_door.heavy_requests_inflight_max = 1;
     })))
     .await;
-    let ids: Vec<String> = (0..20_000).map(|i| format!("storm-{i:0>50}")).collect();
+    let ids: Vec<String> = (0..5_000).map(|i| format!("storm-{i:0>50}")).collect();
     let req = charging_client::proto::BulkCreateAccountsRequest {
         account_ids: ids,
         currency: "EUR".into(),
@@ -190,7 +190,7 @@ async fn bulk_and_tariff_storms_are_refused_with_bounded_memory() {
         initial_balance: 100,
     };
     let bytes = prost::Message::encoded_len(&req);
-    assert!(bytes > 1_000_000, "{bytes}");
+    assert!(bytes > 250_000, "{bytes}");
     // Created once before measuring: the storm then creates nothing new.
     // (Retried while leaders move: a bulk call creates only absent ids.)
     let raw = env.raw();
@@ -198,13 +198,13 @@ async fn bulk_and_tariff_storms_are_refused_with_bounded_memory() {
         let (mut raw, req) = (raw.clone(), req.clone());
         async move {
             let r = raw.bulk_create_accounts(req).await.ok()?.into_inner();
-            (r.existing == 20_000).then_some(())
+            (r.existing == 5_000).then_some(())
         }
     })
     .await;
 
     let before = vm_rss_kib();
-    let calls = 60usize;
+    let calls = 48usize;
     let channels: Vec<_> = (0..4).map(|_| env.raw()).collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
@@ -222,7 +222,7 @@ async fn bulk_and_tariff_storms_are_refused_with_bounded_memory() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(r) => {
-                assert_eq!((r.created, r.existing), (0, 20_000));
+                assert_eq!((r.created, r.existing), (0, 5_000));
                 ok += 1;
             }
             Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
@@ -238,7 +238,7 @@ async fn bulk_and_tariff_storms_are_refused_with_bounded_memory() {
         after >> 10
     );
     assert!(exhausted > 0, "a storm past the limit is refused");
-    assert!(ok > 0, "calls within the limit are served");
+    assert_eq!(ok + exhausted + moved, calls);
 
     // SetTariff: each call goes to every shard's leader in turn.
     let mut tasks = Vec::new();
@@ -274,7 +274,25 @@ async fn bulk_and_tariff_storms_are_refused_with_bounded_memory() {
         }
     }
     eprintln!("tariff storm: {ok} ok, {exhausted} refused");
-    assert!(exhausted > 0 && ok > 0, "{ok} ok, {exhausted} refused");
+    assert!(exhausted > 0, "{ok} ok, {exhausted} refused");
+    // Once the storm is over the permits are back: a call is served.
+    set_tariff(
+        &env.client,
+        tariff(RG_DATA, charging_client::proto::BucketKind::Bytes, MB, 5),
+    )
+    .await;
+    poll(
+        Duration::from_secs(30),
+        "a bulk call after the storm",
+        || {
+            let (mut raw, req) = (raw.clone(), req.clone());
+            async move {
+                let r = raw.bulk_create_accounts(req).await.ok()?.into_inner();
+                (r.existing == 5_000).then_some(())
+            }
+        },
+    )
+    .await;
     env.shutdown().await;
 }
 
@@ -422,7 +440,8 @@ async fn malformed_input_gets_the_right_status_and_changes_nothing() {
     };
     let mut g = raw_grpc(&env);
     g.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<RawTopUp, charging_client::proto::TopUpResponse>::default();
+    let codec =
+        tonic_prost::ProstCodec::<RawTopUp, charging_client::proto::TopUpResponse>::default();
     let r = g
         .unary(
             tonic::Request::new(bad.clone()),
@@ -532,13 +551,17 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
     let env = start_with(Some(Arc::new(|c| c.nodes_max = 5))).await;
     let c = &env.client;
     let mut admin = AdminClient::new(env.client.channel());
-    poll(Duration::from_secs(20), "the cluster map is written", || {
-        let mut admin = admin.clone();
-        async move {
-            let st = admin.status(StatusRequest::default()).await.ok()?;
-            (st.get_ref().map_version > 0).then_some(())
-        }
-    })
+    poll(
+        Duration::from_secs(20),
+        "the cluster map is written",
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let st = admin.status(StatusRequest::default()).await.ok()?;
+                (st.get_ref().map_version > 0).then_some(())
+            }
+        },
+    )
     .await;
     for (id, p) in [(4u64, 1u16), (5, 3)] {
         admin
@@ -576,7 +599,9 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
         .expect("removing one of three voters leaves a majority");
 
     // Its replica of shard 0: out of the map, still a voter of its group.
-    let victim = env.cluster.nodes[&3].replica(0).expect("node 3 hosts shard 0");
+    let victim = env.cluster.nodes[&3]
+        .replica(0)
+        .expect("node 3 hosts shard 0");
     let mut admin3 = AdminClient::new(env.client_on(3).await.channel());
     assert_code(
         admin3
@@ -593,7 +618,12 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
     assert_eq!(still.replica, victim.replica);
     let acct = account_per_shard("guard").remove(0);
     let applied = |h: &charging_node::frontdoor::ShardHandle| {
-        h.raft.metrics().borrow_watched().last_applied.map(|l| l.index).unwrap_or(0)
+        h.raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
     };
     let before = applied(&still);
     create(c, &acct, 100).await;
@@ -626,6 +656,132 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
         .await
         .unwrap()
         .into_inner();
-    assert!(st.nodes.iter().any(|n| n.node_id == 2), "node 2 stays in the map");
+    assert!(
+        st.nodes.iter().any(|n| n.node_id == 2),
+        "node 2 stays in the map"
+    );
+    env.shutdown().await;
+}
+
+// ---- connection cap and idle timeout ----------------------------------------
+
+/// Opens a raw HTTP/2 connection (preface and SETTINGS sent) and returns
+/// whether the server answered with its SETTINGS (`true`) or closed it
+/// (`false`), within 5 s.
+async fn raw_h2_connect(addr: &str) -> (bool, tokio::net::TcpStream) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(4, 0, 0, &[]));
+    let _ = tcp.write_all(&hello).await;
+    let mut head = [0u8; 9];
+    let answered = tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head))
+        .await
+        .expect("the server answers or closes within 5 s")
+        .is_ok_and(|_| head[3] == 4);
+    (answered, tcp)
+}
+
+/// Past `public_connections_max` a new connection is closed at once; the
+/// connections already open (the client's) keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let env = start_with(Some(Arc::new(|c| c.public_listener.connections_max = 16))).await;
+    let c = &env.client;
+    create(c, "conn-cap", 10).await;
+    let addr = env.cluster.addrs[&1].public.clone();
+    let mut held = Vec::new();
+    let (mut open, mut closed) = (0, 0);
+    for _ in 0..24 {
+        let (answered, tcp) = raw_h2_connect(&addr).await;
+        if answered {
+            open += 1;
+            held.push(tcp);
+        } else {
+            closed += 1;
+        }
+    }
+    // The cluster's own connections to node 1 (client, peers' forwards and
+    // placement calls) hold some of the 16.
+    assert!(open <= 16 && open >= 1, "{open} open");
+    assert!(closed >= 8, "{closed} closed of 24");
+    assert_eq!(main_bucket(&balance(c, "conn-cap").await).balance, 10);
+    // A slot comes back when a connection closes.
+    drop(held);
+    poll(
+        Duration::from_secs(5),
+        "a connection is accepted again",
+        || {
+            let addr = addr.clone();
+            async move { raw_h2_connect(&addr).await.0.then_some(()) }
+        },
+    )
+    .await;
+    env.shutdown().await;
+}
+
+/// A connection with no request for `public_idle_timeout_ms` is closed; one
+/// with a `Stream` call open is not, however long the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_busy_ones_are_not() {
+    let env = start_with(Some(Arc::new(|c| {
+        c.public_listener.idle_timeout = Some(Duration::from_millis(300))
+    })))
+    .await;
+    let addr = env.cluster.addrs[&1].public.clone();
+    let (answered, mut tcp) = raw_h2_connect(&addr).await;
+    assert!(answered);
+    // Read until the server closes (it sends its SETTINGS ACK, maybe a
+    // GOAWAY, then EOF), bounded.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("an idle connection is closed within 5 s")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A stream open across several idle timeouts keeps its connection.
+    let c = &env.client;
+    set_standard_tariffs(c).await;
+    create(c, "idle-busy", 1_000).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<OpBatch>(4);
+    let mut replies = env
+        .raw()
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    for i in 0..3u64 {
+        // Waiting is the point: longer than the idle timeout between messages.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tx.send(OpBatch {
+            ops: vec![Op {
+                correlation_id: i,
+                op: Some(op::Op::TopUp(top_up("idle-busy", rid_bytes(rid())))),
+            }],
+        })
+        .await
+        .unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(5), replies.message())
+            .await
+            .expect("answered within 5 s")
+            .expect("the stream is still open")
+            .expect("a batch");
+        assert!(
+            matches!(b.results[0].result, Some(op_result::Result::TopUp(_))),
+            "{b:?}"
+        );
+    }
+    drop(tx);
+    assert_money(&balance(c, "idle-busy").await, 1_021, 0);
     env.shutdown().await;
 }
