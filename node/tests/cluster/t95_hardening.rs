@@ -702,7 +702,7 @@ async fn connections_past_the_cap_are_closed_at_once() {
     }
     // The cluster's own connections to node 1 (client, peers' forwards and
     // placement calls) hold some of the 16.
-    assert!(open <= 16 && open >= 1, "{open} open");
+    assert!((1..=16).contains(&open), "{open} open");
     assert!(closed >= 8, "{closed} closed of 24");
     assert_eq!(main_bucket(&balance(c, "conn-cap").await).balance, 10);
     // A slot comes back when a connection closes.
