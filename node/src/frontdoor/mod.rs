@@ -250,9 +250,9 @@ impl FrontDoor {
         validate::not_future(rid, self.clock.now_ms(), self.clock_bound_ms, "request_id")
     }
 
-    /// Sends one request to its local shard actor and waits (bounded) for the outcome.
+    /// Sends one request to its local shard actor and waits (bounded) for
+    /// the outcome. The caller holds an admission permit.
     async fn submit(&self, shard: ShardId, req: Request) -> Result<Routed, Status> {
-        let _permit = self.admit()?;
         let Some(handle) = self.hosted.get(&shard).map(|h| h.actor.clone()) else {
             return Ok(Routed::Remote(None));
         };
@@ -621,6 +621,9 @@ macro_rules! mutating_ops {
                 let started = Instant::now();
                 let (account, request_id, cmd) = $validate(&msg)?;
                 self.check_request_time(request_id)?;
+                // Held until the answer, a forward included: a request
+                // waiting on another node still counts here.
+                let _permit = self.admit()?;
                 let shard = self.shard_id(&account);
                 match self.submit(shard, Request { account, request_id, cmd }).await? {
                     Routed::Local(outcome) => self.finish(stringify!($op), started, outcome, $to_resp),
