@@ -82,8 +82,8 @@ impl Drop for RequestGuard {
 }
 
 /// A listener's connection stream, capped at `limits.connections_max` open
-/// connections: one accepted past the cap is closed at once (metric
-/// `charging_connections_refused_total`). Connections idle for
+/// connections: one accepted past the cap is closed at once (metrics
+/// `charging_connections_refused_total`, `charging_connections_open`). Connections idle for
 /// `limits.idle_timeout` are closed (when the peer address is known, as for
 /// TCP; see [`Connections`]).
 pub fn capped<I, IO>(
@@ -101,9 +101,18 @@ where
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let idle = limits.idle_timeout;
     let label = crate::metrics_http::label(node);
-    incoming.filter_map(move |io| {
+    let open = metrics::gauge!("charging_connections_open", "node" => label.clone(), "listener" => listener);
+    Box::pin(incoming.filter_map(move |io| {
         let r = match io {
-            Err(e) => Some(Err(e)),
+            // Out of file descriptors and the like: tonic retries at once,
+            // so pause here rather than spin.
+            Err(e) => {
+                tracing::warn!(listener, error = %e, "accepting a connection failed");
+                return futures::future::Either::Left(async move {
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    Some(Err(e))
+                });
+            }
             Ok(io) => match slots.clone().try_acquire_owned() {
                 Err(_) => {
                     metrics::counter!("charging_connections_refused_total", "node" => label.clone(), "listener" => listener)
@@ -132,9 +141,11 @@ where
                         (Some(d), Some(_)) => Some(Box::pin(tokio::time::sleep(d))),
                         _ => None,
                     };
+                    open.increment(1.0);
                     Some(Ok(Conn {
                         io,
                         _permit: permit,
+                        open: open.clone(),
                         idle: activity.map(|(addr, a)| IdleState {
                             addr,
                             activity: a,
@@ -146,9 +157,12 @@ where
                 }
             },
         };
-        futures::future::ready(r)
-    })
+        futures::future::Either::Right(futures::future::ready(r))
+    }))
 }
+
+/// How long a listener pauses after a failed accept (EMFILE and the like).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 struct IdleState {
     addr: SocketAddr,
@@ -193,7 +207,15 @@ impl Drop for IdleState {
 pub struct Conn<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
+    /// `charging_connections_open` of the listener.
+    open: metrics::Gauge,
     idle: Option<IdleState>,
+}
+
+impl<IO> Drop for Conn<IO> {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
 }
 
 use std::future::Future;
