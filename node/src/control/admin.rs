@@ -22,10 +22,17 @@ const GUARD_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2
 /// node's included, asked concurrently; a node that does not answer within
 /// [`GUARD_CALL_TIMEOUT`] is left out.
 async fn all_status(fd: &FrontDoor) -> Vec<pb::StatusResponse> {
-    let addrs: Vec<String> = match fd.map() {
+    let mut addrs: Vec<String> = match fd.map() {
         Some(m) => m.nodes.values().map(|e| e.public.clone()).collect(),
         None => fd.public_addrs.values().cloned().collect(),
     };
+    // This node too, even once the map no longer lists it (removed by
+    // force): its replica may still lead its group.
+    if let Some(me) = fd.public_addr(fd.node) {
+        if !addrs.contains(&me) {
+            addrs.push(me);
+        }
+    }
     let calls = addrs.into_iter().filter_map(|addr| {
         let ch = fd.peer_channel(&addr).ok()?;
         Some(async move {

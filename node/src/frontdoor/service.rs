@@ -121,11 +121,11 @@ async fn run_batch(fd: &FrontDoor, ops: Vec<pb::Op>) -> Vec<pb::OpResult> {
     let mut unary: Vec<usize> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op.op.as_ref().and_then(prepare) {
-            Some(Ok((_, req))) if fd.check_request_time(req.request_id).is_err() => {
-                let e = fd.check_request_time(req.request_id).expect_err("checked");
-                results[i] = Some(op_error(e));
-            }
             Some(Ok((kind, req))) => {
+                if let Err(e) = fd.check_request_time(req.request_id) {
+                    results[i] = Some(op_error(e));
+                    continue;
+                }
                 let shard = fd.shard_id(&req.account);
                 if fd.hosted.contains_key(&shard) {
                     by_shard.entry(shard).or_default().push((i, kind, req));
