@@ -689,7 +689,76 @@ impl Admin for AdminService {
 
 #[cfg(test)]
 mod tests {
-    use super::is_host_port;
+    use super::{drop_refusal, is_host_port, majority_refusal, LeaderView};
+    use crate::raft::replica_id;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn view(voters: &[u64], learners: &[u64], joint: bool) -> LeaderView {
+        LeaderView {
+            leader: 1,
+            term: 3,
+            voters: voters.iter().map(|n| replica_id(*n, 1)).collect(),
+            learners: learners.iter().map(|n| replica_id(*n, 1)).collect(),
+            joint,
+        }
+    }
+
+    #[test]
+    fn a_replica_is_dropped_only_once_no_leader_counts_it() {
+        let r3 = replica_id(3, 1);
+        let code = |v: Option<&Vec<LeaderView>>| drop_refusal(v, 0, r3).map(|s| s.code());
+        assert_eq!(code(None), Some(tonic::Code::Unavailable));
+        assert_eq!(code(Some(&vec![])), Some(tonic::Code::Unavailable));
+        assert_eq!(
+            code(Some(&vec![view(&[1, 2, 3], &[], false)])),
+            Some(tonic::Code::FailedPrecondition)
+        );
+        assert_eq!(
+            code(Some(&vec![view(&[1, 2, 4], &[3], false)])),
+            Some(tonic::Code::FailedPrecondition),
+            "a learner is a member"
+        );
+        assert_eq!(
+            code(Some(&vec![view(&[1, 2, 4], &[], true)])),
+            Some(tonic::Code::FailedPrecondition),
+            "mid-change"
+        );
+        // Two claims (a deposed leader not yet told): both must agree.
+        assert_eq!(
+            code(Some(&vec![
+                view(&[1, 2, 4], &[], false),
+                view(&[1, 2, 3], &[], false)
+            ])),
+            Some(tonic::Code::FailedPrecondition)
+        );
+        assert_eq!(code(Some(&vec![view(&[1, 2, 4], &[], false)])), None);
+    }
+
+    #[test]
+    fn a_forced_removal_keeps_every_group_a_majority() {
+        let views: BTreeMap<u32, Vec<LeaderView>> = [
+            (0, vec![view(&[1, 2, 3], &[], false)]),
+            (1, vec![view(&[2, 3, 4, 5, 6], &[], false)]),
+        ]
+        .into_iter()
+        .collect();
+        let none = BTreeSet::new();
+        assert!(
+            majority_refusal(2, &views, &none, 3).is_none(),
+            "2 of 3 left"
+        );
+        let removed: BTreeSet<u64> = [2].into();
+        let why = majority_refusal(2, &views, &removed, 3).expect("1 of 3 left");
+        assert!(why.contains("shard 0"), "{why}");
+        // Shard 1 keeps 3 of 5 without 2 and 3, loses it without 4 as well.
+        let views1: BTreeMap<u32, Vec<LeaderView>> =
+            [(0, vec![view(&[2, 3, 4, 5, 6], &[], false)])].into();
+        assert!(majority_refusal(1, &views1, &removed, 3).is_none());
+        let removed: BTreeSet<u64> = [2, 4].into();
+        assert!(majority_refusal(1, &views1, &removed, 3).is_some());
+        // A shard no leader reported on cannot be checked: refused.
+        assert!(majority_refusal(3, &views, &none, 3).is_some());
+    }
 
     #[test]
     fn node_addresses_may_be_names_or_ips() {
