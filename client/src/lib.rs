@@ -662,7 +662,8 @@ impl Client {
                 Ok(Err(status)) => status,
                 Err(_) => deadline_exceeded(op, self.config.deadline_ms),
             };
-            if status.code() != Code::Unavailable || retries >= self.config.max_retries {
+            let retryable = status.code() == Code::Unavailable || broke_off(&status);
+            if !retryable || retries >= self.config.max_retries {
                 return Err(status.into());
             }
             retries += 1;
@@ -695,6 +696,15 @@ impl Client {
     }
 
     // ---- Charging service -------------------------------------------------------
+}
+
+/// A call that broke off with its connection (the server closed it as idle,
+/// or a node went away): tonic reports `UNKNOWN` with the transport error
+/// as its source. Retried as `UNAVAILABLE` is: the same request id makes a
+/// retry safe whether or not the server saw the call.
+fn broke_off(s: &Status) -> bool {
+    s.code() == Code::Unknown
+        && std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
 /// A pause drawn uniformly from `[cap / 2, cap]` ("equal jitter").

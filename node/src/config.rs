@@ -75,6 +75,12 @@ pub struct NodeConfig {
     /// Bearer tokens on the public API (off by default; see
     /// `crate::frontdoor::auth`).
     pub auth: AuthConfig,
+    /// The public listener (Charging, Admin, health, reflection).
+    pub public_listener: ListenerLimits,
+    /// The internal listener (Raft traffic between nodes).
+    pub internal_listener: ListenerLimits,
+    /// Most nodes the cluster map may hold (`Admin/AddNode` refuses past it).
+    pub nodes_max: usize,
 }
 
 impl NodeConfig {
@@ -98,6 +104,9 @@ impl NodeConfig {
             placement: Default::default(),
             tls: None,
             auth: AuthConfig::default(),
+            public_listener: ListenerLimits::public(),
+            internal_listener: ListenerLimits::internal(),
+            nodes_max: 64,
         }
     }
 
@@ -136,6 +145,51 @@ impl NodeConfig {
         check(
             self.front_door.max_inflight_requests >= 1,
             "front_door.max_inflight_requests: must be >= 1",
+        )?;
+        check(
+            self.front_door.heavy_requests_inflight_max >= 1,
+            "heavy_requests_inflight_max: must be >= 1",
+        )?;
+        check(
+            (1..=4096).contains(&self.front_door.stream_batches_inflight_max),
+            "stream_batches_inflight_max: must be 1..=4096",
+        )?;
+        check(
+            (1024..=1 << 30).contains(&self.front_door.message_bytes_max),
+            "message_bytes_max: must be 1 KiB..=1 GiB",
+        )?;
+        check(
+            self.front_door.stream_bytes_inflight_max >= self.front_door.message_bytes_max,
+            "stream_bytes_inflight_max: must be >= message_bytes_max",
+        )?;
+        for (l, name) in [
+            (&self.public_listener, "public"),
+            (&self.internal_listener, "internal"),
+        ] {
+            check(
+                l.connections_max >= 1,
+                &format!("{name}_connections_max: must be >= 1"),
+            )?;
+            check(
+                l.streams_per_connection_max >= 1,
+                &format!("{name}_streams_per_connection_max: must be >= 1"),
+            )?;
+            check(
+                l.resets_pending_max >= 1,
+                "resets_pending_max: must be >= 1",
+            )?;
+            check(
+                l.keepalive_interval.is_none_or(|d| !d.is_zero()),
+                "keepalive_interval_ms: must be > 0",
+            )?;
+            check(
+                l.idle_timeout.is_none_or(|d| !d.is_zero()),
+                &format!("{name}_idle_timeout_ms: must be > 0 (or absent)"),
+            )?;
+        }
+        check(
+            self.nodes_max >= self.members.len().max(1),
+            "nodes_max: must be >= the number of initial members",
         )?;
         check(
             !self.front_door.request_deadline.is_zero(),
@@ -254,11 +308,28 @@ impl AuthConfig {
 /// Front-door limits (from the node config).
 #[derive(Debug, Clone)]
 pub struct FrontDoorLimits {
+    /// Requests in the node at once, every path (unary, stream operations,
+    /// bulk, tariffs, status); past it `RESOURCE_EXHAUSTED` at once.
     pub max_inflight_requests: usize,
     /// Longest a request waits for its shard (also capped by the caller's deadline).
     pub request_deadline: Duration,
     /// Forwarding channels kept open (one per peer node).
     pub max_forward_peers: usize,
+    /// Calls whose cost grows with their size or the cluster's (BulkCreate,
+    /// SetTariff, Status with digests) in the node at once; each also takes
+    /// an ordinary admission permit.
+    pub heavy_requests_inflight_max: usize,
+    /// Messages of one `Stream` call being worked on at once; past it the
+    /// stream is not read (HTTP/2 flow control pushes back).
+    pub stream_batches_inflight_max: usize,
+    /// Bytes of stream messages being worked on at once, over all streams
+    /// of the node; a message past it is refused (every operation
+    /// `RESOURCE_EXHAUSTED`). One stream holds at most
+    /// `stream_batches_inflight_max` x `message_bytes_max`.
+    pub stream_bytes_inflight_max: usize,
+    /// Largest request message on the public listener; larger is
+    /// `RESOURCE_EXHAUSTED`.
+    pub message_bytes_max: usize,
 }
 
 impl Default for FrontDoorLimits {
@@ -267,6 +338,64 @@ impl Default for FrontDoorLimits {
             max_inflight_requests: 10_000,
             request_deadline: Duration::from_secs(2),
             max_forward_peers: 64,
+            heavy_requests_inflight_max: 8,
+            stream_batches_inflight_max: 64,
+            stream_bytes_inflight_max: 256 << 20,
+            message_bytes_max: 4 << 20,
+        }
+    }
+}
+
+/// Limits of one gRPC listener (applied by [`crate::listener`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections open at once; one past it is closed at once
+    /// (metric `charging_connections_refused_total`).
+    pub connections_max: usize,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: a stream opened past it is
+    /// refused (`REFUSED_STREAM`).
+    pub streams_per_connection_max: u32,
+    /// Streams a client may open and reset before the server accepts them
+    /// (hyper's reset-flood limit, CVE-2023-44487); past it, GOAWAY.
+    pub resets_pending_max: usize,
+    /// Streams the server may reset for a client's protocol errors before
+    /// GOAWAY (hyper's `max_local_error_reset_streams`, RUSTSEC-2024-0003).
+    pub local_resets_max: usize,
+    /// HTTP/2 PING interval; a peer that does not answer within
+    /// `keepalive_timeout` is disconnected. `None`: no pings.
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    /// A connection with no request in flight and none started for this
+    /// long is closed. `None`: never.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ListenerLimits {
+    /// Clients: many connections, each with a bounded number of streams.
+    pub fn public() -> Self {
+        ListenerLimits {
+            connections_max: 4096,
+            streams_per_connection_max: 256,
+            resets_pending_max: 20,
+            local_resets_max: 1024,
+            keepalive_interval: Some(Duration::from_secs(20)),
+            keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(600)),
+        }
+    }
+
+    /// Peers: one connection per peer for appends and votes of every group,
+    /// another for snapshots; long-lived, so no idle timeout (keepalive
+    /// finds a peer that vanished: its Append stream must not stay open).
+    pub fn internal() -> Self {
+        ListenerLimits {
+            connections_max: 1024,
+            streams_per_connection_max: 1024,
+            resets_pending_max: 20,
+            local_resets_max: 1024,
+            keepalive_interval: Some(Duration::from_secs(5)),
+            keepalive_timeout: Duration::from_secs(5),
+            idle_timeout: None,
         }
     }
 }

@@ -172,6 +172,23 @@ struct FileLimits {
     max_buckets_per_account: Option<u32>,
     /// Placement driver: shards moving at once.
     max_moves: Option<usize>,
+    // listeners (node/src/listener.rs) and admission
+    public_connections_max: Option<usize>,
+    public_streams_per_connection_max: Option<u32>,
+    /// 0 = never.
+    public_idle_timeout_ms: Option<u64>,
+    /// Public listener's HTTP/2 PING interval and answer timeout.
+    keepalive_interval_ms: Option<u64>,
+    keepalive_timeout_ms: Option<u64>,
+    internal_connections_max: Option<usize>,
+    internal_streams_per_connection_max: Option<u32>,
+    /// Both listeners.
+    resets_pending_max: Option<usize>,
+    heavy_requests_inflight_max: Option<usize>,
+    stream_batches_inflight_max: Option<usize>,
+    stream_bytes_inflight_max: Option<usize>,
+    message_bytes_max: Option<usize>,
+    nodes_max: Option<usize>,
 }
 
 /// A node's configuration as read from its file: the [`NodeConfig`] plus
@@ -321,6 +338,28 @@ impl ProcessConfig {
             max_reservations_per_account => node.ledger.max_reservations_per_account,
             max_buckets_per_account => node.ledger.max_buckets_per_account,
             max_moves => node.placement.max_moves,
+            public_connections_max => node.public_listener.connections_max,
+            public_streams_per_connection_max => node.public_listener.streams_per_connection_max,
+            internal_connections_max => node.internal_listener.connections_max,
+            internal_streams_per_connection_max => node.internal_listener.streams_per_connection_max,
+            heavy_requests_inflight_max => node.front_door.heavy_requests_inflight_max,
+            stream_batches_inflight_max => node.front_door.stream_batches_inflight_max,
+            stream_bytes_inflight_max => node.front_door.stream_bytes_inflight_max,
+            message_bytes_max => node.front_door.message_bytes_max,
+            nodes_max => node.nodes_max,
+        }
+        if let Some(v) = l.resets_pending_max {
+            node.public_listener.resets_pending_max = v;
+            node.internal_listener.resets_pending_max = v;
+        }
+        if let Some(v) = l.public_idle_timeout_ms {
+            node.public_listener.idle_timeout = (v > 0).then(|| ms(v));
+        }
+        if let Some(v) = l.keepalive_interval_ms {
+            node.public_listener.keepalive_interval = Some(ms(v));
+        }
+        if let Some(v) = l.keepalive_timeout_ms {
+            node.public_listener.keepalive_timeout = ms(v);
         }
         if let Some(v) = l.request_deadline_ms {
             node.front_door.request_deadline = ms(v);
@@ -448,6 +487,20 @@ max_sessions_per_account = {msa}
 max_reservations_per_account = {mra}
 max_buckets_per_account = {mba}
 max_moves = {mm}                      # shards the placement driver moves at once
+nodes_max = {nm}                      # AddNode refuses past this many nodes in the map
+# Listeners and admission (node/src/listener.rs)
+public_connections_max = {pcm}        # one more is closed at once
+public_streams_per_connection_max = {psm}  # HTTP/2 max concurrent streams
+public_idle_timeout_ms = {pit}       # no request for this long: closed (0 = never)
+keepalive_interval_ms = {kai}        # public listener's HTTP/2 PINGs
+keepalive_timeout_ms = {kat}
+internal_connections_max = {icm}
+internal_streams_per_connection_max = {ism}
+resets_pending_max = {rpm}              # HTTP/2 reset-flood limit (both listeners)
+heavy_requests_inflight_max = {hri}      # BulkCreate, SetTariff, Status with digests
+stream_batches_inflight_max = {sbi}     # per Stream call
+stream_bytes_inflight_max = {sby}  # all Stream calls of the node
+message_bytes_max = {mbm}          # larger: RESOURCE_EXHAUSTED
 
 # Bearer tokens (JWT) on the public API; off unless enabled. Calls to
 # charging.v1.Charging and .Admin then need `authorization: Bearer <JWT>`
@@ -493,6 +546,22 @@ max_moves = {mm}                      # shards the placement driver moves at onc
         mra = d.ledger.max_reservations_per_account,
         mba = d.ledger.max_buckets_per_account,
         mm = d.placement.max_moves,
+        nm = d.nodes_max,
+        pcm = d.public_listener.connections_max,
+        psm = d.public_listener.streams_per_connection_max,
+        pit = d.public_listener.idle_timeout.map_or(0, |t| t.as_millis()),
+        kai = d
+            .public_listener
+            .keepalive_interval
+            .map_or(0, |t| t.as_millis()),
+        kat = d.public_listener.keepalive_timeout.as_millis(),
+        icm = d.internal_listener.connections_max,
+        ism = d.internal_listener.streams_per_connection_max,
+        rpm = d.public_listener.resets_pending_max,
+        hri = d.front_door.heavy_requests_inflight_max,
+        sbi = d.front_door.stream_batches_inflight_max,
+        sby = d.front_door.stream_bytes_inflight_max,
+        mbm = d.front_door.message_bytes_max,
     )
 }
 
@@ -534,6 +603,13 @@ mod tests {
         assert_eq!(
             c.node.front_door.request_deadline,
             d.front_door.request_deadline
+        );
+        assert_eq!(c.node.public_listener, d.public_listener);
+        assert_eq!(c.node.internal_listener, d.internal_listener);
+        assert_eq!(c.node.nodes_max, d.nodes_max);
+        assert_eq!(
+            c.node.front_door.stream_bytes_inflight_max,
+            d.front_door.stream_bytes_inflight_max
         );
     }
 
@@ -624,6 +700,17 @@ mod tests {
                 "[auth]\nenabled = true\nkeys = [\"jwt-public.pem\"]",
                 "auth.audience",
             ),
+            (
+                "public_connections_max = 4096",
+                "public_connections_max = 0",
+                "public_connections_max",
+            ),
+            (
+                "message_bytes_max = 4194304",
+                "message_bytes_max = 10",
+                "message_bytes_max",
+            ),
+            ("nodes_max = 64", "nodes_max = 1", "nodes_max"),
         ];
         for (from, to, want) in cases {
             let e = err_of(|s| {

@@ -9,7 +9,9 @@
 //!    clock), [`ids`], [`config`] (every limit of every floor, in one place),
 //!    [`cluster_map`] (the replicated map's data), [`error`] (the one error
 //!    type and its gRPC status), [`clock`], [`codec`], [`maps`],
-//!    [`metrics_http`], [`tls`] (certificates and who a peer is).
+//!    [`metrics_http`], [`tls`] (certificates and who a peer is),
+//!    [`listener`] (what every gRPC listener shares: HTTP/2 limits,
+//!    connection cap, idle timeout, malformed-input statuses).
 //! 2. **Data plane**, the request path, itself in three floors:
 //!    - [`raft`]: openraft type config, log engines, the state machine, and
 //!      the internal transport (one channel per peer for every group);
@@ -44,6 +46,7 @@ pub mod control;
 pub mod error;
 pub mod frontdoor;
 pub mod ids;
+pub mod listener;
 /// The ledger crate (`node/ledger`), under the name the node's modules use.
 pub use charging_ledger as ledger;
 pub mod maps;

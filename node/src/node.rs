@@ -86,9 +86,6 @@ pub fn tcp_incoming(
     tokio_stream::wrappers::TcpListenerStream::new(l).map(nodelay as fn(_) -> _)
 }
 
-/// Largest public request message.
-pub const MAX_PUBLIC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
 /// Injected edges of a node.
 pub struct Edges<L: LogEngine, I: Incoming> {
     pub public: I,
@@ -417,27 +414,25 @@ pub async fn start<L: LogEngine, I: Incoming>(
     })
     .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+    let mut rx1 = rx.clone();
+    // Keepalive: a peer that vanished must not leave its Append stream (and
+    // the sessions on it) open here. Limits: `config.internal_listener`.
+    let internal = crate::listener::capped(
+        edges.internal,
+        &config.internal_listener,
+        "internal",
+        me,
+        Default::default(),
+    );
     // TLS: mutual on the internal listener, always; on the public one a
     // client certificate is taken as configured (see `crate::tls`).
-    let (internal_builder, public_builder) = match &config.tls {
-        Some(t) => (
-            tonic::transport::Server::builder().tls_config(t.internal_server())?,
-            tonic::transport::Server::builder().tls_config(t.public_server())?,
-        ),
-        None => (
-            tonic::transport::Server::builder(),
-            tonic::transport::Server::builder(),
-        ),
-    };
-    let mut rx1 = rx.clone();
-    let internal = edges.internal;
+    let mut internal_server = crate::listener::server(&config.internal_listener);
+    if let Some(t) = &config.tls {
+        internal_server = internal_server.tls_config(t.internal_server())?;
+    }
     tasks.push(tokio::spawn(async move {
-        // Keepalive: a peer that vanished must not leave its Append stream
-        // (and the sessions on it) open here.
-        let r = internal_builder
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        let mut server = internal_server;
+        let r = server
             .add_service(raft_svc)
             .serve_with_incoming_shutdown(internal, async move {
                 let _ = rx1.wait_for(|s| *s).await;
@@ -468,19 +463,36 @@ pub async fn start<L: LogEngine, I: Incoming>(
     };
     let reflection = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+    let max_message = config.front_door.message_bytes_max;
     let charging = ChargingServer::new(crate::frontdoor::ChargingServiceHandle(front_door.clone()))
-        .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES);
-    let admin = AdminServer::new(AdminService(front_door.clone()));
+        .max_decoding_message_size(max_message);
+    let admin = AdminServer::new(AdminService(front_door.clone(), config.nodes_max))
+        .max_decoding_message_size(max_message);
     let mut rx2 = rx.clone();
-    let public = edges.public;
+    // Limits: `config.public_listener`; malformed input gets the statuses
+    // the API promises (see `listener::MalformedLayer`).
+    let conns = crate::listener::Connections::default();
+    let public = crate::listener::capped(
+        edges.public,
+        &config.public_listener,
+        "public",
+        me,
+        conns.clone(),
+    );
+    let mut public_server = crate::listener::server(&config.public_listener);
+    if let Some(t) = &config.tls {
+        public_server = public_server.tls_config(t.public_server())?;
+    }
     let strip_internal = config.tls.is_some();
+    let public_server = public_server
+        .layer(crate::listener::MalformedLayer { conns })
+        .layer(tower::util::option_layer(
+            strip_internal.then_some(crate::tls::StripInternalHeaders),
+        ))
+        .layer(crate::frontdoor::auth::AuthLayer(verifier));
     tasks.push(tokio::spawn(async move {
-        let r = public_builder
-            .tcp_nodelay(true)
-            .layer(tower::util::option_layer(
-                strip_internal.then_some(crate::tls::StripInternalHeaders),
-            ))
-            .layer(crate::frontdoor::auth::AuthLayer(verifier))
+        let mut server = public_server;
+        let r = server
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(reflection_v1alpha)

@@ -21,6 +21,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "error",
             "ids",
             "ledger",
+            "listener",
             "maps",
             "metrics_http",
             "tls",

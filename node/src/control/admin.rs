@@ -6,11 +6,143 @@ use crate::raft::node_of;
 use charging_proto::v1 as pb;
 use charging_proto::v1::admin_server::Admin;
 use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// The Admin service of a node: its front door, and the most nodes the
+/// cluster map may hold (`nodes_max`; `AddNode` refuses past it).
 #[derive(Clone)]
-pub struct AdminService(pub Arc<FrontDoor>);
+pub struct AdminService(pub Arc<FrontDoor>, pub usize);
+
+/// How long the guards of destructive calls wait for each node's status.
+const GUARD_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every node's status (the map's nodes, else the configured ones), this
+/// node's included, asked concurrently; a node that does not answer within
+/// [`GUARD_CALL_TIMEOUT`] is left out.
+async fn all_status(fd: &FrontDoor) -> Vec<pb::StatusResponse> {
+    let mut addrs: Vec<String> = match fd.map() {
+        Some(m) => m.nodes.values().map(|e| e.public.clone()).collect(),
+        None => fd.public_addrs.values().cloned().collect(),
+    };
+    // This node too, even once the map no longer lists it (removed by
+    // force): its replica may still lead its group.
+    if let Some(me) = fd.public_addr(fd.node) {
+        if !addrs.contains(&me) {
+            addrs.push(me);
+        }
+    }
+    let calls = addrs.into_iter().filter_map(|addr| {
+        let ch = fd.peer_channel(&addr).ok()?;
+        Some(async move {
+            let mut c = AdminClient::new(ch);
+            let mut req = Request::new(pb::StatusRequest::default());
+            req.set_timeout(GUARD_CALL_TIMEOUT);
+            match tokio::time::timeout(GUARD_CALL_TIMEOUT, c.status(req)).await {
+                Ok(Ok(r)) => Some(r.into_inner()),
+                _ => None,
+            }
+        })
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A shard group's membership as its leader reports it.
+struct LeaderView {
+    leader: u64,
+    term: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    joint: bool,
+}
+
+/// Each shard's leader claims (a node reporting itself the leader of its
+/// replica), every claim kept: while two nodes claim a shard (a deposed
+/// leader has not heard yet), a guard must satisfy both.
+fn leader_views(reports: &[pb::StatusResponse]) -> BTreeMap<u32, Vec<LeaderView>> {
+    let mut out: BTreeMap<u32, Vec<LeaderView>> = BTreeMap::new();
+    for r in reports {
+        for st in &r.shard_status {
+            if st.leader != r.node_id || st.replica == 0 {
+                continue;
+            }
+            out.entry(st.shard_id).or_default().push(LeaderView {
+                leader: st.leader,
+                term: st.term,
+                voters: st.voter_replicas.clone(),
+                learners: st.learner_replicas.clone(),
+                joint: st.joint,
+            });
+        }
+    }
+    out
+}
+
+/// Why `replica` of `shard` must not be dropped, if it must not: it is in
+/// the group's membership as a leader reports it (voter or learner, either
+/// side of a joint change), or a membership change is under way, or no
+/// leader answered (the membership cannot be known).
+fn drop_refusal(views: Option<&Vec<LeaderView>>, shard: u32, replica: u64) -> Option<Status> {
+    let Some(views) = views.filter(|v| !v.is_empty()) else {
+        return Some(Status::from(Error::unavailable(format!(
+            "no leader of shard {shard} answered; its membership cannot be checked, retry"
+        ))));
+    };
+    for v in views {
+        if v.voters.contains(&replica) || v.learners.contains(&replica) {
+            return Some(Status::from(Error::FailedPrecondition(format!(
+                "replica {replica} is a member of shard {shard}'s group (leader node {}, term {}); \
+                 only a replica that has left its group may be dropped",
+                v.leader, v.term
+            ))));
+        }
+        if v.joint {
+            return Some(Status::from(Error::FailedPrecondition(format!(
+                "shard {shard}'s membership is changing (joint configuration); retry once it settles"
+            ))));
+        }
+    }
+    None
+}
+
+/// Why removing node `id` (with the nodes already removed) would take a
+/// majority of some group's voters away, if it would. A shard with no
+/// leader answering cannot be checked, and is refused too.
+fn majority_refusal(
+    shards: u32,
+    views: &BTreeMap<u32, Vec<LeaderView>>,
+    removed: &std::collections::BTreeSet<u64>,
+    id: u64,
+) -> Option<String> {
+    for shard in 0..shards {
+        let Some(vs) = views.get(&shard).filter(|v| !v.is_empty()) else {
+            return Some(format!(
+                "no leader of shard {shard} answered; cannot check that removing node {id} \
+                 leaves its group a majority of voters"
+            ));
+        };
+        for v in vs {
+            let gone = |r: &u64| {
+                let n = node_of(*r);
+                n == id || removed.contains(&n)
+            };
+            let live = v.voters.iter().filter(|r| !gone(r)).count();
+            if live < v.voters.len() / 2 + 1 {
+                return Some(format!(
+                    "removing node {id} would take away a majority of shard {shard}'s voters \
+                     ({live} of {} would be left on nodes still in the cluster)",
+                    v.voters.len()
+                ));
+            }
+        }
+    }
+    None
+}
 
 fn reachable(fd: &FrontDoor, id: u64) -> bool {
     // This node, or a peer heard from within the last 3 s (heartbeats go
@@ -236,6 +368,13 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let fd = &self.0;
         let with_hash = r.get_ref().with_state_hash;
+        // A digest walks every account of every hosted replica: heavy.
+        let _permits = if with_hash {
+            let (p, h) = fd.admit_heavy("status with state hashes")?;
+            (p, Some(h))
+        } else {
+            (fd.admit()?, None)
+        };
         let map = fd.map();
         let mut hosted: Vec<ShardHandle> = fd.hosted.iter().map(|h| h.clone()).collect();
         hosted.sort_by_key(|h| h.shard);
@@ -362,6 +501,7 @@ impl Admin for AdminService {
                 ))));
             }
         }
+        let nodes_max = self.1;
         let changed = self
             .change(forwarded, |map| {
                 if map.removed.contains(&m.node_id) {
@@ -397,6 +537,10 @@ impl Admin for AdminService {
                     Some(_) => Err(format!(
                         "node {} is already in the map with other addresses",
                         m.node_id
+                    )),
+                    None if map.nodes.len() >= nodes_max => Err(format!(
+                        "the cluster map holds {} nodes, the most it may (nodes_max = {nodes_max})",
+                        map.nodes.len()
                     )),
                     None => {
                         if let Some((id, _)) = map
@@ -459,6 +603,14 @@ impl Admin for AdminService {
         let forwarded = r.metadata().contains_key(crate::frontdoor::FORWARDED);
         let m = r.into_inner();
         let (id, force) = (m.node_id, m.force);
+        // A forced removal takes the node's replicas out of the intent
+        // while they are still voters: what each group's leader reports
+        // decides whether the rest keep a majority.
+        let views = if force {
+            Some(leader_views(&all_status(&self.0).await))
+        } else {
+            None
+        };
         let changed = self
             .change(forwarded, |map| {
                 if map.removed.contains(&id) {
@@ -480,6 +632,11 @@ impl Admin for AdminService {
                         "removing node {id} would leave fewer nodes than the replication factor {}",
                         map.replication_factor
                     ));
+                }
+                if let Some(views) = views.as_ref().filter(|_| holds > 0) {
+                    if let Some(why) = majority_refusal(map.shards, views, &map.removed, id) {
+                        return Err(why);
+                    }
                 }
                 let mut next = map.clone();
                 next.nodes.remove(&id);
@@ -504,6 +661,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DropReplicaResponse>, Status> {
         let fd = &self.0;
         let m = r.into_inner();
+        if fd.local(m.shard_id).is_none_or(|h| h.replica != m.replica) {
+            return Ok(Response::new(pb::DropReplicaResponse { dropped: false }));
+        }
         if fd.map().is_some_and(|map| {
             map.placement
                 .get(&m.shard_id)
@@ -513,6 +673,12 @@ impl Admin for AdminService {
                 "the cluster map still places replica {} of shard {} here",
                 m.replica, m.shard_id
             ))));
+        }
+        // The map is intent; the group's membership is the authority on who
+        // replicates it (ask its leader, not the map).
+        let views = leader_views(&all_status(fd).await);
+        if let Some(refused) = drop_refusal(views.get(&m.shard_id), m.shard_id, m.replica) {
+            return Err(refused);
         }
         let dropped = fd
             .replicas
@@ -525,7 +691,76 @@ impl Admin for AdminService {
 
 #[cfg(test)]
 mod tests {
-    use super::is_host_port;
+    use super::{drop_refusal, is_host_port, majority_refusal, LeaderView};
+    use crate::raft::replica_id;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn view(voters: &[u64], learners: &[u64], joint: bool) -> LeaderView {
+        LeaderView {
+            leader: 1,
+            term: 3,
+            voters: voters.iter().map(|n| replica_id(*n, 1)).collect(),
+            learners: learners.iter().map(|n| replica_id(*n, 1)).collect(),
+            joint,
+        }
+    }
+
+    #[test]
+    fn a_replica_is_dropped_only_once_no_leader_counts_it() {
+        let r3 = replica_id(3, 1);
+        let code = |v: Option<&Vec<LeaderView>>| drop_refusal(v, 0, r3).map(|s| s.code());
+        assert_eq!(code(None), Some(tonic::Code::Unavailable));
+        assert_eq!(code(Some(&vec![])), Some(tonic::Code::Unavailable));
+        assert_eq!(
+            code(Some(&vec![view(&[1, 2, 3], &[], false)])),
+            Some(tonic::Code::FailedPrecondition)
+        );
+        assert_eq!(
+            code(Some(&vec![view(&[1, 2, 4], &[3], false)])),
+            Some(tonic::Code::FailedPrecondition),
+            "a learner is a member"
+        );
+        assert_eq!(
+            code(Some(&vec![view(&[1, 2, 4], &[], true)])),
+            Some(tonic::Code::FailedPrecondition),
+            "mid-change"
+        );
+        // Two claims (a deposed leader not yet told): both must agree.
+        assert_eq!(
+            code(Some(&vec![
+                view(&[1, 2, 4], &[], false),
+                view(&[1, 2, 3], &[], false)
+            ])),
+            Some(tonic::Code::FailedPrecondition)
+        );
+        assert_eq!(code(Some(&vec![view(&[1, 2, 4], &[], false)])), None);
+    }
+
+    #[test]
+    fn a_forced_removal_keeps_every_group_a_majority() {
+        let views: BTreeMap<u32, Vec<LeaderView>> = [
+            (0, vec![view(&[1, 2, 3], &[], false)]),
+            (1, vec![view(&[2, 3, 4, 5, 6], &[], false)]),
+        ]
+        .into_iter()
+        .collect();
+        let none = BTreeSet::new();
+        assert!(
+            majority_refusal(2, &views, &none, 3).is_none(),
+            "2 of 3 left"
+        );
+        let removed: BTreeSet<u64> = [2].into();
+        let why = majority_refusal(2, &views, &removed, 3).expect("1 of 3 left");
+        assert!(why.contains("shard 0"), "{why}");
+        // Shard 1 keeps 3 of 5 without 2 and 3, loses it without 4 as well.
+        let views1: BTreeMap<u32, Vec<LeaderView>> =
+            [(0, vec![view(&[2, 3, 4, 5, 6], &[], false)])].into();
+        assert!(majority_refusal(1, &views1, &removed, 3).is_none());
+        let removed: BTreeSet<u64> = [2, 4].into();
+        assert!(majority_refusal(1, &views1, &removed, 3).is_some());
+        // A shard no leader reported on cannot be checked: refused.
+        assert!(majority_refusal(3, &views, &none, 3).is_some());
+    }
 
     #[test]
     fn node_addresses_may_be_names_or_ips() {

@@ -36,6 +36,8 @@ pub async fn bulk_create(
     msg: pb::BulkCreateAccountsRequest,
     forwarded: bool,
 ) -> Result<pb::BulkCreateAccountsResponse, Status> {
+    // Its cost grows with its size: a heavy call (see `admit_heavy`).
+    let _permits = fd.admit_heavy("bulk_create_accounts")?;
     if msg.account_ids.len() > MAX_BULK_ACCOUNTS {
         return Err(Status::from(Error::InvalidArgument(
             "account_ids: more than 100000 in one call".into(),

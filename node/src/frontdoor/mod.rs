@@ -10,7 +10,11 @@
 //! `x-leader-addr`) and retries with the same request id.
 //!
 //! Admission: at most `max_inflight_requests` requests are in the node at
-//! once; beyond that, `RESOURCE_EXHAUSTED` at once rather than a queue.
+//! once, on every path (unary, stream operations, bulk creation, tariffs,
+//! status); beyond that, `RESOURCE_EXHAUSTED` at once rather than a queue.
+//! Calls whose cost grows with their size (BulkCreate, SetTariff, Status
+//! with digests) also take one of `heavy_requests_inflight_max` permits, and
+//! stream messages being worked on hold `stream_bytes_inflight_max` bytes.
 use crate::cluster_map::ClusterMap;
 pub use crate::config::FrontDoorLimits;
 use crate::error::Error;
@@ -78,7 +82,14 @@ pub struct FrontDoor {
     pub placement: std::sync::Mutex<crate::cluster_map::DriverStatus>,
     pub limits: FrontDoorLimits,
     pub clock: crate::clock::SharedClock,
+    /// The ledger's clock bound (`clock_bound_ms`): how far in the future a
+    /// request id may be dated.
+    clock_bound_ms: u64,
     admission: Semaphore,
+    /// Heavy calls in the node (see [`FrontDoor::admit_heavy`]).
+    heavy: Semaphore,
+    /// Bytes of stream messages being worked on (in KiB, rounded up).
+    stream_kib: Arc<Semaphore>,
     /// The node's injected connector (DESIGN §4b): forwarding channels are
     /// made by it, like Raft channels, so the simulator's network carries them.
     transport: std::sync::OnceLock<Arc<crate::raft::network::Peers>>,
@@ -113,7 +124,9 @@ impl FrontDoor {
         limits: FrontDoorLimits,
         clock: crate::clock::SharedClock,
     ) -> Arc<Self> {
+        let clock_bound_ms = meta.1.read(|s| s.limits.clock_bound_ms);
         Arc::new(FrontDoor {
+            clock_bound_ms,
             node,
             shard_count,
             hosted,
@@ -125,6 +138,10 @@ impl FrontDoor {
             heard: Default::default(),
             placement: Default::default(),
             admission: Semaphore::new(limits.max_inflight_requests),
+            heavy: Semaphore::new(limits.heavy_requests_inflight_max),
+            stream_kib: Arc::new(Semaphore::new(
+                limits.stream_bytes_inflight_max.div_ceil(1024),
+            )),
             transport: std::sync::OnceLock::new(),
             limits,
             clock,
@@ -210,12 +227,49 @@ impl FrontDoor {
         ))
     }
 
-    /// Sends one request to its local shard actor and waits (bounded) for the outcome.
+    /// One admission permit (`max_inflight_requests`), or `RESOURCE_EXHAUSTED`.
+    pub fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.admission.try_acquire().map_err(|_| Self::overloaded())
+    }
+
+    /// Admission of a heavy call: an ordinary permit and one of
+    /// `heavy_requests_inflight_max`, or `RESOURCE_EXHAUSTED`.
+    pub fn admit_heavy(
+        &self,
+        what: &str,
+    ) -> Result<
+        (
+            tokio::sync::SemaphorePermit<'_>,
+            tokio::sync::SemaphorePermit<'_>,
+        ),
+        Status,
+    > {
+        let p = self.admit()?;
+        let h = self.heavy.try_acquire().map_err(|_| {
+            Status::from(Error::Overloaded(format!(
+                "{what}: node at its limit of heavy calls in flight; back off and retry"
+            )))
+        })?;
+        Ok((p, h))
+    }
+
+    /// Holds `bytes` of the node's stream budget (`stream_bytes_inflight_max`)
+    /// while a stream message is worked on; `None`: over budget.
+    pub fn admit_stream_bytes(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).ok()?;
+        self.stream_kib.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    /// Refuses a request id dated further in the future than the clock bound
+    /// (DESIGN §3): dedup entries live by log time, so a future-dated id
+    /// retried after the dedup window would be applied twice.
+    pub fn check_request_time(&self, rid: crate::ledger::RequestId) -> Result<(), Status> {
+        validate::not_future(rid, self.clock.now_ms(), self.clock_bound_ms, "request_id")
+    }
+
+    /// Sends one request to its local shard actor and waits (bounded) for
+    /// the outcome. The caller holds an admission permit.
     async fn submit(&self, shard: ShardId, req: Request) -> Result<Routed, Status> {
-        let _permit = self
-            .admission
-            .try_acquire()
-            .map_err(|_| Self::overloaded())?;
         let Some(handle) = self.hosted.get(&shard).map(|h| h.actor.clone()) else {
             return Ok(Routed::Remote(None));
         };
@@ -461,10 +515,7 @@ impl FrontDoor {
     ) -> Result<pb::BalanceResponse, Status> {
         let started = Instant::now();
         let account = validate::account_id(&msg.account_id)?;
-        let _permit = self
-            .admission
-            .try_acquire()
-            .map_err(|_| Self::overloaded())?;
+        let _permit = self.admit()?;
         let shard = self.shard_id(&account);
         let mut leader = None;
         if let Some(h) = self.local(shard) {
@@ -510,6 +561,8 @@ impl FrontDoor {
         only: Option<ShardId>,
     ) -> Result<pb::SetTariffResponse, Status> {
         let (request_id, tariff) = validate::tariff(&msg)?;
+        self.check_request_time(request_id)?;
+        let _permits = self.admit_heavy("set_tariff")?;
         let mut version = 0;
         for shard in 0..self.shard_count {
             if only.is_some_and(|s| s != shard) {
@@ -606,6 +659,10 @@ impl FrontDoor {
     ) -> Result<M::Response, Status> {
         let started = Instant::now();
         let req = msg.request()?;
+        self.check_request_time(req.request_id)?;
+        // Held until the answer, a forward included: a request waiting on
+        // another node still counts here.
+        let _permit = self.admit()?;
         let shard = self.shard_id(&req.account);
         match self.submit(shard, req).await? {
             Routed::Local(outcome) => self.finish(M::NAME, started, outcome, M::response),

@@ -19,8 +19,6 @@ mod bulk;
 
 /// Most operations in one stream message.
 pub const MAX_OPS_PER_BATCH: usize = 4096;
-/// Stream messages of one stream being worked on at once (pipeline depth).
-pub const MAX_BATCHES_IN_FLIGHT_PER_STREAM: usize = 64;
 
 #[derive(Clone)]
 pub struct ChargingService(pub Arc<FrontDoor>);
@@ -149,6 +147,10 @@ async fn run_batch(fd: &FrontDoor, ops: Vec<pb::Op>) -> Vec<pb::OpResult> {
     for (i, op) in ops.iter().enumerate() {
         match op.op.as_ref().and_then(prepare) {
             Some(Ok((kind, req))) => {
+                if let Err(e) = fd.check_request_time(req.request_id) {
+                    results[i] = Some(op_error(e));
+                    continue;
+                }
                 let shard = fd.shard_id(&req.account);
                 if fd.hosted.contains_key(&shard) {
                     by_shard.entry(shard).or_default().push((i, kind, req));
@@ -228,6 +230,7 @@ async fn set_tariff(
 /// Every shard holds the same tariffs; any hosted shard's applied view
 /// answers.
 fn get_tariffs(fd: &FrontDoor) -> Result<pb::GetTariffsResponse, Status> {
+    let _permit = fd.admit()?;
     let Some(tariffs) = fd
         .hosted
         .iter()
@@ -244,49 +247,57 @@ fn get_tariffs(fd: &FrontDoor) -> Result<pb::GetTariffsResponse, Status> {
 }
 
 /// Each incoming message is a batch; its operations run concurrently and
-/// its results go back as one message. At most
-/// `MAX_BATCHES_IN_FLIGHT_PER_STREAM` batches of a stream are worked on at
-/// once; beyond that the stream is not read (HTTP/2 flow control pushes back).
+/// its results go back as one message. At most `stream_batches_inflight_max`
+/// batches of a stream are worked on at once; beyond that the stream is not
+/// read (HTTP/2 flow control pushes back). Each batch holds its size of the
+/// node's stream byte budget while worked on; a batch over it is answered
+/// `RESOURCE_EXHAUSTED` for every operation. A message that does not decode
+/// ends the stream with the status any call would get (see
+/// `listener::rewrite_decode_failure`).
 fn stream(
     fd: Arc<FrontDoor>,
     caller: Option<super::auth::Caller>,
     mut input: Streaming<pb::OpBatch>,
 ) -> ResultStream {
-    let (tx, rx) = mpsc::channel(MAX_BATCHES_IN_FLIGHT_PER_STREAM);
+    let depth = fd.limits.stream_batches_inflight_max;
+    let (tx, rx) = mpsc::channel(depth);
     tokio::spawn(super::auth::scoped(caller.clone(), async move {
         let mut running = FuturesUnordered::new();
+        // Why the stream ends early, sent after the results of the batches
+        // accepted before it (they may have been applied).
+        let mut end: Option<Status> = None;
         loop {
             tokio::select! {
-                msg = input.next(), if running.len() < MAX_BATCHES_IN_FLIGHT_PER_STREAM => {
+                msg = input.next(), if running.len() < depth => {
                     match msg {
                         Some(Ok(batch)) => {
                             if batch.ops.len() > MAX_OPS_PER_BATCH {
-                                // The batches accepted before this one may
-                                // have been applied: their results go out
-                                // first, then the error ends the stream.
-                                while let Some(done) = running.next().await {
-                                    if tx.send(Ok(done)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                let _ = tx
-                                    .send(Err(Error::invalid(
-                                        "ops",
-                                        format!("more than {MAX_OPS_PER_BATCH} in one batch"),
-                                    )
-                                    .into()))
-                                    .await;
-                                return;
+                                end = Some(Error::invalid(
+                                    "ops",
+                                    format!("more than {MAX_OPS_PER_BATCH} in one batch"),
+                                )
+                                .into());
+                                break;
                             }
                             let fd = fd.clone();
+                            let held = fd.admit_stream_bytes(prost::Message::encoded_len(&batch));
                             let (ops, denied) = super::auth::screen(caller.as_ref(), batch.ops);
                             running.push(async move {
+                                let Some(_held) = held else {
+                                    let mut r = refused(ops);
+                                    r.results.extend(denied);
+                                    return r;
+                                };
                                 let mut results = run_batch(&fd, ops).await;
                                 results.extend(denied);
                                 pb::OpResultBatch { results }
                             });
                         }
-                        Some(Err(_)) | None => break,
+                        Some(Err(s)) => {
+                            end = Some(crate::listener::rewrite_decode_failure(s));
+                            break;
+                        }
+                        None => break,
                     }
                 }
                 Some(done) = running.next(), if !running.is_empty() => {
@@ -298,6 +309,9 @@ fn stream(
             if tx.send(Ok(done)).await.is_err() {
                 return;
             }
+        }
+        if let Some(s) = end {
+            let _ = tx.send(Err(s)).await;
         }
     }));
     Box::pin(ReceiverStream::new(rx))
@@ -345,5 +359,24 @@ mod tests {
             out.push(c.to_ascii_lowercase());
         }
         out
+    }
+}
+
+/// Every operation of a batch refused: the node's stream byte budget is
+/// spent. Nothing was applied; back off and retry.
+fn refused(ops: Vec<pb::Op>) -> pb::OpResultBatch {
+    let s: Status = Error::Overloaded(
+        "node at its in-flight stream bytes limit (stream_bytes_inflight_max); back off and retry"
+            .into(),
+    )
+    .into();
+    pb::OpResultBatch {
+        results: ops
+            .into_iter()
+            .map(|op| pb::OpResult {
+                correlation_id: op.correlation_id,
+                result: Some(op_error(s.clone())),
+            })
+            .collect(),
     }
 }

@@ -56,7 +56,33 @@ pub fn request_id(b: &[u8], field: &str) -> Result<RequestId, Status> {
     if v == 0 {
         return Err(bad(field, "must not be the nil UUID"));
     }
+    // Version nibble (bits 76..80) 7, variant bits (62..64) 0b10 (RFC 9562):
+    // the id's top 48 bits are its unix-ms time, which dedup relies on.
+    if (v >> 76) & 0xF != 7 || (v >> 62) & 0b11 != 0b10 {
+        return Err(bad(field, "must be a UUIDv7 (version 7, RFC 9562 variant)"));
+    }
     Ok(RequestId(v))
+}
+
+/// Refuses a request id dated more than `clock_bound_ms` after `now_ms`.
+pub fn not_future(
+    rid: RequestId,
+    now_ms: u64,
+    clock_bound_ms: u64,
+    field: &str,
+) -> Result<(), Status> {
+    let at = rid.unix_ms();
+    if at > now_ms.saturating_add(clock_bound_ms) {
+        return Err(bad(
+            field,
+            &format!(
+                "dated {} ms in the future, more than the clock bound ({clock_bound_ms} ms); \
+                 check the client's clock",
+                at - now_ms
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn amount(v: i64, field: &str) -> Result<i64, Status> {

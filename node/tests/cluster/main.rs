@@ -17,3 +17,4 @@ mod t80_supervision;
 mod t90_reflection;
 mod t91_tls;
 mod t95_auth;
+mod t95_hardening;

@@ -47,7 +47,13 @@ impl Env {
 
     /// A client on node `id`'s public endpoint.
     pub async fn client_on(&self, id: u64) -> Client {
-        connect(self.cluster.public_url(id)).await
+        let config = ClientConfig {
+            tls: self.cluster.ca().is_some().then(client_tls),
+            ..client_config()
+        };
+        Client::connect_with_config(self.cluster.public_url(id), config)
+            .await
+            .expect("client connects")
     }
 
     pub async fn shutdown(self) {
@@ -100,11 +106,21 @@ pub async fn start() -> Env {
 
 /// Like [`start`], with a config tweak applied to every node.
 pub async fn start_with(tweak: Option<ConfigTweak>) -> Env {
+    start_opts(tweak, true).await
+}
+
+/// Like [`start_with`], but plaintext: for tests that speak raw HTTP/2 on
+/// the socket (the listener limits they check are below TLS).
+pub async fn start_plaintext_with(tweak: Option<ConfigTweak>) -> Env {
+    start_opts(tweak, false).await
+}
+
+async fn start_opts(tweak: Option<ConfigTweak>, tls: bool) -> Env {
     let cluster = LocalCluster::start(ClusterOptions {
         nodes: NODES,
         shards: SHARDS,
         tweak,
-        tls: Some(ca()),
+        tls: tls.then(ca),
         ..ClusterOptions::default()
     })
     .await
@@ -113,7 +129,13 @@ pub async fn start_with(tweak: Option<ConfigTweak>) -> Env {
         .wait_ready(Duration::from_secs(20))
         .await
         .expect("cluster ready");
-    let client = connect(cluster.public_url(1)).await;
+    let config = ClientConfig {
+        tls: tls.then(client_tls),
+        ..client_config()
+    };
+    let client = Client::connect_with_config(cluster.public_url(1), config)
+        .await
+        .expect("client connects");
     Env { cluster, client }
 }
 
