@@ -317,6 +317,25 @@ fn stream(
     Box::pin(ReceiverStream::new(rx))
 }
 
+/// Every operation of a batch refused: the node's stream byte budget is
+/// spent. Nothing was applied; back off and retry.
+fn refused(ops: Vec<pb::Op>) -> pb::OpResultBatch {
+    let s: Status = Error::Overloaded(
+        "node at its in-flight stream bytes limit (stream_bytes_inflight_max); back off and retry"
+            .into(),
+    )
+    .into();
+    pb::OpResultBatch {
+        results: ops
+            .into_iter()
+            .map(|op| pb::OpResult {
+                correlation_id: op.correlation_id,
+                result: Some(op_error(s.clone())),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::SERVED;
@@ -359,24 +378,5 @@ mod tests {
             out.push(c.to_ascii_lowercase());
         }
         out
-    }
-}
-
-/// Every operation of a batch refused: the node's stream byte budget is
-/// spent. Nothing was applied; back off and retry.
-fn refused(ops: Vec<pb::Op>) -> pb::OpResultBatch {
-    let s: Status = Error::Overloaded(
-        "node at its in-flight stream bytes limit (stream_bytes_inflight_max); back off and retry"
-            .into(),
-    )
-    .into();
-    pb::OpResultBatch {
-        results: ops
-            .into_iter()
-            .map(|op| pb::OpResult {
-                correlation_id: op.correlation_id,
-                result: Some(op_error(s.clone())),
-            })
-            .collect(),
     }
 }
