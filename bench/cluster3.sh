@@ -12,6 +12,8 @@
 # C3_SNAPSHOT_LOGS (the nodes' snapshot_logs limit), C3_TLS=1 (TLS between
 # the nodes and to clients, certificates in $C3_DIR/certs; then
 # `export CHARGING_CA=$C3_DIR/certs/ca.pem` for chargebench and chargectl).
+# C3_AUTH=1 (with C3_TLS=1) also turns bearer tokens on: keys in $C3_DIR/jwt*.pem;
+# `bench/cluster3.sh token ROLE` prints a token (export CHARGING_TOKEN=...).
 # Plaintext by default: the figures of record are measured without TLS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,11 @@ case "${1:-}" in
     if [[ -n "${C3_TLS:-}" ]]; then
       "$chargerd" certs --dir "$dir/certs" --nodes 1,2,3 >/dev/null
       export CHARGING_CA=$dir/certs/ca.pem
+    fi
+    if [[ -n "${C3_AUTH:-}" ]]; then
+      "$chargerd" keygen --out "$dir/jwt" >/dev/null
+      CHARGING_TOKEN=$("$chargerd" token --key "$dir/jwt.pem" --role admin --ttl 1h)
+      export CHARGING_TOKEN
     fi
     for id in 1 2 3; do
       mkdir -p "$dir/node$id"
@@ -52,6 +59,9 @@ case "${1:-}" in
         done
         if [[ -n "${C3_TLS:-}" ]]; then
           printf '\n[tls]\nca = "../certs/ca.pem"\ncert = "../certs/node%s.pem"\nkey = "../certs/node%s.key"\n' "$id" "$id"
+        fi
+        if [[ -n "${C3_AUTH:-}" ]]; then
+          printf '\n[auth]\nenabled = true\nkeys = ["%s"]\naudience = "charging"\nnode_key = "%s"\n' "$dir/jwt.pub.pem" "$dir/jwt.pem"
         fi
       } >"$dir/node$id/node.toml"
       "$chargerd" start --config "$dir/node$id/node.toml" >"$dir/node$id/log" 2>&1 &
@@ -85,6 +95,7 @@ case "${1:-}" in
     echo stopped
     ;;
   pids) cat "$dir"/node*/pid 2>/dev/null | tr '\n' ' ' ;;
+  token) "$chargerd" token --key "$dir/jwt.pem" --role "${2:?charging|billing|admin}" --ttl "${3:-1h}" ;;
   endpoints) echo "--endpoint $scheme://127.0.1.1:50051 --endpoint $scheme://127.0.1.2:50051 --endpoint $scheme://127.0.1.3:50051" ;;
   *) sed -n '2,16p' "$0"; exit 64 ;;
 esac

@@ -62,9 +62,22 @@ struct LeaderView {
 }
 
 /// Each shard's leader claims (a node reporting itself the leader of its
-/// replica), every claim kept: while two nodes claim a shard (a deposed
-/// leader has not heard yet), a guard must satisfy both.
+/// replica) of the highest term reported. Two claims in one term cannot
+/// happen; a claim of a lower term is a deposed leader's that has not heard
+/// yet, and may never hear: a replica removed from its group while cut off
+/// goes on believing it leads the old membership, and its stale view would
+/// keep the guard refusing to drop it forever (turmoil seed 2).
 fn leader_views(reports: &[pb::StatusResponse]) -> BTreeMap<u32, Vec<LeaderView>> {
+    let mut out = all_leader_claims(reports);
+    for claims in out.values_mut() {
+        let top = claims.iter().map(|v| v.term).max().unwrap_or(0);
+        claims.retain(|v| v.term == top);
+    }
+    out
+}
+
+/// Every leader claim reported, per shard.
+fn all_leader_claims(reports: &[pb::StatusResponse]) -> BTreeMap<u32, Vec<LeaderView>> {
     let mut out: BTreeMap<u32, Vec<LeaderView>> = BTreeMap::new();
     for r in reports {
         for st in &r.shard_status {
@@ -691,7 +704,41 @@ impl Admin for AdminService {
 
 #[cfg(test)]
 mod tests {
-    use super::{drop_refusal, is_host_port, majority_refusal, LeaderView};
+    use super::{drop_refusal, is_host_port, leader_views, majority_refusal, LeaderView};
+    use charging_proto::v1 as pb;
+
+    /// A stale leader (deposed while cut off, its replica since removed from
+    /// the group) does not hold the guard: the highest term's leader decides.
+    #[test]
+    fn a_deposed_leaders_claim_does_not_block_dropping_its_replica() {
+        let (r1, r2, r3, r4) = (
+            replica_id(1, 1),
+            replica_id(2, 1),
+            replica_id(3, 1),
+            replica_id(4, 1),
+        );
+        let report = |node: u64, term: u64, voters: Vec<u64>, replica: u64| pb::StatusResponse {
+            node_id: node,
+            shard_status: vec![pb::ShardStatus {
+                shard_id: 1,
+                leader: node,
+                term,
+                voter_replicas: voters,
+                replica,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let reports = vec![
+            report(2, 2, vec![r1, r2, r3], r2),
+            report(4, 6, vec![r1, r3, r4], r4),
+        ];
+        let views = leader_views(&reports);
+        assert_eq!(views[&1].len(), 1);
+        assert_eq!(views[&1][0].term, 6);
+        assert!(drop_refusal(views.get(&1), 1, r2).is_none());
+        assert!(drop_refusal(views.get(&1), 1, r3).is_some());
+    }
     use crate::raft::replica_id;
     use std::collections::{BTreeMap, BTreeSet};
 
