@@ -594,7 +594,7 @@ async fn chargectl_exit_codes_and_request_ids() {
 /// `chargectl health` asks grpc.health.v1 (what the compose cluster's
 /// container health check runs, with no token): exit 0 and `SERVING` while
 /// the server serves, exit 1 and `NOT_SERVING` once it says so, and a
-/// server without the health service is an error (exit 1), not healthy.
+/// server without the health service is an error (exit 2), not healthy.
 #[tokio::test(flavor = "multi_thread")]
 async fn chargectl_health_follows_the_health_service() {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -623,7 +623,7 @@ async fn chargectl_health_follows_the_health_service() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "NOT_SERVING");
 
-    // A server without the health service: UNIMPLEMENTED, exit 1.
+    // A server without the health service: UNIMPLEMENTED, exit 2 (an error).
     let other = serve(Fake::new(Behaviour::Always(Code::Internal))).await;
     let (code, out, err) = chargectl(args(&[
         "--endpoint",
@@ -633,6 +633,6 @@ async fn chargectl_health_follows_the_health_service() {
         "health",
     ]))
     .await;
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("UNIMPLEMENTED") || out.contains("UNIMPLEMENTED"), "{out}{err}");
 }

@@ -263,7 +263,8 @@ pub(crate) enum Command {
     /// List the tariffs.
     Tariffs,
     /// The node's health (grpc.health.v1, needs no token): exit 0 when
-    /// SERVING, 1 otherwise. For container health checks.
+    /// SERVING, 1 when not, 2 when it cannot be asked. For container health
+    /// checks.
     Health,
     /// Cluster status: nodes, shards, leaders, applied index, lag, moves.
     Status {
