@@ -68,8 +68,9 @@ nodes_of() { cat "$dir/nodes" 2>/dev/null || echo 0; }
 # A cluster is secure (TLS) unless it was made with CLUSTER_INSECURE=1.
 secure() { [[ ! -f "$dir/insecure" ]]; }
 scheme() { if secure; then echo https; else echo http; fi; }
-# chargectl reads the CA from the environment, as a user's shell would.
-use_ca() { if secure; then export CHARGING_CA="$dir/certs/ca.pem"; fi; }
+# chargectl reads the CA from the environment, as a user's shell would (and
+# must not have one for a plaintext cluster: it would dial https).
+use_ca() { if secure; then export CHARGING_CA="$dir/certs/ca.pem"; else unset CHARGING_CA; fi; }
 # Node certificates (and the CA, on the first call) for the given ids.
 make_certs() { # ids
   secure || return 0
@@ -222,6 +223,7 @@ case "$cmd" in
       fi
       echo "$n" >"$dir/nodes"
       for id in $(seq 1 "$n"); do write_config "$id" "$n" "$shards" "$fsync"; done
+      use_ca # again: secure or not is decided only now
     fi
     for id in $(seq 1 "$n"); do launch "$id"; done
     wait_ready
@@ -290,7 +292,8 @@ case "$cmd" in
     echo "node $id removed from the cluster (its id is retired)"
     ;;
   token)
-    role=${1:?role: charging, billing or admin}
+    role=${1:-}
+    [[ "$role" =~ ^(charging|billing|admin)$ ]] || { echo "token: role charging, billing or admin, got '$role'" >&2; exit 64; }
     build
     auth_on || { echo "no token keys in $dir: it was made with --no-auth or CLUSTER_INSECURE=1 (tokens are not checked)" >&2; exit 1; }
     "$chargerd" token --key "$dir/jwt.pem" --role "$role" --ttl "${2:-1h}"
