@@ -78,9 +78,11 @@ impl Client {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
         let r = self
-            .call("health", HealthCheckRequest::default(), |ch, r| async move {
-                HealthClient::new(ch).check(r).await
-            })
+            .call(
+                "health",
+                HealthCheckRequest::default(),
+                |ch, r| async move { HealthClient::new(ch).check(r).await },
+            )
             .await?;
         Ok(ServingStatus::try_from(r.status)
             .map(|s| s.as_str_name())

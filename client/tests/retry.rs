@@ -634,5 +634,8 @@ async fn chargectl_health_follows_the_health_service() {
     ]))
     .await;
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("UNIMPLEMENTED") || out.contains("UNIMPLEMENTED"), "{out}{err}");
+    assert!(
+        err.contains("UNIMPLEMENTED") || out.contains("UNIMPLEMENTED"),
+        "{out}{err}"
+    );
 }
