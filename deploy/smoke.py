@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks of the compose cluster from the host, through the published ports
 only (node i: api 127.0.0.1:2505i, metrics 127.0.0.1:2910i). Used by
-scripts/compose.sh; needs CHARGECTL (path of chargectl) in the environment.
+scripts/compose.sh; needs CHARGECTL (path of chargectl), CHARGING_CA and,
+the cluster having bearer tokens on, CHARGING_TOKEN (an admin token:
+scripts/compose.sh token admin) in the environment, which chargectl reads.
 
   smoke.py ready [--timeout S]        every node 1-3 answers and sees a leader for every shard
   smoke.py caught-up N [--timeout S]  node N replicates every shard with zero lag
@@ -259,6 +261,11 @@ def main():
     a = ap.parse_args()
     if not os.access(CHARGECTL, os.X_OK):
         sys.exit(f"smoke.py: {CHARGECTL} is not executable (set CHARGECTL)")
+    # With the cluster's token keys made, every call needs a token: without
+    # one each would be UNAUTHENTICATED, read here as "does not answer".
+    if os.path.exists(os.path.join(HERE, "certs", "jwt.pub.pem")) and not os.environ.get("CHARGING_TOKEN"):
+        sys.exit("smoke.py: the cluster checks bearer tokens; set CHARGING_TOKEN "
+                 "(export CHARGING_TOKEN=$(scripts/compose.sh token admin))")
     try:
         if a.cmd == "ready":
             t0 = time.monotonic()

@@ -10,7 +10,8 @@
 # --quick: a bounded standard scenario (local: 60 s of load and faults; the
 #          whole script stays under 3 minutes once the binaries are built).
 # local:   3 chargerd processes (scripts/cluster.sh, own folder .chaos-cluster,
-#          fsync always): kill -9 + restart, SIGSTOP + SIGCONT (one node or
+#          fsync always, TLS and bearer tokens: every client carries an admin
+#          token, CHARGING_TOKEN): kill -9 + restart, SIGSTOP + SIGCONT (one node or
 #          two: the third serves with no majority); on either target, now and
 #          then every node killed at once, then restarted.
 # compose: the 3-container cluster (scripts/compose.sh): docker kill + start,
@@ -35,7 +36,7 @@ while (($#)); do
     --seed) seed=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --no-bench) bench=0; shift ;;
-    *) sed -n '2,26p' "$0"; exit 64 ;;
+    *) sed -n '2,27p' "$0"; exit 64 ;;
   esac
 done
 
@@ -65,9 +66,11 @@ case "$target" in
       scripts/cluster.sh wipe >/dev/null 2>&1 || true
     }
     scripts/cluster.sh start --nodes 3 --shards 4 --fsync always
-    # The cluster runs TLS: chargectl, chargebench and chargechaos read the CA
-    # from the environment.
+    # The cluster runs TLS and bearer tokens: chargectl, chargebench and
+    # chargechaos read the CA and an admin token from the environment.
     export CHARGING_CA=.chaos-cluster/certs/ca.pem
+    CHARGING_TOKEN=$(scripts/cluster.sh token admin 6h)
+    export CHARGING_TOKEN
     endpoints=(https://127.0.0.1:50051 https://127.0.0.2:50051 https://127.0.0.3:50051)
     ;;
   compose)
@@ -75,6 +78,8 @@ case "$target" in
     stop_cluster() { scripts/compose.sh down -v >/dev/null 2>&1 || true; }
     scripts/compose.sh up
     export CHARGING_CA=deploy/certs/ca.pem
+    CHARGING_TOKEN=$(scripts/compose.sh token admin 6h)
+    export CHARGING_TOKEN
     endpoints=(https://127.0.0.1:25051 https://127.0.0.1:25052 https://127.0.0.1:25053)
     ;;
   *) echo "chaos.sh: unknown target $target" >&2; exit 64 ;;

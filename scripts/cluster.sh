@@ -2,9 +2,9 @@
 # A local multi-process cluster: one chargerd process per node, node i on
 # 127.0.0.i (api :50051, raft :51051, metrics :9100), data under one folder.
 #
-#   scripts/cluster.sh start [--nodes N] [--shards S] [--fsync always|never] [--auth]
-#                                        --auth (new cluster): bearer tokens on, keys in $dir/jwt*.pem
-#   scripts/cluster.sh token ROLE [TTL]  print a token (charging|billing|admin; TTL e.g. 1h) of an --auth cluster
+#   scripts/cluster.sh start [--nodes N] [--shards S] [--fsync always|never] [--no-auth]
+#                                        --no-auth (new cluster): TLS without bearer tokens
+#   scripts/cluster.sh token ROLE [TTL]  print a token (charging|billing|admin; TTL e.g. 1h, default 1h)
 #   scripts/cluster.sh status            nodes, shards, leaders, applied, lag
 #   scripts/cluster.sh stop              graceful stop of every node (SIGTERM)
 #   scripts/cluster.sh kill N            kill -9 node N
@@ -15,11 +15,16 @@
 #   scripts/cluster.sh remove N          take drained node N out of the cluster and stop it
 #   scripts/cluster.sh wipe              stop, then delete the data folder
 #
-# TLS is on: the first start makes a local CA and certificates in
-# $CLUSTER_DIR/certs (`chargerd certs`). Talk to the cluster with
+# Secure by default. The first start makes a local CA and certificates in
+# $CLUSTER_DIR/certs (`chargerd certs`) and a token key pair in
+# $CLUSTER_DIR/jwt.pem / jwt.pub.pem (`chargerd keygen`): every node runs TLS
+# and [auth] (bearer tokens, roles). Talk to the cluster with
 #   export CHARGING_CA=.cluster/certs/ca.pem
+#   export CHARGING_TOKEN=$(scripts/cluster.sh token admin)
 #   chargectl --endpoint https://127.0.0.1:50051 status
-# CLUSTER_INSECURE=1 on the first start makes a plaintext cluster instead.
+# --no-auth on the first start: TLS without tokens. CLUSTER_INSECURE=1 on the
+# first start: plaintext, no TLS and no tokens. This script's own chargectl
+# calls carry an admin token (unless CHARGING_TOKEN is set).
 #
 # Environment: CLUSTER_DIR (default .cluster), CHARGERD / CHARGECTL (binaries;
 # default: target/release, built on first use), CLUSTER_READY_TIMEOUT (s, 60).
@@ -31,18 +36,19 @@ ready_timeout=${CLUSTER_READY_TIMEOUT:-60}
 chargerd=${CHARGERD:-target/release/chargerd}
 chargectl=${CHARGECTL:-target/release/chargectl}
 
-usage() { sed -n '2,29p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,30p' "$0"; exit "${1:-64}"; }
 
 build() {
   if [[ -z "${CHARGERD:-}" && ! -x "$chargerd" ]] || [[ -z "${CHARGECTL:-}" && ! -x "$chargectl" ]]; then
-    echo "== building chargerd and chargectl (release)"
+    echo "== building chargerd and chargectl (release)" >&2
     cargo build --release -q --bin chargerd --bin chargectl
   fi
   auth_env
 }
 
-# A cluster started with --auth has its token keys in $dir; this script's
-# own chargectl calls then carry an admin token (unless CHARGING_TOKEN is set).
+# A cluster with bearer tokens (the default) has its token keys in $dir; this
+# script's own chargectl calls then carry an admin token (unless
+# CHARGING_TOKEN is set).
 auth_on() { [[ -f "$dir/jwt.pem" ]]; }
 auth_env() {
   if auth_on && [[ -z "${CHARGING_TOKEN:-}" ]]; then
@@ -51,7 +57,7 @@ auth_env() {
   fi
 }
 
-# The [auth] section of a node's config (nothing without --auth).
+# The [auth] section of a node's config (nothing for a cluster without tokens).
 auth_section() {
   auth_on || return 0
   printf '\n[auth]\nenabled = true\nkeys = ["%s"]\naudience = "charging"\nnode_key = "%s"\n' \
@@ -62,8 +68,9 @@ nodes_of() { cat "$dir/nodes" 2>/dev/null || echo 0; }
 # A cluster is secure (TLS) unless it was made with CLUSTER_INSECURE=1.
 secure() { [[ ! -f "$dir/insecure" ]]; }
 scheme() { if secure; then echo https; else echo http; fi; }
-# chargectl reads the CA from the environment, as a user's shell would.
-use_ca() { if secure; then export CHARGING_CA="$dir/certs/ca.pem"; fi; }
+# chargectl reads the CA from the environment, as a user's shell would (and
+# must not have one for a plaintext cluster: it would dial https).
+use_ca() { if secure; then export CHARGING_CA="$dir/certs/ca.pem"; else unset CHARGING_CA; fi; }
 # Node certificates (and the CA, on the first call) for the given ids.
 make_certs() { # ids
   secure || return 0
@@ -175,16 +182,22 @@ use_ca
 shift
 case "$cmd" in
   start)
-    n=3 shards=16 fsync=always auth=0
+    # Tokens on unless --no-auth, or a plaintext cluster (CLUSTER_INSECURE)
+    # without an explicit --auth.
+    n=3 shards=16 fsync=always auth=
     while (($#)); do
       case "$1" in
         --auth) auth=1; shift ;;
+        --no-auth) auth=0; shift ;;
         --nodes) n=$2; shift 2 ;;
         --shards) shards=$2; shift 2 ;;
         --fsync) fsync=$2; shift 2 ;;
         *) usage ;;
       esac
     done
+    if [[ -z "$auth" ]]; then
+      if [[ -n "${CLUSTER_INSECURE:-}" ]]; then auth=0; else auth=1; fi
+    fi
     build
     mkdir -p "$dir"
     if [[ -f "$dir/nodes" ]]; then
@@ -202,10 +215,15 @@ case "$cmd" in
       if ((auth)); then
         "$chargerd" keygen --out "$dir/jwt" >/dev/null
         auth_env
-        echo "== bearer tokens on: export CHARGING_TOKEN=\$(scripts/cluster.sh token admin)"
+        tok_cmd="scripts/cluster.sh token admin"
+        [[ "$dir" == .cluster ]] || tok_cmd="CLUSTER_DIR=$dir $tok_cmd"
+        echo "   tokens: keys in $dir/jwt*.pem; export CHARGING_TOKEN=\$($tok_cmd)"
+      else
+        echo "   NO TOKENS: [auth] off (--no-auth or CLUSTER_INSECURE); anyone reaching a node may call anything"
       fi
       echo "$n" >"$dir/nodes"
       for id in $(seq 1 "$n"); do write_config "$id" "$n" "$shards" "$fsync"; done
+      use_ca # again: secure or not is decided only now
     fi
     for id in $(seq 1 "$n"); do launch "$id"; done
     wait_ready
@@ -274,9 +292,10 @@ case "$cmd" in
     echo "node $id removed from the cluster (its id is retired)"
     ;;
   token)
-    role=${1:?role: charging, billing or admin}
+    role=${1:-}
+    [[ "$role" =~ ^(charging|billing|admin)$ ]] || { echo "token: role charging, billing or admin, got '$role'" >&2; exit 64; }
     build
-    auth_on || { echo "no token keys in $dir: start a new cluster with --auth" >&2; exit 1; }
+    auth_on || { echo "no token keys in $dir: it was made with --no-auth or CLUSTER_INSECURE=1 (tokens are not checked)" >&2; exit 1; }
     "$chargerd" token --key "$dir/jwt.pem" --role "$role" --ttl "${2:-1h}"
     ;;
   wipe)

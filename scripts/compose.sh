@@ -7,6 +7,7 @@
 #   scripts/compose.sh smoke         from the host: charge through all 3 nodes, kill the leader
 #                                    of the account's shard, charge again, restart it, catch-up
 #   scripts/compose.sh status        chargectl status through the first node that answers
+#   scripts/compose.sh token ROLE [TTL]  print a bearer token (charging|billing|admin; TTL default 1h)
 #   scripts/compose.sh ps | logs N
 #   scripts/compose.sh kill N | start N | stop N | pause N | unpause N
 #   scripts/compose.sh disconnect N | connect N   cut node N off the network / reattach it
@@ -15,6 +16,13 @@
 #   scripts/compose.sh heal          remove every partition rule (iptables DOCKER-USER, needs root)
 #   scripts/compose.sh add N         start node4 or node5 (profile scale): it joins, replicas move
 #   scripts/compose.sh drain N       move every replica off node N (waits)
+#
+# Secure: TLS and bearer tokens. `up` makes the CA, node certificates and an
+# ES256 token key pair in deploy/certs on first use (the image's chargerd);
+# from the host: export CHARGING_CA=deploy/certs/ca.pem
+#                export CHARGING_TOKEN=$(scripts/compose.sh token admin)
+# This script's own chargectl calls (and smoke.py's) carry an admin token
+# unless CHARGING_TOKEN is set.
 #
 # Environment: CHARGERD_IMAGE (chargerd:dev), COMPOSE_PROJECT (chargerd),
 # READY_TIMEOUT (s, 90), CHARGECTL (default target/release/chargectl).
@@ -32,7 +40,7 @@ export CHARGECTL=$chargectl COMPOSE_PROJECT=$project
 certs=deploy/certs
 export CHARGING_CA=$certs/ca.pem
 
-usage() { sed -n '2,20p' "$0"; exit "${1:-64}"; }
+usage() { sed -n '2,28p' "$0"; exit "${1:-64}"; }
 die() { echo "compose.sh: $*" >&2; exit 1; }
 
 # `docker compose` (v2 plugin) if present, else docker-compose (v1.28+ for profiles).
@@ -86,17 +94,48 @@ ensure_image() {
   fi
 }
 
-# The CA and node certificates (once), made by the image's own chargerd as
-# its user, so the containers can read their keys.
+# The image's own chargerd, as the containers' user, on deploy/certs
+# (mounted at /certs): the keys it writes are readable by the nodes, and
+# only by them and root.
+image_chargerd() { # mount-mode args...
+  local mode=$1
+  shift
+  docker run --rm --network none --user 65532:65532 -v "$PWD/$certs:/certs:$mode" \
+    --entrypoint /usr/local/bin/chargerd "$image" "$@"
+}
+
+# The CA and node certificates, and the token key pair (each once).
 ensure_certs() {
-  [[ -f "$certs/node5.pem" ]] && return 0
+  [[ -f "$certs/node5.pem" && -f "$certs/jwt.pub.pem" ]] && return 0
   mkdir -p "$certs"
   chmod 0777 "$certs"
-  docker run --rm --network none --user 65532:65532 -v "$PWD/$certs:/certs" \
-    --entrypoint /usr/local/bin/chargerd "$image" certs --dir /certs --nodes 1,2,3,4,5 >/dev/null ||
-    die "making certificates in $certs failed"
+  if [[ ! -f "$certs/node5.pem" ]]; then
+    image_chargerd rw certs --dir /certs --nodes 1,2,3,4,5 >/dev/null ||
+      die "making certificates in $certs failed"
+    echo "== TLS: CA and node certificates in $certs (export CHARGING_CA=$certs/ca.pem)"
+  fi
+  if [[ ! -f "$certs/jwt.pub.pem" ]]; then
+    image_chargerd rw keygen --out /certs/jwt >/dev/null ||
+      die "making the token keys in $certs failed"
+    echo "== tokens: ES256 key pair in $certs/jwt*.pem (export CHARGING_TOKEN=\$(scripts/compose.sh token admin))"
+  fi
   chmod 0755 "$certs"
-  echo "== TLS: CA and node certificates in $certs (export CHARGING_CA=$certs/ca.pem)"
+}
+
+# Prints a token for roles $1 (TTL $2), signed by the image's chargerd with
+# deploy/certs/jwt.pem (readable only by the containers' user).
+token() { # role ttl
+  [[ -f "$certs/jwt.pub.pem" ]] || die "no token keys in $certs: scripts/compose.sh up first"
+  image_chargerd ro token --key /certs/jwt.pem --role "$1" --ttl "$2" ||
+    die "signing a token failed"
+}
+
+# This script's chargectl calls (and smoke.py's) carry an admin token.
+ensure_token() {
+  [[ -z "${CHARGING_TOKEN:-}" ]] || return 0
+  ensure_image >&2
+  CHARGING_TOKEN=$(token admin 1h)
+  export CHARGING_TOKEN
 }
 
 # The first node whose published API answers.
@@ -133,6 +172,7 @@ case "$cmd" in
     ensure_chargectl
     ensure_image
     ensure_certs
+    ensure_token
     t0=$SECONDS
     compose up -d --no-build node1 node2 node3
     if ! python3 deploy/smoke.py ready --timeout "$ready_timeout"; then
@@ -157,14 +197,22 @@ case "$cmd" in
     ;;
   smoke)
     ensure_chargectl
+    ensure_token
     python3 deploy/smoke.py run
     ;;
   status)
     ensure_chargectl
+    ensure_token
     for i in 1 2 3 4 5; do
       if "$chargectl" --endpoint "https://127.0.0.1:2505$i" --deadline-ms 1000 --max-retries 0 status 2>/dev/null; then exit 0; fi
     done
     die "no node answers on 127.0.0.1:25051-25055"
+    ;;
+  token)
+    role=${1:-}
+    [[ "$role" =~ ^(charging|billing|admin)$ ]] || die "token: role charging, billing or admin, got '$role'"
+    ensure_image >&2
+    token "$role" "${2:-1h}"
     ;;
   ps) compose --profile scale ps ;;
   logs) compose logs --no-color "$(node_arg "${1:-}")" ;;
@@ -238,6 +286,7 @@ case "$cmd" in
     [[ "$n" =~ ^[45]$ ]] || die "add: node 4 or 5 (profile scale), got '$n'"
     ensure_image
     ensure_chargectl
+    ensure_token
     compose --profile scale up -d "node$n"
     wait_node "any(x['node_id'] == $n and x['replicas'] > 0 for x in nodes)" \
       "node$n joined; replicas are moving onto it ($0 status)"
@@ -246,6 +295,7 @@ case "$cmd" in
     n=${1:-}
     node_arg "$n" >/dev/null
     ensure_chargectl
+    ensure_token
     "$chargectl" --endpoint "$(any_endpoint)" node drain "$n"
     wait_node "all(x['replicas'] == 0 for x in nodes if x['node_id'] == $n)" \
       "node$n drained: it holds no replica"

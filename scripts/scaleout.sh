@@ -31,8 +31,11 @@ trap 'rm -f "$events"; scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
 
 scripts/cluster.sh wipe >/dev/null
 scripts/cluster.sh start --fsync "$fsync"
-# The cluster runs TLS; chargectl and chargebench read its CA from here.
-export CHARGING_CA=.cluster/certs/ca.pem
+# The cluster runs TLS and bearer tokens; chargectl and chargebench read its
+# CA and an admin token from here.
+export CHARGING_CA=$CLUSTER_DIR/certs/ca.pem
+CHARGING_TOKEN=$(scripts/cluster.sh token admin 1h)
+export CHARGING_TOKEN
 # Data at 1 cent per started MB (tariffs are shard state: they move too).
 "$chargectl" --endpoint https://127.0.0.1:50051 set-tariff --rg 32 --price bytes:1MB:1000000000 >/dev/null
 t0=$(date +%s.%N)

@@ -156,6 +156,15 @@ fn main() {
                 accounts,
                 max_ops_per_client,
             };
+            // A cluster with [auth] on: every request carries CHARGING_TOKEN.
+            match charging_chaos::wire::token_from_env() {
+                Ok(true) => println!("bearer token: from {}", charging_client::TOKEN_ENV),
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("chargechaos real: {e}");
+                    std::process::exit(2);
+                }
+            }
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             let run = rt.block_on(charging_chaos::real::run(cfg));
             let r = &run.report;

@@ -117,7 +117,8 @@ fn public_addr(target: &Target, node: u64) -> String {
 
 /// A channel to a node's public `host:port`; over TLS when the environment
 /// says so (`CHARGING_CA`, as chargectl reads it: `scripts/cluster.sh`
-/// clusters run TLS).
+/// clusters run TLS). The bearer token (`CHARGING_TOKEN`, for a cluster with
+/// `[auth]` on) is set on each request: [`crate::wire::authorize`].
 fn channel(addr: &str) -> Channel {
     let tls = charging_client::ClientTls::from_env().expect("CHARGING_CA readable");
     let ep = match tls {
@@ -394,6 +395,7 @@ async fn converge(caller: &Caller, deadline: Duration) -> Result<(), String> {
         for (_, ch) in &caller.channels {
             let mut r = tonic::Request::new(pb::StatusRequest::default());
             r.set_timeout(Duration::from_secs(1));
+            crate::wire::authorize(&mut r);
             let mut c = AdminClient::new(ch.clone());
             match tokio::time::timeout(Duration::from_millis(1500), c.status(r)).await {
                 Ok(Ok(s)) => {
@@ -440,6 +442,7 @@ async fn digests(caller: &Caller) -> Result<Vec<ReplicaDigest>, String> {
                 with_state_hash: true,
             });
             r.set_timeout(Duration::from_secs(2));
+            crate::wire::authorize(&mut r);
             let mut c = AdminClient::new(ch.clone());
             let s = match tokio::time::timeout(Duration::from_millis(2500), c.status(r)).await {
                 Ok(Ok(s)) => s.into_inner(),
@@ -486,6 +489,7 @@ async fn read_back(
                 account_id: a.0.clone(),
             });
             r.set_timeout(Duration::from_secs(2));
+            crate::wire::authorize(&mut r);
             match ChargingClient::new(ch).balance(r).await {
                 Ok(resp) => {
                     let b = resp.into_inner();
@@ -548,6 +552,7 @@ pub async fn run(cfg: RealConfig) -> RealRun {
         let (_, ch) = caller.any();
         let mut r = tonic::Request::new(crate::wire::set_tariff_request(rid));
         r.set_timeout(Duration::from_secs(2));
+        crate::wire::authorize(&mut r);
         if let Ok(resp) = ChargingClient::new(ch).set_tariff(r).await {
             if resp.get_ref().result == 1 {
                 tariff_ok = true;

@@ -43,11 +43,44 @@ fn rid(r: &Request) -> Vec<u8> {
     r.request_id.0.to_be_bytes().to_vec()
 }
 
-/// Wraps a message with a per-attempt timeout and, when aimed at a known
-/// leader, the no-forward marker (the node answers with a hint instead).
+/// The bearer token every request carries, if [`token_from_env`] found one.
+static TOKEN: std::sync::OnceLock<Option<charging_client::BearerToken>> =
+    std::sync::OnceLock::new();
+
+/// Reads the bearer token from `CHARGING_TOKEN` (as chargectl does) once,
+/// for every later request: `chargechaos real` against a cluster with
+/// `[auth]` on. Unset or empty: no token. Not called: no token (the
+/// in-process simulations run without auth).
+pub fn token_from_env() -> Result<bool, String> {
+    let token = match std::env::var(charging_client::TOKEN_ENV) {
+        Ok(v) if !v.trim().is_empty() => Some(
+            charging_client::BearerToken::new(&v)
+                .map_err(|e| format!("{}: {e}", charging_client::TOKEN_ENV))?,
+        ),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(e) => return Err(format!("{}: {e}", charging_client::TOKEN_ENV)),
+    };
+    let on = token.is_some();
+    TOKEN
+        .set(token)
+        .map_err(|_| "the bearer token was already read".to_string())?;
+    Ok(on)
+}
+
+/// Sets `authorization: Bearer ...` on `r` when a token was read.
+pub fn authorize<T>(r: &mut tonic::Request<T>) {
+    if let Some(t) = TOKEN.get().and_then(Option::as_ref) {
+        t.apply(r.metadata_mut());
+    }
+}
+
+/// Wraps a message with a per-attempt timeout, the bearer token (if any)
+/// and, when aimed at a known leader, the no-forward marker (the node
+/// answers with a hint instead).
 fn msg<T>(m: T, timeout: std::time::Duration, no_forward: bool) -> tonic::Request<T> {
     let mut r = tonic::Request::new(m);
     r.set_timeout(timeout);
+    authorize(&mut r);
     if no_forward {
         r.metadata_mut().insert(
             charging_client::headers::FORWARDED,

@@ -360,7 +360,7 @@ macro_rules! on_account {
 on_account!(
     ;
     StatusRequest, proto::ShardMapRequest, proto::AddNodeRequest, proto::NodeRequest,
-    proto::RemoveNodeRequest
+    proto::RemoveNodeRequest, tonic_health::pb::HealthCheckRequest
 );
 
 /// How long after a shard-map fetch the client asks again, if the map is

@@ -71,6 +71,24 @@ charging_proto::charging_ops!(client_calls);
 impl Client {
     // ---- Admin service ----------------------------------------------------------
 
+    /// The node's `grpc.health.v1` status for the whole server, e.g.
+    /// `"SERVING"` (`"NOT_SERVING"` while it stops). The health service is
+    /// open: no token needed, so a container's health check can ask it.
+    pub async fn health(&self) -> Result<&'static str, Error> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let r = self
+            .call(
+                "health",
+                HealthCheckRequest::default(),
+                |ch, r| async move { HealthClient::new(ch).check(r).await },
+            )
+            .await?;
+        Ok(ServingStatus::try_from(r.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("UNKNOWN"))
+    }
+
     /// Cluster status as seen by the node the client is connected to.
     pub async fn status(&self) -> Result<StatusResponse, Error> {
         self.status_request(StatusRequest::default()).await

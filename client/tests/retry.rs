@@ -590,3 +590,52 @@ async fn chargectl_exit_codes_and_request_ids() {
     assert_eq!(code, 0);
     assert!(out.contains("EUR") && out.contains("BUCKET"), "{out}");
 }
+
+/// `chargectl health` asks grpc.health.v1 (what the compose cluster's
+/// container health check runs, with no token): exit 0 and `SERVING` while
+/// the server serves, exit 1 and `NOT_SERVING` once it says so, and a
+/// server without the health service is an error (exit 2), not healthy.
+#[tokio::test(flavor = "multi_thread")]
+async fn chargectl_health_follows_the_health_service() {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+
+    let (code, out, err) = chargectl(args(&["--endpoint", &addr, "health"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SERVING"), "{out}");
+
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let (code, out, err) = chargectl(args(&["--endpoint", &addr, "--json", "health"])).await;
+    assert_eq!(code, 1, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "NOT_SERVING");
+
+    // A server without the health service: UNIMPLEMENTED, exit 2 (an error).
+    let other = serve(Fake::new(Behaviour::Always(Code::Internal))).await;
+    let (code, out, err) = chargectl(args(&[
+        "--endpoint",
+        &other,
+        "--max-retries",
+        "0",
+        "health",
+    ]))
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("UNIMPLEMENTED") || out.contains("UNIMPLEMENTED"),
+        "{out}{err}"
+    );
+}

@@ -262,6 +262,10 @@ pub(crate) enum Command {
     },
     /// List the tariffs.
     Tariffs,
+    /// The node's health (grpc.health.v1, needs no token): exit 0 when
+    /// SERVING, 1 when not, 2 when it cannot be asked. For container health
+    /// checks.
+    Health,
     /// Cluster status: nodes, shards, leaders, applied index, lag, moves.
     Status {
         /// Also digest each replica this node hosts (state hash at its
@@ -320,6 +324,7 @@ impl Command {
             | Command::SetTariff { id, .. } => id,
             Command::Balance { .. }
             | Command::Tariffs
+            | Command::Health
             | Command::Status { .. }
             | Command::Node { .. } => return None,
         };

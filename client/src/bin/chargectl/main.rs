@@ -297,6 +297,20 @@ async fn run(client: &Client, cmd: Command, rid: Option<Uuid>) -> Result<Outcome
             let r = client.get_tariffs().await?;
             Outcome::new(None, r.to_json(), vec![]).with_text(tariffs_text(&r.tariffs))
         }
+        Command::Health => {
+            let status = client.health().await?;
+            // Exit 1 unless SERVING: the result-code path does that.
+            let code = if status == "SERVING" {
+                charging_client::proto::ResultCode::Ok
+            } else {
+                charging_client::proto::ResultCode::Unspecified
+            };
+            Outcome::new(
+                Some(code as i32),
+                json!({ "status": status }),
+                vec![("status", status.to_string())],
+            )
+        }
         Command::Status { digest } => {
             let r = if digest {
                 client.status_digest().await?
