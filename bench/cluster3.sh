@@ -31,7 +31,10 @@ case "${1:-}" in
     rm -rf "$dir"
     mkdir -p "$dir"
     if [[ -n "${C3_TLS:-}" ]]; then
-      "$chargerd" certs --dir "$dir/certs" --nodes 1,2,3 >/dev/null
+      # Node i is reached at 127.0.1.i: its certificate names that address.
+      for id in 1 2 3; do
+        "$chargerd" certs --dir "$dir/certs" --nodes "$id" --hosts "127.0.1.$id" >/dev/null
+      done
       export CHARGING_CA=$dir/certs/ca.pem
     fi
     if [[ -n "${C3_AUTH:-}" ]]; then
