@@ -34,6 +34,19 @@ class Failed(Exception):
     pass
 
 
+
+def uuid7() -> str:
+    """A UUIDv7 (RFC 9562): the nodes refuse other request ids. 48-bit ms
+    timestamp, version 7, 12 random bits, variant 10, 62 random bits."""
+    ms = int(time.time() * 1000)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -198,7 +211,7 @@ def run():
 
     account = f"smoke-{uuid.uuid4().hex[:12]}"
     # A tariff touches every shard: retried (same request id) while leaders move.
-    rid = str(uuid.uuid4())
+    rid = uuid7()
     wait("the tariff is set", 30, lambda: ok(1, "set-tariff", "--rg", str(RG), "--price", PRICE, request_id=rid))
     log(f"tariff rating group {RG}: {PRICE} (via node 1)")
 
@@ -226,7 +239,7 @@ def run():
     log(f"{account} lives in shard {shard}, led by node {victim}: docker kill node{victim}")
     compose("kill", str(victim))
 
-    rid = str(uuid.uuid4())
+    rid = uuid7()
     served_by, took = charge_until_done(others, account, rid, timeout=30)
     log(f"ok: charging resumed {took:.1f} s after the kill (node {served_by}, request id {rid})")
     again = others[1] if served_by == others[0] else others[0]
