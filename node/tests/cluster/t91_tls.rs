@@ -78,80 +78,74 @@ async fn raft_call(
     }
 }
 
+/// A client identity: (certificate, key) PEMs, or none.
+type PeerIdentity = Option<(String, String)>;
+
+/// What node 1's Raft port must answer a call: answered, refused at the
+/// handshake (any code), or refused with this code.
+#[derive(Debug, PartialEq)]
+enum Want {
+    Answered,
+    Refused,
+    Code(Code),
+}
+
 #[tokio::test]
 async fn the_raft_port_admits_only_certified_peers_speaking_for_themselves() {
     let env = start().await;
     let ca = ca();
-    let member2 = charging_node::ids::replica_id(2, 1);
-    let member3 = charging_node::ids::replica_id(3, 1);
-
-    // Control: node 2's certificate, speaking for node 2, is answered.
-    let code = raft_call(
-        &env,
-        &ca.cert_pem,
-        Some(node_identity(&ca, 2)),
-        pre_vote(2, member2),
-    )
-    .await;
-    assert_eq!(code, None, "a peer speaking for itself is answered");
-
-    // No client certificate: the handshake is refused.
-    let code = raft_call(&env, &ca.cert_pem, None, pre_vote(2, member2)).await;
-    assert!(code.is_some(), "no client certificate must be refused");
-
-    // A certificate from another CA (naming node 2): refused.
     let other = CertAuthority::generate("another CA").unwrap();
-    let code = raft_call(
-        &env,
-        &ca.cert_pem,
-        Some(node_identity(&other, 2)),
-        pre_vote(2, member2),
-    )
-    .await;
-    assert!(code.is_some(), "another CA's certificate must be refused");
-
-    // Node 2's certificate claiming to be node 3: refused.
-    let code = raft_call(
-        &env,
-        &ca.cert_pem,
-        Some(node_identity(&ca, 2)),
-        pre_vote(3, member3),
-    )
-    .await;
-    assert_eq!(
-        code,
-        Some(Code::PermissionDenied),
-        "from_node must match the certificate"
+    let client = ca.client_cert("ops").unwrap();
+    let (m2, m3) = (
+        charging_node::ids::replica_id(2, 1),
+        charging_node::ids::replica_id(3, 1),
     );
-
-    // Node 2's certificate, from_node 2, but carrying node 3's vote: refused.
-    let code = raft_call(
-        &env,
-        &ca.cert_pem,
-        Some(node_identity(&ca, 2)),
-        pre_vote(2, member3),
-    )
-    .await;
-    assert_eq!(
-        code,
-        Some(Code::PermissionDenied),
-        "the vote must be the sender's"
-    );
-
-    // A client certificate (it names no node) is no peer either.
-    let c = ca.client_cert("ops").unwrap();
-    let code = raft_call(
-        &env,
-        &ca.cert_pem,
-        Some((c.cert_pem, c.key_pem)),
-        pre_vote(2, member2),
-    )
-    .await;
-    assert_eq!(
-        code,
-        Some(Code::Unauthenticated),
-        "a certificate naming no node"
-    );
+    let cases: Vec<(&str, PeerIdentity, RaftRequest, Want)> = vec![
+        (
+            "node 2 speaking for itself (control)",
+            Some(node_identity(&ca, 2)),
+            pre_vote(2, m2),
+            Want::Answered,
+        ),
+        (
+            "no client certificate",
+            None,
+            pre_vote(2, m2),
+            Want::Refused,
+        ),
+        (
+            "another CA's certificate naming node 2",
+            Some(node_identity(&other, 2)),
+            pre_vote(2, m2),
+            Want::Refused,
+        ),
+        (
+            "node 2's certificate claiming node 3 in from_node",
+            Some(node_identity(&ca, 2)),
+            pre_vote(3, m3),
+            Want::Code(Code::PermissionDenied),
+        ),
+        (
+            "node 2's certificate carrying node 3's vote",
+            Some(node_identity(&ca, 2)),
+            pre_vote(2, m3),
+            Want::Code(Code::PermissionDenied),
+        ),
+        (
+            "a client certificate (names no node)",
+            Some((client.cert_pem, client.key_pem)),
+            pre_vote(2, m2),
+            Want::Code(Code::Unauthenticated),
+        ),
+    ];
+    for (what, identity, req, want) in cases {
+        let got = match raft_call(&env, &ca.cert_pem, identity, req).await {
+            None => Want::Answered,
+            Some(_) if want == Want::Refused => Want::Refused,
+            Some(c) => Want::Code(c),
+        };
+        assert_eq!(got, want, "{what}");
+    }
 
     // The cluster is unharmed.
     let a = "tls-raft-1";
