@@ -26,6 +26,8 @@ pub struct ClusterOptions {
     pub tweak: Option<ConfigTweak>,
     /// TLS: every node gets a certificate from this CA (see [`crate::tls`]).
     pub tls: Option<Arc<crate::tls::CertAuthority>>,
+    /// Each node gets an admin listener too (see [`LocalCluster::admin_url`]).
+    pub admin_listeners: bool,
 }
 
 impl Default for ClusterOptions {
@@ -37,6 +39,7 @@ impl Default for ClusterOptions {
             clock: Arc::new(SystemClock),
             tweak: None,
             tls: None,
+            admin_listeners: false,
         }
     }
 }
@@ -48,6 +51,9 @@ pub struct LocalCluster {
     clock: SharedClock,
     tweak: Option<ConfigTweak>,
     tls: Option<Arc<crate::tls::CertAuthority>>,
+    /// Admin listener addresses, when the nodes have them.
+    pub admin_addrs: BTreeMap<NodeId, String>,
+    admin_listeners: bool,
 }
 
 async fn bind(port: u16) -> anyhow::Result<TcpListener> {
@@ -59,12 +65,14 @@ fn memory_edges(
     id: NodeId,
     public: TcpListener,
     internal: TcpListener,
+    admin: Option<TcpListener>,
     clock: SharedClock,
     tls: Option<&crate::tls::Tls>,
 ) -> Edges<MemLog, impl node::Incoming> {
     Edges {
         public: node::tcp_incoming(public),
         internal: node::tcp_incoming(internal),
+        admin: admin.map(node::tcp_incoming),
         connector: Box::new(TcpConnector {
             connect_timeout: Duration::from_millis(500),
             tls: tls.map(|t| t.client()),
@@ -95,6 +103,7 @@ impl LocalCluster {
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
+        let mut admin_addrs = BTreeMap::new();
         for id in 1..=opts.nodes {
             let port = opts
                 .public_ports
@@ -105,6 +114,13 @@ impl LocalCluster {
                 .await
                 .map_err(|e| anyhow::anyhow!("bind public port {port}: {e}"))?;
             let internal = bind(0).await?;
+            let admin = if opts.admin_listeners {
+                let a = bind(0).await?;
+                admin_addrs.insert(id, a.local_addr()?.to_string());
+                Some(a)
+            } else {
+                None
+            };
             addrs.insert(
                 id,
                 PeerAddrs {
@@ -112,10 +128,10 @@ impl LocalCluster {
                     internal: internal.local_addr()?.to_string(),
                 },
             );
-            listeners.insert(id, (public, internal));
+            listeners.insert(id, (public, internal, admin));
         }
         let mut nodes = BTreeMap::new();
-        for (id, (public, internal)) in listeners {
+        for (id, (public, internal, admin)) in listeners {
             let mut cfg = NodeConfig::new(id, addrs.clone());
             cfg.shards = opts.shards;
             cfg.bootstrap = id == 1;
@@ -123,7 +139,14 @@ impl LocalCluster {
             if let Some(t) = &opts.tweak {
                 t(&mut cfg);
             }
-            let edges = memory_edges(id, public, internal, opts.clock.clone(), cfg.tls.as_ref());
+            let edges = memory_edges(
+                id,
+                public,
+                internal,
+                admin,
+                opts.clock.clone(),
+                cfg.tls.as_ref(),
+            );
             nodes.insert(id, node::start(cfg, edges).await?);
         }
         Ok(LocalCluster {
@@ -133,6 +156,8 @@ impl LocalCluster {
             clock: opts.clock,
             tweak: opts.tweak,
             tls: opts.tls,
+            admin_addrs,
+            admin_listeners: opts.admin_listeners,
         })
     }
 
@@ -143,6 +168,13 @@ impl LocalCluster {
         anyhow::ensure!(!self.addrs.contains_key(&id), "node {id} exists");
         let public = bind(0).await?;
         let internal = bind(0).await?;
+        let admin = if self.admin_listeners {
+            let a = bind(0).await?;
+            self.admin_addrs.insert(id, a.local_addr()?.to_string());
+            Some(a)
+        } else {
+            None
+        };
         let me = PeerAddrs {
             public: public.local_addr()?.to_string(),
             internal: internal.local_addr()?.to_string(),
@@ -154,7 +186,14 @@ impl LocalCluster {
         if let Some(t) = &self.tweak {
             t(&mut cfg);
         }
-        let edges = memory_edges(id, public, internal, self.clock.clone(), cfg.tls.as_ref());
+        let edges = memory_edges(
+            id,
+            public,
+            internal,
+            admin,
+            self.clock.clone(),
+            cfg.tls.as_ref(),
+        );
         self.nodes.insert(id, node::start(cfg, edges).await?);
         self.addrs.insert(id, me);
         Ok(())
@@ -164,6 +203,12 @@ impl LocalCluster {
     pub fn public_url(&self, id: NodeId) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.addrs[&id].public)
+    }
+
+    /// Node `id`'s admin listener endpoint, when the nodes have one.
+    pub fn admin_url(&self, id: NodeId) -> Option<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        self.admin_addrs.get(&id).map(|a| format!("{scheme}://{a}"))
     }
 
     /// The cluster's CA, when it runs TLS.

@@ -41,6 +41,11 @@ struct FileConfig {
     internal_addr: String,
     #[serde(default)]
     metrics_addr: Option<String>,
+    /// The admin listener (Admin service only, client certificates required
+    /// under TLS); with it, the public listener refuses cluster changes
+    /// from anyone but a node.
+    #[serde(default)]
+    admin_addr: Option<String>,
     data_dir: PathBuf,
     #[serde(default)]
     shards: Option<u32>,
@@ -199,6 +204,7 @@ pub struct ProcessConfig {
     pub public_addr: SocketAddr,
     pub internal_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub replication_factor: usize,
@@ -229,6 +235,11 @@ impl ProcessConfig {
         let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let public_addr = addr("public_addr", &f.public_addr)?;
         let internal_addr = addr("internal_addr", &f.internal_addr)?;
+        let admin_addr = f
+            .admin_addr
+            .as_deref()
+            .map(|m| addr("admin_addr", m))
+            .transpose()?;
         let metrics_addr = f
             .metrics_addr
             .as_deref()
@@ -419,6 +430,7 @@ impl ProcessConfig {
             public_addr,
             internal_addr,
             metrics_addr,
+            admin_addr,
             data_dir: f.data_dir,
             fsync: f.fsync.unwrap_or_default(),
             replication_factor: rf,
@@ -441,6 +453,8 @@ node_id = {id}
 public_addr = "127.0.0.{id}:50051"    # Charging + Admin gRPC, health, reflection
 internal_addr = "127.0.0.{id}:51051"  # node-to-node Raft traffic
 metrics_addr = "127.0.0.{id}:9100"    # Prometheus /metrics (omit to disable)
+# admin_addr = "127.0.0.{id}:52051"   # Admin calls that change the cluster, client
+#                                     # certificates required; then refused on public_addr
 data_dir = "data/node{id}"            # Raft log (WAL) and snapshots
 shards = {shards}                        # fixed when the cluster is created
 replication_factor = 3

@@ -90,6 +90,10 @@ pub fn tcp_incoming(
 pub struct Edges<L: LogEngine, I: Incoming> {
     pub public: I,
     pub internal: I,
+    /// The admin listener (the Admin service only, client certificates
+    /// required under TLS). With one, the public listener refuses the calls
+    /// that change the cluster from anyone but a node.
+    pub admin: Option<I>,
     pub connector: Box<dyn Connector>,
     pub clock: SharedClock,
     /// Opens the log engine of a replica incarnation `(shard, incarnation)`
@@ -484,12 +488,16 @@ pub async fn start<L: LogEngine, I: Incoming>(
         public_server = public_server.tls_config(t.public_server())?;
     }
     let strip_internal = config.tls.is_some();
+    let admin_listener = edges.admin.is_some();
     let public_server = public_server
         .layer(crate::listener::MalformedLayer { conns })
         .layer(tower::util::option_layer(
             strip_internal.then_some(crate::tls::StripInternalHeaders),
         ))
-        .layer(crate::frontdoor::auth::AuthLayer(verifier));
+        .layer(crate::frontdoor::auth::AuthLayer(verifier.clone()))
+        .layer(tower::util::option_layer(
+            admin_listener.then_some(crate::tls::ClusterChangesFromNodesOnly),
+        ));
     tasks.push(tokio::spawn(async move {
         let mut server = public_server;
         let r = server
@@ -506,6 +514,42 @@ pub async fn start<L: LogEngine, I: Incoming>(
             tracing::error!(error = %e, "public server failed");
         }
     }));
+
+    // Admin listener: the Admin service and health only, client
+    // certificates required under TLS, tokens as on the public port.
+    if let Some(incoming) = edges.admin {
+        let conns = crate::listener::Connections::default();
+        let incoming = crate::listener::capped(
+            incoming,
+            &config.public_listener,
+            "admin",
+            me,
+            conns.clone(),
+        );
+        let mut admin_server = crate::listener::server(&config.public_listener);
+        if let Some(t) = &config.tls {
+            admin_server = admin_server.tls_config(t.admin_server())?;
+        }
+        let mut admin_server = admin_server
+            .layer(crate::listener::MalformedLayer { conns })
+            .layer(crate::frontdoor::auth::AuthLayer(verifier));
+        let (_, admin_health) = tonic_health::server::health_reporter();
+        let svc = AdminServer::new(AdminService(front_door.clone(), config.nodes_max))
+            .max_decoding_message_size(config.front_door.message_bytes_max);
+        let mut rx3 = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = admin_server
+                .add_service(admin_health)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx3.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        }));
+    }
 
     if let Some(period) = config.leader_balance_period {
         tasks.push(tokio::spawn(crate::control::balance::run(

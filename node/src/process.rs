@@ -160,9 +160,18 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
             "initializing a new cluster"
         );
     }
+    let admin = match cfg.admin_addr {
+        Some(a) => Some(node::tcp_incoming(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("admin_addr {a}: {e}"))?,
+        )),
+        None => None,
+    };
     let edges = Edges {
         public: node::tcp_incoming(public),
         internal: node::tcp_incoming(internal),
+        admin,
         connector: Box::new(TcpConnector {
             connect_timeout: node_cfg.connect_timeout,
             tls: node_cfg.tls.as_ref().map(|t| t.client()),

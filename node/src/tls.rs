@@ -160,6 +160,15 @@ impl Tls {
             .client_auth_optional(self.public_client_certs == ClientCerts::Optional)
     }
 
+    /// The admin listener: TLS, and every client must present a
+    /// certificate from the CA.
+    pub fn admin_server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity())
+            .client_ca_root(self.ca())
+            .client_auth_optional(false)
+    }
+
     /// Dialling another node: this node's certificate, the peer's checked
     /// against the CA under [`CLUSTER_NAME`].
     pub fn client(&self) -> ClientTlsConfig {
@@ -237,6 +246,65 @@ where
             }
         }
         self.inner.call(req)
+    }
+}
+
+/// The Admin calls that change the cluster (membership, replicas).
+pub const CLUSTER_CHANGES: &[&str] = &[
+    "/charging.v1.Admin/AddNode",
+    "/charging.v1.Admin/DrainNode",
+    "/charging.v1.Admin/RemoveNode",
+    "/charging.v1.Admin/DropReplica",
+];
+
+/// On the public listener of a node that has an admin listener: refuses the
+/// calls that change the cluster ([`CLUSTER_CHANGES`]) from anyone but a
+/// node (nodes make them of each other: a joiner's AddNode, the placement
+/// driver's DropReplica). Operators make them on the admin listener.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterChangesFromNodesOnly;
+
+impl<S> tower::Layer<S> for ClusterChangesFromNodesOnly {
+    type Service = ClusterChangesFromNodesOnlyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ClusterChangesFromNodesOnlyService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterChangesFromNodesOnlyService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ClusterChangesFromNodesOnlyService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::Ready<Result<Self::Response, Self::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        if CLUSTER_CHANGES.contains(&path) && peer_node(req.extensions()).is_none() {
+            let s = tonic::Status::permission_denied(format!(
+                "{path}: cluster changes are served on the admin listener (admin_addr), \
+                 not the public one"
+            ));
+            return futures::future::Either::Right(futures::future::ready(Ok(s.into_http())));
+        }
+        futures::future::Either::Left(self.inner.call(req))
     }
 }
 

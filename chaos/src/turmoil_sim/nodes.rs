@@ -131,6 +131,7 @@ pub(super) async fn run_node(cfg: NodeConfig, slot: Slot) -> turmoil::Result {
     let edges = Edges {
         public: incoming(public),
         internal: incoming(internal),
+        admin: None,
         connector: Box::new(SimConnector),
         clock: Arc::new(slot.clock.clone()),
         logs: {

@@ -16,5 +16,6 @@ mod t70_stream;
 mod t80_supervision;
 mod t90_reflection;
 mod t91_tls;
+mod t92_admin_listener;
 mod t95_auth;
 mod t95_hardening;
