@@ -491,13 +491,11 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let admin_listener = edges.admin.is_some();
     let public_server = public_server
         .layer(crate::listener::MalformedLayer { conns })
-        .layer(tower::util::option_layer(
-            strip_internal.then_some(crate::tls::StripInternalHeaders),
-        ))
         .layer(crate::frontdoor::auth::AuthLayer(verifier.clone()))
-        .layer(tower::util::option_layer(
-            admin_listener.then_some(crate::tls::ClusterChangesFromNodesOnly),
-        ));
+        .layer(crate::tls::PeerPolicy {
+            strip_internal,
+            changes_from_nodes_only: admin_listener,
+        });
     tasks.push(tokio::spawn(async move {
         let mut server = public_server;
         let r = server

@@ -8,7 +8,7 @@
 //! - the public listener serves TLS and takes a client certificate when one
 //!   is offered ([`ClientCerts`]); only a node certificate may carry the
 //!   internal headers (a forwarded call, a shard restriction), which are
-//!   stripped from anyone else ([`StripInternalHeaders`]);
+//!   stripped from anyone else ([`PeerPolicy`]);
 //! - nodes dial each other (Raft, forwarding, joining) with their own
 //!   certificate and check the peer's against the CA under the name
 //!   [`CLUSTER_NAME`], which every node certificate carries.
@@ -206,49 +206,6 @@ pub fn peer_node(extensions: &tonic::Extensions) -> Option<NodeId> {
     node_of_cert(certs.first()?)
 }
 
-/// Removes the internal headers (a forwarded call's mark, a shard
-/// restriction) from requests of anyone but a node, on a TLS listener. A
-/// client could otherwise skip forwarding checks or pin a shard.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StripInternalHeaders;
-
-impl<S> tower::Layer<S> for StripInternalHeaders {
-    type Service = StripInternalHeadersService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        StripInternalHeadersService { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct StripInternalHeadersService<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for StripInternalHeadersService<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if peer_node(req.extensions()).is_none() {
-            for h in charging_proto::headers::INTERNAL {
-                req.headers_mut().remove(*h);
-            }
-        }
-        self.inner.call(req)
-    }
-}
-
 /// The Admin calls that change the cluster (membership, replicas).
 pub const CLUSTER_CHANGES: &[&str] = &[
     "/charging.v1.Admin/AddNode",
@@ -257,29 +214,40 @@ pub const CLUSTER_CHANGES: &[&str] = &[
     "/charging.v1.Admin/DropReplica",
 ];
 
-/// On the public listener of a node that has an admin listener: refuses the
-/// calls that change the cluster ([`CLUSTER_CHANGES`]) from anyone but a
-/// node (nodes make them of each other: a joiner's AddNode, the placement
-/// driver's DropReplica). Operators make them on the admin listener.
+/// What the public listener allows only from a node (a caller whose
+/// certificate names one):
+/// - `strip_internal` (on a TLS listener): the internal headers
+///   ([`charging_proto::headers::INTERNAL`], a forwarded SetTariff's shard
+///   restriction) are removed from anyone else's calls;
+/// - `changes_from_nodes_only` (on a node with an admin listener): the calls
+///   that change the cluster ([`CLUSTER_CHANGES`]) are refused from anyone
+///   else. Nodes make them of each other (a joiner's AddNode, the placement
+///   driver's DropReplica); operators make them on the admin listener.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ClusterChangesFromNodesOnly;
+pub struct PeerPolicy {
+    pub strip_internal: bool,
+    pub changes_from_nodes_only: bool,
+}
 
-impl<S> tower::Layer<S> for ClusterChangesFromNodesOnly {
-    type Service = ClusterChangesFromNodesOnlyService<S>;
+impl<S> tower::Layer<S> for PeerPolicy {
+    type Service = PeerPolicyService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ClusterChangesFromNodesOnlyService { inner }
+        PeerPolicyService {
+            inner,
+            policy: *self,
+        }
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct ClusterChangesFromNodesOnlyService<S> {
+pub struct PeerPolicyService<S> {
     inner: S,
+    policy: PeerPolicy,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for ClusterChangesFromNodesOnlyService<S>
+impl<S, B> tower::Service<http::Request<B>> for PeerPolicyService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -295,14 +263,23 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path();
-        if CLUSTER_CHANGES.contains(&path) && peer_node(req.extensions()).is_none() {
-            let s = tonic::Status::permission_denied(format!(
-                "{path}: cluster changes are served on the admin listener (admin_addr), \
-                 not the public one"
-            ));
-            return futures::future::Either::Right(futures::future::ready(Ok(s.into_http())));
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let p = self.policy;
+        if (p.strip_internal || p.changes_from_nodes_only) && peer_node(req.extensions()).is_none()
+        {
+            let path = req.uri().path();
+            if p.changes_from_nodes_only && CLUSTER_CHANGES.contains(&path) {
+                let s = tonic::Status::permission_denied(format!(
+                    "{path}: cluster changes are served on the admin listener (admin_addr), \
+                     not the public one"
+                ));
+                return futures::future::Either::Right(futures::future::ready(Ok(s.into_http())));
+            }
+            if p.strip_internal {
+                for h in charging_proto::headers::INTERNAL {
+                    req.headers_mut().remove(*h);
+                }
+            }
         }
         futures::future::Either::Left(self.inner.call(req))
     }

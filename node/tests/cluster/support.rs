@@ -115,13 +115,13 @@ pub async fn start_plaintext_with(tweak: Option<ConfigTweak>) -> Env {
     start_opts(tweak, false).await
 }
 
-async fn start_opts(tweak: Option<ConfigTweak>, tls: bool) -> Env {
+/// Starts a cluster of the test shape (3 nodes, 4 shards) with `opts`
+/// otherwise, and waits until every shard has a deciding leader.
+pub async fn start_cluster(opts: ClusterOptions) -> LocalCluster {
     let cluster = LocalCluster::start(ClusterOptions {
         nodes: NODES,
         shards: SHARDS,
-        tweak,
-        tls: tls.then(ca),
-        ..ClusterOptions::default()
+        ..opts
     })
     .await
     .expect("cluster starts");
@@ -129,6 +129,16 @@ async fn start_opts(tweak: Option<ConfigTweak>, tls: bool) -> Env {
         .wait_ready(Duration::from_secs(20))
         .await
         .expect("cluster ready");
+    cluster
+}
+
+async fn start_opts(tweak: Option<ConfigTweak>, tls: bool) -> Env {
+    let cluster = start_cluster(ClusterOptions {
+        tweak,
+        tls: tls.then(ca),
+        ..ClusterOptions::default()
+    })
+    .await;
     let config = ClientConfig {
         tls: tls.then(client_tls),
         ..client_config()

@@ -7,7 +7,7 @@
 use crate::support::*;
 use charging_client::proto::admin_client::AdminClient;
 use charging_client::proto::{AddNodeRequest, DropReplicaRequest, StatusRequest};
-use charging_node::cluster::{ClusterOptions, LocalCluster};
+use charging_node::cluster::ClusterOptions;
 use charging_node::tls::CLUSTER_NAME;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -60,19 +60,12 @@ async fn probe(ch: Channel) -> (Code, Code, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_changes_go_through_the_admin_listener_only() {
-    let mut cluster = LocalCluster::start(ClusterOptions {
-        nodes: NODES,
-        shards: SHARDS,
+    let mut cluster = start_cluster(ClusterOptions {
         tls: Some(ca()),
         admin_listeners: true,
         ..ClusterOptions::default()
     })
-    .await
-    .expect("cluster starts");
-    cluster
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("cluster ready");
+    .await;
     let public = cluster.public_url(1);
     let admin = cluster.admin_url(1).expect("an admin listener");
 
