@@ -84,9 +84,20 @@ async fn a_panicking_shard_actor_is_restarted_from_applied_state() {
         tokio::spawn(async move { rc.top_up_with_id(across, a, 0, 100).await })
     };
     old.cast(ShardMsg::Panic).expect("actor alive");
-    assert!(
-        lost_rx.await.is_err(),
-        "the dead actor's waiter hears its reply sink dropped (unknown outcome)"
+    // Usually the dead actor still held the request (its flush queued
+    // behind the panic): the waiter hears its reply sink dropped, an
+    // unknown outcome. If this thread was descheduled between the two
+    // casts, the actor may have run its flush first and the batch been
+    // answered: also correct. Either way the retry below must apply it
+    // exactly once (seen flaking under a loaded 2-core CI).
+    let lost_outcome = lost_rx.await;
+    eprintln!(
+        "the dropped request's waiter: {}",
+        if lost_outcome.is_err() {
+            "reply sink dropped (unknown outcome)"
+        } else {
+            "answered before the panic"
+        }
     );
 
     // The supervisor puts a new actor in the hosted map, and counts it.
@@ -124,8 +135,8 @@ async fn a_panicking_shard_actor_is_restarted_from_applied_state() {
         again, first,
         "a retry across the panic answers the original"
     );
-    // The request the dead actor dropped was never proposed: its retry
-    // applies it, once.
+    // The request the dead actor dropped (or answered just before the
+    // panic): its retry applies it, or answers the original, once.
     let retried = c.top_up_with_id(lost, a, 0, 1).await.unwrap();
     assert_rc(
         retried.result,
