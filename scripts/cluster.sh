@@ -25,6 +25,10 @@
 # --no-auth on the first start: TLS without tokens. CLUSTER_INSECURE=1 on the
 # first start: plaintext, no TLS and no tokens. This script's own chargectl
 # calls carry an admin token (unless CHARGING_TOKEN is set).
+# Cluster changes (drain, remove; chargectl node add|drain|remove) go to a
+# node's admin listener, 127.0.0.i:52051, with the operator's client
+# certificate certs/client-ops.pem / .key (CHARGING_CERT / CHARGING_KEY);
+# the public port refuses them from anyone but a node.
 #
 # Environment: CLUSTER_DIR (default .cluster), CHARGERD / CHARGECTL (binaries;
 # default: target/release, built on first use), CLUSTER_READY_TIMEOUT (s, 60).
@@ -98,6 +102,9 @@ config_head() { # id shards fsync
   echo "public_addr = \"127.0.0.$id:50051\""
   echo "internal_addr = \"127.0.0.$id:51051\""
   echo "metrics_addr = \"127.0.0.$id:9100\""
+  # Cluster changes (add/drain/remove node, drop replica) from operators
+  # only there, with a client certificate; the public port refuses them.
+  secure && echo "admin_addr = \"127.0.0.$id:52051\""
   echo "data_dir = \"$dir/node$id/data\""
   echo "shards = $shards"
   echo "fsync = \"$fsync\""
@@ -123,6 +130,22 @@ write_join_config() { # id shards fsync via: a node added to the running cluster
 }
 
 # A live node's public address (to send admin calls and joins through).
+# chargectl for a cluster change: at a live node's admin listener with the
+# operator's client certificate (certs/client-ops), or its public port on a
+# cluster made without admin listeners.
+ctl_admin() {
+  local via
+  via=$(any_live) || return 1
+  local id=${via#127.0.0.}
+  id=${id%%:*}
+  if grep -q '^admin_addr' "$dir/node$id/node.toml" 2>/dev/null; then
+    CHARGING_CERT="$dir/certs/client-ops.pem" CHARGING_KEY="$dir/certs/client-ops.key" \
+      "$chargectl" --endpoint "https://127.0.0.$id:52051" "$@"
+  else
+    "$chargectl" --endpoint "$(scheme)://$via" "$@"
+  fi
+}
+
 any_live() {
   local n id
   n=$(nodes_of)
@@ -280,14 +303,14 @@ case "$cmd" in
   drain)
     id=${1:?node number}
     build
-    "$chargectl" --endpoint "$(scheme)://$(any_live)" node drain "$id"
+    ctl_admin node drain "$id"
     wait_nodes "all(x['replicas'] == 0 for x in nodes if x['node_id'] == $id)" \
       "node $id drained: it holds no replica"
     ;;
   remove)
     id=${1:?node number}
     build
-    "$chargectl" --endpoint "$(scheme)://$(any_live)" node remove "$id"
+    ctl_admin node remove "$id"
     if alive "$id"; then kill -TERM "$(pid_of "$id")"; fi
     echo "node $id removed from the cluster (its id is retired)"
     ;;
