@@ -106,11 +106,11 @@ image_chargerd() { # mount-mode args...
 
 # The CA and node certificates, and the token key pair (each once).
 ensure_certs() {
-  [[ -f "$certs/node5.pem" && -f "$certs/jwt.pub.pem" ]] && return 0
+  [[ -f "$certs/node5.pem" && -f "$certs/client-ops.pem" && -f "$certs/jwt.pub.pem" ]] && return 0
   mkdir -p "$certs"
   chmod 0777 "$certs"
-  if [[ ! -f "$certs/node5.pem" ]]; then
-    image_chargerd rw certs --dir /certs --nodes 1,2,3,4,5 >/dev/null ||
+  if [[ ! -f "$certs/node5.pem" || ! -f "$certs/client-ops.pem" ]]; then
+    image_chargerd rw certs --dir /certs --nodes 1,2,3,4,5 --clients ops >/dev/null ||
       die "making certificates in $certs failed"
     echo "== TLS: CA and node certificates in $certs (export CHARGING_CA=$certs/ca.pem)"
   fi
@@ -296,7 +296,10 @@ case "$cmd" in
     node_arg "$n" >/dev/null
     ensure_chargectl
     ensure_token
-    "$chargectl" --endpoint "$(any_endpoint)" node drain "$n"
+    # A cluster change: at the admin listener, with the operator's certificate.
+    admin_ep=$(any_endpoint | sed 's/:2505/:2605/')
+    CHARGING_CERT=$certs/client-ops.pem CHARGING_KEY=$certs/client-ops.key \
+      "$chargectl" --endpoint "$admin_ep" node drain "$n"
     wait_node "all(x['replicas'] == 0 for x in nodes if x['node_id'] == $n)" \
       "node$n drained: it holds no replica"
     ;;
