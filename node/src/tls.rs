@@ -264,21 +264,28 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // Who the peer is costs a certificate parse: asked only of the rare
+        // call it matters to, never of a charging call without internal
+        // headers (the request path).
         let p = self.policy;
-        if (p.strip_internal || p.changes_from_nodes_only) && peer_node(req.extensions()).is_none()
+        let path = req.uri().path();
+        if p.changes_from_nodes_only
+            && CLUSTER_CHANGES.contains(&path)
+            && peer_node(req.extensions()).is_none()
         {
-            let path = req.uri().path();
-            if p.changes_from_nodes_only && CLUSTER_CHANGES.contains(&path) {
-                let s = tonic::Status::permission_denied(format!(
-                    "{path}: cluster changes are served on the admin listener (admin_addr), \
-                     not the public one"
-                ));
-                return futures::future::Either::Right(futures::future::ready(Ok(s.into_http())));
-            }
-            if p.strip_internal {
-                for h in charging_proto::headers::INTERNAL {
-                    req.headers_mut().remove(*h);
-                }
+            let s = tonic::Status::permission_denied(format!(
+                "{path}: cluster changes are served on the admin listener (admin_addr), \
+                 not the public one"
+            ));
+            return futures::future::Either::Right(futures::future::ready(Ok(s.into_http())));
+        }
+        let internal = charging_proto::headers::INTERNAL;
+        if p.strip_internal
+            && internal.iter().any(|h| req.headers().contains_key(*h))
+            && peer_node(req.extensions()).is_none()
+        {
+            for h in internal {
+                req.headers_mut().remove(*h);
             }
         }
         futures::future::Either::Left(self.inner.call(req))
