@@ -970,6 +970,92 @@ mod tests {
             .contains("not valid yet"));
     }
 
+    /// RSA keys (free5GC's NRF signs RS512): RS256 and RS512 tokens verify
+    /// against the configured public key, in PKCS#1 or SPKI PEM; one signed
+    /// by another RSA key, or re-labelled with the other RSA alg, does not.
+    #[test]
+    fn rs256_and_rs512_verify_against_rsa_keys() {
+        use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey};
+        use rsa::pkcs8::{EncodePublicKey, LineEnding};
+        let gen = || {
+            let k = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+            let private = k.to_pkcs1_pem(LineEnding::LF).unwrap().to_string();
+            (k, private)
+        };
+        let (ours, ours_pem) = gen();
+        let (_, other_pem) = gen();
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = 1_800_000_000u64;
+        let spec = TokenSpec {
+            subject: "nrf-client".into(),
+            audience: vec!["CHF".into()],
+            issuer: None,
+            scope: TokenSpec::for_roles("nchf-convergedcharging", &[Role::Charging]),
+            ttl: Duration::from_secs(60),
+            kid: None,
+        };
+        let public_pems = [
+            (
+                "pkcs1",
+                ours.to_public_key().to_pkcs1_pem(LineEnding::LF).unwrap(),
+            ),
+            (
+                "spki",
+                ours.to_public_key()
+                    .to_public_key_pem(LineEnding::LF)
+                    .unwrap(),
+            ),
+        ];
+        for (form, public) in public_pems {
+            let file = dir.path().join(format!("{form}.pub.pem"));
+            std::fs::write(&file, public).unwrap();
+            let cfg = AuthConfig {
+                enabled: true,
+                keys: vec![AuthKey { file, kid: None }],
+                audience: vec!["CHF".into()],
+                ..AuthConfig::default()
+            };
+            let v = Verifier::new(&cfg, Arc::new(FakeClock((t0 * 1000).into()))).unwrap();
+            for alg in [Algorithm::RS256, Algorithm::RS512] {
+                let token = Signer::from_pem(ours_pem.as_bytes(), Some(alg))
+                    .unwrap()
+                    .sign(&spec, t0)
+                    .unwrap();
+                let c = v
+                    .caller(&headers(&token))
+                    .unwrap_or_else(|s| panic!("{form} key, {alg:?}: refused: {}", s.message()));
+                assert_eq!(c.roles, Roles::of(&[Role::Charging]), "{form} {alg:?}");
+                let forged = Signer::from_pem(other_pem.as_bytes(), Some(alg))
+                    .unwrap()
+                    .sign(&spec, t0)
+                    .unwrap();
+                let why = v
+                    .caller(&headers(&forged))
+                    .err()
+                    .expect("another key's token");
+                assert_eq!(why.code(), tonic::Code::Unauthenticated);
+                assert!(why.message().contains("bad signature"), "{}", why.message());
+                // The same signature under the other RSA alg's header.
+                let (h, rest) = token.split_once('.').unwrap();
+                let other = if alg == Algorithm::RS256 {
+                    "RS512"
+                } else {
+                    "RS256"
+                };
+                let relabelled = base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    format!("{{\"typ\":\"JWT\",\"alg\":\"{other}\"}}"),
+                );
+                assert_ne!(h, relabelled);
+                let why = v
+                    .caller(&headers(&format!("{relabelled}.{rest}")))
+                    .err()
+                    .expect("a relabelled token");
+                assert_eq!(why.code(), tonic::Code::Unauthenticated, "{form} {alg:?}");
+            }
+        }
+    }
+
     /// With an issuer configured, `iss` is required and must match.
     #[test]
     fn issuer_when_configured() {
