@@ -162,6 +162,10 @@ impl NodeConfig {
             self.front_door.stream_bytes_inflight_max >= self.front_door.message_bytes_max,
             "stream_bytes_inflight_max: must be >= message_bytes_max",
         )?;
+        check(
+            self.front_door.request_bytes_inflight_max >= self.front_door.message_bytes_max,
+            "request_bytes_inflight_max: must be >= message_bytes_max",
+        )?;
         for (l, name) in [
             (&self.public_listener, "public"),
             (&self.internal_listener, "internal"),
@@ -330,6 +334,12 @@ pub struct FrontDoorLimits {
     /// Largest request message on the public listener; larger is
     /// `RESOURCE_EXHAUSTED`.
     pub message_bytes_max: usize,
+    /// Bytes of request bodies held by the node's calls other than `Stream`
+    /// (which has `stream_bytes_inflight_max`), from their first byte until
+    /// their response ends; a call whose body would go past it is refused
+    /// `RESOURCE_EXHAUSTED`. This bounds what unary calls hold over every
+    /// connection and stream together.
+    pub request_bytes_inflight_max: usize,
 }
 
 impl Default for FrontDoorLimits {
@@ -342,6 +352,7 @@ impl Default for FrontDoorLimits {
             stream_batches_inflight_max: 64,
             stream_bytes_inflight_max: 256 << 20,
             message_bytes_max: 4 << 20,
+            request_bytes_inflight_max: 64 << 20,
         }
     }
 }

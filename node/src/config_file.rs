@@ -192,6 +192,7 @@ struct FileLimits {
     heavy_requests_inflight_max: Option<usize>,
     stream_batches_inflight_max: Option<usize>,
     stream_bytes_inflight_max: Option<usize>,
+    request_bytes_inflight_max: Option<usize>,
     message_bytes_max: Option<usize>,
     nodes_max: Option<usize>,
 }
@@ -356,6 +357,7 @@ impl ProcessConfig {
             heavy_requests_inflight_max => node.front_door.heavy_requests_inflight_max,
             stream_batches_inflight_max => node.front_door.stream_batches_inflight_max,
             stream_bytes_inflight_max => node.front_door.stream_bytes_inflight_max,
+            request_bytes_inflight_max => node.front_door.request_bytes_inflight_max,
             message_bytes_max => node.front_door.message_bytes_max,
             nodes_max => node.nodes_max,
         }
@@ -514,6 +516,7 @@ resets_pending_max = {rpm}              # HTTP/2 reset-flood limit (both listene
 heavy_requests_inflight_max = {hri}      # BulkCreate, SetTariff, Status with digests
 stream_batches_inflight_max = {sbi}     # per Stream call
 stream_bytes_inflight_max = {sby}  # all Stream calls of the node
+request_bytes_inflight_max = {rby} # request bodies of all other calls
 message_bytes_max = {mbm}          # larger: RESOURCE_EXHAUSTED
 
 # Bearer tokens (JWT) on the public API; off unless enabled. Calls to
@@ -575,6 +578,7 @@ message_bytes_max = {mbm}          # larger: RESOURCE_EXHAUSTED
         hri = d.front_door.heavy_requests_inflight_max,
         sbi = d.front_door.stream_batches_inflight_max,
         sby = d.front_door.stream_bytes_inflight_max,
+        rby = d.front_door.request_bytes_inflight_max,
         mbm = d.front_door.message_bytes_max,
     )
 }
@@ -624,6 +628,10 @@ mod tests {
         assert_eq!(
             c.node.front_door.stream_bytes_inflight_max,
             d.front_door.stream_bytes_inflight_max
+        );
+        assert_eq!(
+            c.node.front_door.request_bytes_inflight_max,
+            d.front_door.request_bytes_inflight_max
         );
     }
 

@@ -315,13 +315,15 @@ pub fn rewrite_decode_failure(s: Status) -> Status {
     }
 }
 
-/// Tower layer of the public server: rewrites decode failures (see
+/// Tower layer of the node's gRPC servers: rewrites decode failures (see
 /// [`rewrite_decode_failure`]) in trailers-only responses (how tonic
-/// answers a unary request it could not decode), and counts each request on
-/// its connection for the idle timeout.
+/// answers a unary request it could not decode), counts each request on
+/// its connection for the idle timeout, and holds each request body's bytes
+/// against the node's [`RequestBytes`] budget until its response ends.
 #[derive(Clone, Default)]
 pub struct MalformedLayer {
     pub conns: Connections,
+    pub budget: RequestBytes,
 }
 
 impl<S> tower::Layer<S> for MalformedLayer {
@@ -330,6 +332,7 @@ impl<S> tower::Layer<S> for MalformedLayer {
         Malformed {
             inner,
             conns: self.conns.clone(),
+            budget: self.budget.clone(),
         }
     }
 }
@@ -338,13 +341,37 @@ impl<S> tower::Layer<S> for MalformedLayer {
 pub struct Malformed<S> {
     inner: S,
     conns: Connections,
+    budget: RequestBytes,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The bytes of request bodies the node holds, over every connection and
+/// stream (`request_bytes_inflight_max`). `Stream` calls are not counted
+/// here: each of their messages is held against the stream budget instead
+/// (`FrontDoor::admit_stream_bytes`), since a stream's bytes add up for as
+/// long as it is open. `None` (the default): unbounded.
+#[derive(Clone, Default)]
+pub struct RequestBytes(Option<Arc<Semaphore>>);
+
+/// The one method whose body is a stream of messages (see [`RequestBytes`]).
+const STREAM_PATH: &str = "/charging.v1.Charging/Stream";
+
+impl RequestBytes {
+    pub fn new(max: usize) -> RequestBytes {
+        RequestBytes(Some(Arc::new(Semaphore::new(max))))
+    }
+}
+
+/// What one request holds of the budget, shared by its body (which adds to
+/// it frame by frame) and its response (which keeps it until it ends: the
+/// decoded message lives that long).
+type Held = Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>;
 
 impl<S, B, RB> tower::Service<http::Request<B>> for Malformed<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S: tower::Service<http::Request<Budgeted<B>>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
     RB: http_body::Body + Send + Unpin + 'static,
 {
@@ -358,6 +385,16 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let guard = self.conns.begin(req.extensions());
+        let budget = match &self.budget.0 {
+            Some(sem) if req.uri().path() != STREAM_PATH => Some(sem.clone()),
+            _ => None,
+        };
+        let held: Held = Arc::default();
+        let req = req.map(|body| Budgeted {
+            body,
+            budget,
+            held: held.clone(),
+        });
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
@@ -373,16 +410,74 @@ where
             Ok(resp.map(|body| Guarded {
                 body,
                 _guard: guard,
+                _held: held,
             }))
         })
     }
 }
 
-/// A response body that keeps its request counted on the connection until
-/// it ends (a `Stream` call is in flight as long as its responses flow).
+/// A request body whose data frames are taken from the node's
+/// [`RequestBytes`] budget as they arrive. Past the budget it fails with
+/// `RESOURCE_EXHAUSTED`, which tonic answers the call with (it looks for a
+/// `Status` in a body error), and the rest of the body is never read.
+pub struct Budgeted<B> {
+    body: B,
+    budget: Option<Arc<Semaphore>>,
+    held: Held,
+}
+
+impl<B> http_body::Body for Budgeted<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let (Some(sem), Some(data)) = (&self.budget, frame.data_ref()) {
+            let n = u32::try_from(bytes::Buf::remaining(data)).unwrap_or(u32::MAX);
+            match sem.clone().try_acquire_many_owned(n) {
+                Ok(p) => {
+                    let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                    match held.as_mut() {
+                        Some(h) => h.merge(p),
+                        None => *held = Some(p),
+                    }
+                }
+                Err(_) => {
+                    return Poll::Ready(Some(Err(Box::new(Status::resource_exhausted(
+                        "node at its limit of request bytes in flight \
+                         (request_bytes_inflight_max); back off and retry",
+                    )))))
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A response body that keeps its request counted on the connection, and
+/// its request bytes held, until it ends (a `Stream` call is in flight as
+/// long as its responses flow).
 pub struct Guarded<B> {
     body: B,
     _guard: Option<RequestGuard>,
+    _held: Held,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {

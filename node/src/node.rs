@@ -476,6 +476,8 @@ pub async fn start<L: LogEngine, I: Incoming>(
     // Limits: `config.public_listener`; malformed input gets the statuses
     // the API promises (see `listener::MalformedLayer`).
     let conns = crate::listener::Connections::default();
+    // One budget of request bytes for the node's public and admin calls.
+    let budget = crate::listener::RequestBytes::new(config.front_door.request_bytes_inflight_max);
     let public = crate::listener::capped(
         edges.public,
         &config.public_listener,
@@ -490,7 +492,10 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let strip_internal = config.tls.is_some();
     let admin_listener = edges.admin.is_some();
     let public_server = public_server
-        .layer(crate::listener::MalformedLayer { conns })
+        .layer(crate::listener::MalformedLayer {
+            conns,
+            budget: budget.clone(),
+        })
         .layer(crate::frontdoor::auth::AuthLayer(verifier.clone()))
         .layer(crate::tls::PeerPolicy {
             strip_internal,
@@ -529,7 +534,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
             admin_server = admin_server.tls_config(t.admin_server())?;
         }
         let mut admin_server = admin_server
-            .layer(crate::listener::MalformedLayer { conns })
+            .layer(crate::listener::MalformedLayer { conns, budget })
             .layer(crate::frontdoor::auth::AuthLayer(verifier));
         let (_, admin_health) = tonic_health::server::health_reporter();
         let svc = AdminServer::new(AdminService(front_door.clone(), config.nodes_max))

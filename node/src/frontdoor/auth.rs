@@ -1031,8 +1031,7 @@ mod tests {
                     .unwrap();
                 let why = v
                     .caller(&headers(&forged))
-                    .err()
-                    .expect("another key's token");
+                    .expect_err("another key's token");
                 assert_eq!(why.code(), tonic::Code::Unauthenticated);
                 assert!(why.message().contains("bad signature"), "{}", why.message());
                 // The same signature under the other RSA alg's header.
@@ -1049,8 +1048,7 @@ mod tests {
                 assert_ne!(h, relabelled);
                 let why = v
                     .caller(&headers(&format!("{relabelled}.{rest}")))
-                    .err()
-                    .expect("a relabelled token");
+                    .expect_err("a relabelled token");
                 assert_eq!(why.code(), tonic::Code::Unauthenticated, "{form} {alg:?}");
             }
         }

@@ -11,10 +11,13 @@
 //! - a fourth node joins under load, takes replicas (caught up by snapshot
 //!   over the WAL's per-incarnation groups), survives kill -9 with its
 //!   replicas, then drains to nothing; every acknowledged top-up is there
-//!   (`t20`).
+//!   (`t20`);
+//! - storms of large calls are refused `RESOURCE_EXHAUSTED` while the
+//!   node's resident memory stays bounded (`t30`).
 // Tests and benches run in real time and read the OS clock; the node core
 // may not (node/clippy.toml).
 #![allow(clippy::disallowed_methods)]
 mod support;
 mod t10_processes;
 mod t20_scale_out;
+mod t30_limits;

@@ -182,6 +182,21 @@ impl ProcCluster {
         }
     }
 
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.procs[&id].child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident memory of node `id`'s process, in KiB.
+    pub fn rss_kib(&self, id: u64) -> u64 {
+        let pid = self.pid(id).expect("node running");
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     pub fn url(&self, id: u64) -> String {
         self.procs[&id].public.clone()
     }
