@@ -699,11 +699,12 @@ impl Client {
 }
 
 /// A call that broke off with its connection (the server closed it as idle,
-/// or a node went away): tonic reports `UNKNOWN` with the transport error
-/// as its source. Retried as `UNAVAILABLE` is: the same request id makes a
-/// retry safe whether or not the server saw the call.
+/// or a node went away): tonic reports `UNKNOWN`, or `CANCELLED` when the
+/// connection closed as the call was sent, with the transport error as its
+/// source. Retried as `UNAVAILABLE` is: the same request id makes a retry
+/// safe whether or not the server saw the call.
 fn broke_off(s: &Status) -> bool {
-    s.code() == Code::Unknown
+    matches!(s.code(), Code::Unknown | Code::Cancelled)
         && std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 

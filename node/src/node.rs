@@ -490,7 +490,11 @@ pub async fn start<L: LogEngine, I: Incoming>(
         public_server = public_server.tls_config(t.public_server())?;
     }
     let strip_internal = config.tls.is_some();
-    let admin_listener = edges.admin.is_some();
+    // Cluster changes are an operator's: on the admin listener when there
+    // is one. Without one they stay on the public port only for admin-role
+    // tokens; a TLS node with neither serves them to nodes only (no caller
+    // could prove it is an operator). Plaintext is `insecure = true` or dev.
+    let admin_listener = edges.admin.is_some() || (config.tls.is_some() && verifier.is_none());
     let public_server = public_server
         .layer(crate::listener::MalformedLayer {
             conns,

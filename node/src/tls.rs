@@ -219,10 +219,11 @@ pub const CLUSTER_CHANGES: &[&str] = &[
 /// - `strip_internal` (on a TLS listener): the internal headers
 ///   ([`charging_proto::headers::INTERNAL`], a forwarded SetTariff's shard
 ///   restriction) are removed from anyone else's calls;
-/// - `changes_from_nodes_only` (on a node with an admin listener): the calls
-///   that change the cluster ([`CLUSTER_CHANGES`]) are refused from anyone
-///   else. Nodes make them of each other (a joiner's AddNode, the placement
-///   driver's DropReplica); operators make them on the admin listener.
+/// - `changes_from_nodes_only` (on a node with an admin listener, or under
+///   TLS with tokens off): the calls that change the cluster
+///   ([`CLUSTER_CHANGES`]) are refused from anyone else. Nodes make them of
+///   each other (a joiner's AddNode, the placement driver's DropReplica);
+///   operators make them on the admin listener.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PeerPolicy {
     pub strip_internal: bool,
@@ -275,7 +276,8 @@ where
         {
             let s = tonic::Status::permission_denied(format!(
                 "{path}: cluster changes are served on the admin listener (admin_addr), \
-                 not the public one"
+                 not the public one; a node without an admin listener serves them on the \
+                 public one only to admin-role tokens"
             ));
             return futures::future::Either::Right(futures::future::ready(Ok(s.into_http())));
         }

@@ -106,13 +106,43 @@ pub async fn start() -> Env {
 
 /// Like [`start`], with a config tweak applied to every node.
 pub async fn start_with(tweak: Option<ConfigTweak>) -> Env {
-    start_opts(tweak, true).await
+    start_opts(tweak, true, false).await
+}
+
+/// As [`start_with`], the nodes with admin listeners too (see
+/// [`operator_admin`]): a TLS cluster without tokens serves cluster changes
+/// only there.
+pub async fn start_with_admin(tweak: Option<ConfigTweak>) -> Env {
+    start_opts(tweak, true, true).await
+}
+
+/// An operator's Admin client on node `id`'s admin listener, with a client
+/// certificate from the cluster's CA.
+pub async fn operator_admin(
+    cluster: &LocalCluster,
+    id: u64,
+) -> charging_client::proto::admin_client::AdminClient<Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let cert = ca().client_cert("operator").unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca().cert_pem))
+        .domain_name(charging_node::tls::CLUSTER_NAME)
+        .identity(Identity::from_pem(cert.cert_pem, cert.key_pem));
+    let url = cluster.admin_url(id).expect("the nodes have admin listeners");
+    let ch = Endpoint::from_shared(url)
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("admin listener connects");
+    charging_client::proto::admin_client::AdminClient::new(ch)
 }
 
 /// Like [`start_with`], but plaintext: for tests that speak raw HTTP/2 on
 /// the socket (the listener limits they check are below TLS).
 pub async fn start_plaintext_with(tweak: Option<ConfigTweak>) -> Env {
-    start_opts(tweak, false).await
+    start_opts(tweak, false, false).await
 }
 
 /// Starts a cluster of the test shape (3 nodes, 4 shards) with `opts`
@@ -132,10 +162,11 @@ pub async fn start_cluster(opts: ClusterOptions) -> LocalCluster {
     cluster
 }
 
-async fn start_opts(tweak: Option<ConfigTweak>, tls: bool) -> Env {
+async fn start_opts(tweak: Option<ConfigTweak>, tls: bool, admin_listeners: bool) -> Env {
     let cluster = start_cluster(ClusterOptions {
         tweak,
         tls: tls.then(ca),
+        admin_listeners,
         ..ClusterOptions::default()
     })
     .await;

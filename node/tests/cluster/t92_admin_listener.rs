@@ -132,3 +132,29 @@ async fn cluster_changes_go_through_the_admin_listener_only() {
     .await;
     cluster.shutdown().await;
 }
+
+/// Under TLS with tokens off and no admin listener, no caller can prove it
+/// is an operator: the public port refuses cluster changes from anyone but
+/// a node, and still serves reads. (With tokens on, an admin-role token may
+/// make them there: `t95_auth`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_or_an_admin_listener_only_nodes_change_the_cluster() {
+    let cluster = start_cluster(ClusterOptions {
+        tls: Some(ca()),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let public = cluster.public_url(1);
+    for cert in [false, true] {
+        let ch = dial(&public, cert).await.expect("public port connects");
+        let (add, drop, status) = probe(ch).await;
+        assert_eq!(add, Code::PermissionDenied, "public AddNode (cert {cert})");
+        assert_eq!(
+            drop,
+            Code::PermissionDenied,
+            "public DropReplica (cert {cert})"
+        );
+        assert!(status, "public Status (cert {cert})");
+    }
+    cluster.shutdown().await;
+}

@@ -547,8 +547,8 @@ async fn malformed_input_gets_the_right_status_and_changes_nothing() {
 /// removal that would take a majority away is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
-    let env = start_with(Some(Arc::new(|c| c.nodes_max = 5))).await;
-    let mut admin = AdminClient::new(env.client.channel());
+    let env = start_with_admin(Some(Arc::new(|c| c.nodes_max = 5))).await;
+    let mut admin = operator_admin(&env.cluster, 1).await;
     poll(
         Duration::from_secs(20),
         "the cluster map is written",
@@ -601,7 +601,7 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
     // them out. Dropping one is refused while its leader counts it; a drop
     // that goes through must be of a replica the leader no longer counts
     // (the control plane may already have reconfigured that group).
-    let mut admin3 = AdminClient::new(env.client_on(3).await.channel());
+    let mut admin3 = operator_admin(&env.cluster, 3).await;
     let mut refused = Vec::new();
     for shard in 0..SHARDS {
         let r = env.cluster.nodes[&3]
@@ -618,7 +618,7 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
             Ok(d) if d.get_ref().dropped => {
                 let mut leaders = Vec::new();
                 for n in 1..=3u64 {
-                    let mut a = AdminClient::new(env.client_on(n).await.channel());
+                    let mut a = operator_admin(&env.cluster, n).await;
                     let st = a
                         .status(StatusRequest::default())
                         .await

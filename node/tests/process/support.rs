@@ -44,6 +44,8 @@ pub struct Proc {
     pub id: u64,
     pub config: PathBuf,
     pub public: String,
+    /// The admin listener: cluster changes, with a client certificate.
+    pub admin: String,
     child: Option<Child>,
 }
 
@@ -57,6 +59,7 @@ impl ProcCluster {
     pub fn start(n: u64, fsync: &str, extra: &str) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let admin_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut peers = String::new();
         for (i, (p, r)) in ports.iter().enumerate() {
             peers.push_str(&format!(
@@ -67,6 +70,7 @@ impl ProcCluster {
         let mut procs = BTreeMap::new();
         for (i, (p, r)) in ports.iter().enumerate() {
             let id = i as u64 + 1;
+            let a = admin_ports[i];
             let data = dir.path().join(format!("node{id}"));
             std::fs::create_dir_all(&data).unwrap();
             let config = dir.path().join(format!("node{id}.toml"));
@@ -74,6 +78,7 @@ impl ProcCluster {
                 &config,
                 format!(
                     "node_id = {id}\npublic_addr = \"127.0.0.1:{p}\"\ninternal_addr = \"127.0.0.1:{r}\"\n\
+                     admin_addr = \"127.0.0.1:{a}\"\n\
                      data_dir = \"{}\"\nshards = {SHARDS}\nreplication_factor = {n}\nfsync = \"{fsync}\"\n\
                      {peers}{}\n[limits]\n{extra}\n",
                     data.display(),
@@ -87,6 +92,7 @@ impl ProcCluster {
                     id,
                     config,
                     public: format!("https://127.0.0.1:{p}"),
+                    admin: format!("https://127.0.0.1:{a}"),
                     child: None,
                 },
             );
@@ -101,7 +107,7 @@ impl ProcCluster {
     /// Writes the config of a new node `id` that joins through node `via`
     /// (lists only itself), and starts it.
     pub fn add_joiner(&mut self, id: u64, via: u64, fsync: &str, extra: &str) {
-        let (p, r) = (free_port(), free_port());
+        let (p, r, a) = (free_port(), free_port(), free_port());
         let data = self.dir.path().join(format!("node{id}"));
         std::fs::create_dir_all(&data).unwrap();
         let config = self.dir.path().join(format!("node{id}.toml"));
@@ -110,6 +116,7 @@ impl ProcCluster {
             &config,
             format!(
                 "node_id = {id}\npublic_addr = \"127.0.0.1:{p}\"\ninternal_addr = \"127.0.0.1:{r}\"\n\
+                 admin_addr = \"127.0.0.1:{a}\"\n\
                  data_dir = \"{}\"\nshards = {SHARDS}\nfsync = \"{fsync}\"\njoin = \"{join}\"\n\
                  {}\n[limits]\n{extra}\n",
                 data.display(),
@@ -123,6 +130,7 @@ impl ProcCluster {
                 id,
                 config,
                 public: format!("https://127.0.0.1:{p}"),
+                admin: format!("https://127.0.0.1:{a}"),
                 child: None,
             },
         );
@@ -197,6 +205,10 @@ impl ProcCluster {
             .expect("VmRSS in /proc/<pid>/status")
     }
 
+    pub fn admin_url(&self, id: u64) -> String {
+        self.procs[&id].admin.clone()
+    }
+
     pub fn url(&self, id: u64) -> String {
         self.procs[&id].public.clone()
     }
@@ -261,6 +273,19 @@ pub fn client_config() -> ClientConfig {
         }),
         ..ClientConfig::default()
     }
+}
+
+/// An operator's client on a node's admin listener (a client certificate
+/// from the cluster's CA): drain and remove go there.
+pub async fn connect_admin(url: &str) -> Client {
+    let cert = ca().client_cert("operator").unwrap();
+    let mut config = client_config();
+    if let Some(t) = config.tls.as_mut() {
+        t.identity = Some((cert.cert_pem, cert.key_pem));
+    }
+    Client::connect_with_config(url, config)
+        .await
+        .expect("admin client connects")
 }
 
 pub async fn connect(url: &str) -> Client {

@@ -67,6 +67,8 @@ async fn a_node_joins_under_load_survives_kill9_and_drains() {
         c.wait_ready(id, Duration::from_secs(30)).await;
     }
     let cl = connect(&c.url(1)).await;
+    // Drain and remove are an operator's, on the admin listener.
+    let ops = connect_admin(&c.admin_url(1)).await;
     let accounts = Arc::new(accounts("grow", 2));
     for a in accounts.iter() {
         let r = cl
@@ -116,13 +118,13 @@ async fn a_node_joins_under_load_survives_kill9_and_drains() {
     );
 
     // Drain it under load, then take it out.
-    cl.drain_node(4).await.expect("drain");
+    ops.drain_node(4).await.expect("drain");
     let took = wait_placed(&c, 4, |r| r == 0, "node 4 drained").await;
     println!("node 4 drained in {:.1} s", took.as_secs_f64());
     let n = acks.load(Ordering::Relaxed);
     wait_acks(&acks, n + 50, Duration::from_secs(30)).await;
     assert!(c.stop(4), "node 4 stops cleanly");
-    cl.remove_node(4, false)
+    ops.remove_node(4, false)
         .await
         .expect("remove the drained node");
 
@@ -151,7 +153,7 @@ async fn a_node_joins_under_load_survives_kill9_and_drains() {
         .await
         .expect("status of node 5");
     assert!(s5.shard_status.is_empty(), "a refused node hosts nothing");
-    if let Err(e) = cl.remove_node(5, true).await {
+    if let Err(e) = ops.remove_node(5, true).await {
         for id in 1..=3 {
             let log = c.log(id);
             let tail: Vec<&str> = log
