@@ -53,6 +53,10 @@ struct FileConfig {
     replication_factor: Option<usize>,
     #[serde(default)]
     fsync: Option<FsyncPolicy>,
+    /// Free space (MiB) below which the node stops rather than fill its
+    /// disk (see [`ProcessConfig::disk_free_min_bytes`]).
+    #[serde(default)]
+    disk_free_min_mb: Option<u64>,
     /// Seed of the election-timeout rng (mixed with node and shard ids).
     #[serde(default)]
     rng_seed: Option<u64>,
@@ -209,7 +213,15 @@ pub struct ProcessConfig {
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub replication_factor: usize,
+    /// Free space on the data dir's file system below which the node stops
+    /// (health `NOT_SERVING`, exit non-zero) before the disk is full: a full
+    /// disk would stop every group's writes mid-way, while a stop at the
+    /// floor leaves room to restart and catch up once space is freed.
+    pub disk_free_min_bytes: u64,
 }
+
+/// Default of `disk_free_min_mb`.
+pub const DISK_FREE_MIN_MB: u64 = 256;
 
 fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
     v.parse()
@@ -436,6 +448,7 @@ impl ProcessConfig {
             data_dir: f.data_dir,
             fsync: f.fsync.unwrap_or_default(),
             replication_factor: rf,
+            disk_free_min_bytes: f.disk_free_min_mb.unwrap_or(DISK_FREE_MIN_MB) << 20,
         })
     }
 }
@@ -461,6 +474,7 @@ data_dir = "data/node{id}"            # Raft log (WAL) and snapshots
 shards = {shards}                        # fixed when the cluster is created
 replication_factor = 3
 fsync = "always"                      # always: ack after fdatasync | never: ack after write(2)
+disk_free_min_mb = {dfm}                # less free space on data_dir: the node stops (exit 1)
 rng_seed = {seed}
 
 # Every member of the cluster, this node included. On first start the lowest
@@ -536,6 +550,7 @@ message_bytes_max = {mbm}          # larger: RESOURCE_EXHAUSTED
 "#,
         shards = d.shards,
         seed = d.rng_seed,
+        dfm = DISK_FREE_MIN_MB,
         mir = d.front_door.max_inflight_requests,
         rd = d.front_door.request_deadline.as_millis(),
         mfp = d.front_door.max_forward_peers,

@@ -270,6 +270,21 @@ pub async fn start<L: LogEngine, I: Incoming>(
     peers.set_isolation(isolated.clone());
     let hosted: Hosted = Arc::new(crate::maps::DashMap::default());
     let (fatal, failure) = watch::channel(None);
+    // A snapshot file that cannot be written (full disk, I/O error) stops
+    // the node, as a WAL write error does: its disk fails the rest next.
+    let write_error: crate::raft::state_machine::WriteErrorSink = {
+        let fatal = fatal.clone();
+        Arc::new(move |why: String| {
+            tracing::error!(node = me, error = %why, "storage failed");
+            fatal.send_if_modified(|f| {
+                let first = f.is_none();
+                if first {
+                    *f = Some(format!("storage failed: {why}"));
+                }
+                first
+            });
+        })
+    };
     let (supervisor, _) = Actor::spawn(
         None,
         Supervisor,
@@ -280,18 +295,21 @@ pub async fn start<L: LogEngine, I: Incoming>(
         },
     )
     .await?;
-    let replicas = Arc::new(ReplicaSet::new(
-        config.clone(),
-        raft_cfg.clone(),
-        peers.clone(),
-        groups.clone(),
-        hosted.clone(),
-        supervisor.clone(),
-        edges.clock.clone(),
-        edges.logs,
-        edges.snapshot_dir.clone(),
-        edges.replicas_file,
-    ));
+    let replicas = Arc::new(
+        ReplicaSet::new(
+            config.clone(),
+            raft_cfg.clone(),
+            peers.clone(),
+            groups.clone(),
+            hosted.clone(),
+            supervisor.clone(),
+            edges.clock.clone(),
+            edges.logs,
+            edges.snapshot_dir.clone(),
+            edges.replicas_file,
+        )
+        .on_write_error(write_error.clone()),
+    );
     // A joining node with no replica list is new (or its data was lost): the
     // cluster must confirm it holds nothing before it hosts anything.
     let fresh_joiner = config.join.is_some() && edges.replicas.is_none();
@@ -327,7 +345,8 @@ pub async fn start<L: LogEngine, I: Incoming>(
         .collect();
     // The metadata group: the replicated cluster map, on every initial member.
     let meta_store = match &edges.snapshot_dir {
-        Some(dir) => ShardStore::open(config.ledger.clone(), dir.join("meta.snap"))?,
+        Some(dir) => ShardStore::open(config.ledger.clone(), dir.join("meta.snap"))?
+            .on_write_error(write_error.clone()),
         None => ShardStore::new(config.ledger.clone()),
     };
     let meta_member = replica_id(me, INITIAL_INCARNATION);

@@ -119,6 +119,9 @@ impl Running {
 pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
     let me = cfg.node.node_id;
     let fresh = check_data_dir(&cfg.data_dir, me)?;
+    if let Some(why) = below_floor(&cfg.data_dir, cfg.disk_free_min_bytes) {
+        anyhow::bail!("{why}; free space there or lower disk_free_min_mb");
+    }
     let public = TcpListener::bind(cfg.public_addr)
         .await
         .map_err(|e| anyhow::anyhow!("public_addr {}: {e}", cfg.public_addr))?;
@@ -197,31 +200,57 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
     })
 }
 
+/// Why the file system of `dir` is below the free-space floor, if it is.
+/// (A `statvfs` that fails is not a reason: the WAL reports real I/O errors.)
+fn below_floor(dir: &Path, floor: u64) -> Option<String> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    (free < floor).then(|| {
+        format!(
+            "free space on {} is {} MiB, below the floor disk_free_min_mb = {} MiB",
+            dir.display(),
+            free >> 20,
+            floor >> 20
+        )
+    })
+}
+
 /// Runs a node until `stop` resolves, then stops it gracefully. If the node
 /// stops itself first (an unrecoverable failure: see
 /// [`NodeHandle::failed`]), finishes stopping it and returns the error, so
 /// chargerd exits non-zero and its supervisor (systemd, k8s) sees it.
 pub async fn run(cfg: ProcessConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (dir, floor) = (cfg.data_dir.clone(), cfg.disk_free_min_bytes);
     let r = start(cfg).await?;
     let id = r.node.id;
     // The WAL's first I/O error (a failed write or fsync, a full disk) fails
-    // every later write of every group here: the node can only stop. It
-    // says so in health and the log, and exits non-zero.
+    // every later write of every group here, and free space below the
+    // floor would soon do the same: the node can only stop. It says so in
+    // health and the log, and exits non-zero. (A snapshot write error stops
+    // the node through `NodeHandle::failed`.)
     let wal = r.wal.clone();
-    let wal_failed = async move {
+    let storage_failed = async move {
         loop {
             if let Some(e) = wal.failure() {
-                break e;
+                break format!("the write-ahead log refuses every write: {e}");
+            }
+            if let Some(why) = below_floor(&dir, floor) {
+                break why;
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     };
     let failed = tokio::select! {
         _ = stop => None,
-        why = r.node.failed() => Some(why),
-        e = wal_failed => {
+        why = r.node.failed() => {
             r.node.set_not_serving().await;
-            tracing::error!(node = id, error = %e, "storage failed: the write-ahead log refuses every write; stopping");
+            Some(why)
+        }
+        e = storage_failed => {
+            r.node.set_not_serving().await;
+            metrics::gauge!("charging_storage_failed", "node" => crate::metrics_http::label(id))
+                .set(1.0);
+            tracing::error!(node = id, error = %e, "storage failed; stopping");
             Some(format!("storage failed: {e}"))
         }
     };

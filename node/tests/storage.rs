@@ -719,3 +719,48 @@ async fn t26_an_io_error_is_visible_and_fails_every_later_write() {
             )
     );
 }
+
+/// A snapshot file that cannot be written fails the build and is reported
+/// to the store's write-error sink (the node stops through it: see
+/// `node::start`); a build that can write reports nothing. Here the write
+/// fails because the snapshot folder is gone.
+#[tokio::test]
+async fn t42_a_snapshot_write_error_is_reported() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::RaftSnapshotBuilder;
+    let dir = TempDir::new().expect("temp dir");
+    let snaps = dir.path().join("snapshots");
+    std::fs::create_dir_all(&snaps).expect("mkdir");
+    let path = snaps.join("shard-0.snap");
+    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = {
+        let reported = reported.clone();
+        std::sync::Arc::new(move |why: String| reported.lock().unwrap().push(why))
+    };
+    let mut store = ShardStore::open(Limits::default(), path.clone())
+        .expect("open")
+        .on_write_error(sink);
+    store
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("a build that can write");
+    assert!(reported.lock().unwrap().is_empty());
+    std::fs::remove_dir_all(&snaps).expect("remove the folder");
+    let Err(err) = store
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+    else {
+        panic!("a build that cannot write fails");
+    };
+    let reported = reported.lock().unwrap().clone();
+    assert_eq!(reported.len(), 1, "{reported:?} ({err})");
+    assert!(
+        reported[0].contains(&path.display().to_string()),
+        "names the file: {}",
+        reported[0]
+    );
+}

@@ -17,7 +17,7 @@ use crate::frontdoor::ReplicaControl;
 use crate::raft::log_store::LogEngine;
 use crate::raft::network::{GroupNetworkFactory, Peers};
 use crate::raft::service::Groups;
-use crate::raft::state_machine::{ShardStore, SnapshotGate};
+use crate::raft::state_machine::{ShardStore, SnapshotGate, WriteErrorSink};
 use crate::raft::{incarnation_of, replica_id, NodeId, Raft, ShardId};
 use crate::shard::supervisor::{self, SupMsg};
 use crate::shard::ShardArgs;
@@ -54,6 +54,8 @@ pub struct ReplicaSet<L: LogEngine> {
     lock: tokio::sync::Mutex<()>,
     /// One policy snapshot built at a time on this node (see [`SnapshotGate`]).
     snapshot_gate: SnapshotGate,
+    /// Told when a replica's snapshot file cannot be written.
+    write_error: Option<WriteErrorSink>,
 }
 
 /// Snapshot file of a replica incarnation (incarnation 1 keeps the old name).
@@ -113,7 +115,14 @@ impl<L: LogEngine> ReplicaSet<L> {
             supervisor,
             lock: tokio::sync::Mutex::new(()),
             snapshot_gate: SnapshotGate::default(),
+            write_error: None,
         }
+    }
+
+    /// Every replica's store reports a snapshot it cannot write to `sink`.
+    pub fn on_write_error(mut self, sink: WriteErrorSink) -> Self {
+        self.write_error = Some(sink);
+        self
     }
 
     /// Writes the hosted replica list (if this set persists one).
@@ -158,6 +167,10 @@ impl<L: LogEngine> ReplicaSet<L> {
             None => ShardStore::new(cfg.ledger.clone()),
         }
         .with_gate(self.snapshot_gate.clone());
+        let store = match &self.write_error {
+            Some(sink) => store.on_write_error(sink.clone()),
+            None => store,
+        };
         let replica = replica_id(self.me, incarnation);
         let seed = crate::raft::group_seed(cfg.rng_seed, self.me, shard);
         let raft = crate::raft::Runtime::scope(

@@ -154,7 +154,14 @@ pub struct ShardStore {
     gate: Option<SnapshotGate>,
     /// Serializes the newer-than check and rename of the snapshot file.
     persist_lock: Arc<Mutex<()>>,
+    /// Told of a snapshot file that could not be written (see
+    /// [`ShardStore::on_write_error`]).
+    write_error: Option<WriteErrorSink>,
 }
+
+/// Where a store reports a failed snapshot write: the node stops (a disk
+/// that fails a snapshot fails the WAL next; see `node::start`).
+pub type WriteErrorSink = Arc<dyn Fn(String) + Send + Sync>;
 
 /// A snapshot as stored in its file.
 type StoredSnapshot = (SnapshotMetaOf<TypeConfig>, Vec<u8>);
@@ -362,7 +369,41 @@ impl ShardStore {
             bulk_since_snapshot: Arc::default(),
             gate: None,
             persist_lock: Arc::default(),
+            write_error: None,
         }
+    }
+
+    /// Reports a snapshot file that could not be written (full disk, I/O
+    /// error) to `sink`, besides failing the build or install.
+    pub fn on_write_error(mut self, sink: WriteErrorSink) -> Self {
+        self.write_error = Some(sink);
+        self
+    }
+
+    /// `persist`, reporting a failure to the write-error sink.
+    async fn persist_reported(
+        &self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        data: Arc<Vec<u8>>,
+    ) -> io::Result<()> {
+        let r = persist(
+            self.snapshot_file.clone(),
+            self.persist_lock.clone(),
+            meta.clone(),
+            data,
+        )
+        .await;
+        if let (Err(e), Some(sink)) = (&r, &self.write_error) {
+            let file = self
+                .snapshot_file
+                .as_deref()
+                .map(|p| p.display().to_string());
+            sink(format!(
+                "snapshot {} could not be written: {e}",
+                file.unwrap_or_default()
+            ));
+        }
+        r
     }
 
     /// Builds policy snapshots only while `gate` is free (see [`SnapshotGate`]).
@@ -479,13 +520,9 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             .map_err(io::Error::other)?
             .map_err(codec::to_io)?;
         let data = Arc::new(data);
-        persist(
-            self.store.snapshot_file.clone(),
-            self.store.persist_lock.clone(),
-            self.meta.clone(),
-            data.clone(),
-        )
-        .await?;
+        self.store
+            .persist_reported(&self.meta, data.clone())
+            .await?;
         {
             let mut g = self.store.lock();
             let newer = match &g.current {
@@ -594,13 +631,7 @@ impl RaftStateMachine<TypeConfig> for ShardStore {
         // Decode before making it durable: a bad snapshot changes nothing.
         let body: SnapshotBody = codec::decode(&data).map_err(codec::to_io)?;
         let data = Arc::new(data);
-        persist(
-            self.snapshot_file.clone(),
-            self.persist_lock.clone(),
-            meta.clone(),
-            data.clone(),
-        )
-        .await?;
+        self.persist_reported(meta, data.clone()).await?;
         self.restore(meta, body, data);
         Ok(())
     }

@@ -128,7 +128,9 @@ pub async fn operator_admin(
         .ca_certificate(Certificate::from_pem(&ca().cert_pem))
         .domain_name(charging_node::tls::CLUSTER_NAME)
         .identity(Identity::from_pem(cert.cert_pem, cert.key_pem));
-    let url = cluster.admin_url(id).expect("the nodes have admin listeners");
+    let url = cluster
+        .admin_url(id)
+        .expect("the nodes have admin listeners");
     let ch = Endpoint::from_shared(url)
         .unwrap()
         .tls_config(tls)

@@ -1,7 +1,6 @@
 //! Issue 16, through real listeners: HTTP/2 stream limit, admission of heavy
 //! calls, malformed input, and the guards of destructive admin calls.
 use crate::support::*;
-use charging_client::proto::admin_client::AdminClient;
 use charging_client::proto::{
     op, op_result, AddNodeRequest, DropReplicaRequest, Op, OpBatch, RemoveNodeRequest,
     StatusRequest, TopUpRequest,

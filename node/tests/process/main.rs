@@ -13,7 +13,10 @@
 //!   replicas, then drains to nothing; every acknowledged top-up is there
 //!   (`t20`);
 //! - storms of large calls are refused `RESOURCE_EXHAUSTED` while the
-//!   node's resident memory stays bounded (`t30`).
+//!   node's resident memory stays bounded (`t30`);
+//! - a node whose disk fills up stops at its free-space floor, exits
+//!   non-zero and says why, while the others keep every acknowledged
+//!   operation (`t35`, needs root for its tmpfs).
 // Tests and benches run in real time and read the OS clock; the node core
 // may not (node/clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -21,3 +24,4 @@ mod support;
 mod t10_processes;
 mod t20_scale_out;
 mod t30_limits;
+mod t35_full_disk;

@@ -2,7 +2,7 @@
 //! restart, readiness, and a load of top-ups whose outcomes are all recorded.
 #![allow(dead_code)]
 
-use charging_client::{Client, ClientConfig, Uuid};
+use charging_client::{is_ok, Client, ClientConfig, Uuid};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,15 @@ pub struct ProcCluster {
 impl ProcCluster {
     /// Writes configs for `n` nodes and starts them.
     pub fn start(n: u64, fsync: &str, extra: &str) -> ProcCluster {
+        let mut c = Self::configure(n, fsync, extra);
+        for id in 1..=n {
+            c.launch(id);
+        }
+        c
+    }
+
+    /// Writes configs and data dirs for `n` nodes; starts none.
+    pub fn configure(n: u64, fsync: &str, extra: &str) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let admin_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -97,11 +106,32 @@ impl ProcCluster {
                 },
             );
         }
-        let mut c = ProcCluster { dir, procs };
-        for id in 1..=n {
-            c.launch(id);
+        ProcCluster { dir, procs }
+    }
+
+    /// Adds top-level `lines` to node `id`'s config (before its sections).
+    pub fn add_config(&self, id: u64, lines: &str) {
+        let path = &self.procs[&id].config;
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, format!("{lines}\n{text}")).unwrap();
+    }
+
+    /// Node `id`'s exit status once it has exited by itself, waiting at
+    /// most `timeout`; `None` if it is still running then.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let p = self.procs.get_mut(&id).expect("node");
+        let c = p.child.as_mut()?;
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                p.child = None;
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        c
     }
 
     /// Writes the config of a new node `id` that joins through node `via`
@@ -402,4 +432,29 @@ pub fn main_balance(b: &charging_client::proto::BalanceResponse) -> i64 {
 
 pub fn file_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// Retries every unknown top-up with its own request id until each has an
+/// answer: applied exactly once, whether it had been or not.
+pub async fn settle(c: &Client, ledger: &mut Ledger) {
+    for (a, id, amount) in std::mem::take(&mut ledger.unknown) {
+        let r = c
+            .top_up_with_id(id, &a, 1, amount)
+            .await
+            .expect("retry of an unknown top-up");
+        assert!(is_ok(r.result), "retry of {id} on {a}");
+        ledger.acked.push((a, id, amount));
+    }
+}
+
+/// Every account's balance equals the sum of its acknowledged top-ups.
+pub async fn assert_exact(c: &Client, accounts: &[String], ledger: &Ledger) {
+    let mut want: BTreeMap<&str, i64> = accounts.iter().map(|a| (a.as_str(), 0)).collect();
+    for (a, _, amount) in &ledger.acked {
+        *want.get_mut(a.as_str()).expect("known account") += amount;
+    }
+    for (a, w) in want {
+        let b = c.balance(a).await.expect("balance");
+        assert_eq!(main_balance(&b), w, "balance of {a}");
+    }
 }

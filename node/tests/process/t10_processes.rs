@@ -18,31 +18,6 @@ async fn create_all(c: &Client, accounts: &[String]) {
     }
 }
 
-/// Retries every unknown top-up with its own request id until each has an
-/// answer: applied exactly once, whether it had been or not.
-async fn settle(c: &Client, ledger: &mut Ledger) {
-    for (a, id, amount) in std::mem::take(&mut ledger.unknown) {
-        let r = c
-            .top_up_with_id(id, &a, 1, amount)
-            .await
-            .expect("retry of an unknown top-up");
-        assert!(is_ok(r.result), "retry of {id} on {a}");
-        ledger.acked.push((a, id, amount));
-    }
-}
-
-/// Every account's balance equals the sum of its acknowledged top-ups.
-async fn assert_exact(c: &Client, accounts: &[String], ledger: &Ledger) {
-    let mut want: BTreeMap<&str, i64> = accounts.iter().map(|a| (a.as_str(), 0)).collect();
-    for (a, _, amount) in &ledger.acked {
-        *want.get_mut(a.as_str()).expect("known account") += amount;
-    }
-    for (a, w) in want {
-        let b = c.balance(a).await.expect("balance");
-        assert_eq!(main_balance(&b), w, "balance of {a}");
-    }
-}
-
 /// Waits until node `id` has applied, on every shard, what the leaders have.
 async fn wait_caught_up(c: &ProcCluster, id: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
