@@ -125,6 +125,7 @@ impl Client {
             internal_addr: internal_addr.to_string(),
             shards: 0,
             fresh: false,
+            disk_id: 0,
         };
         self.call("add_node", req, |ch, r| async move {
             AdminClient::new(ch).add_node(r).await

@@ -37,6 +37,11 @@ pub struct ClusterMap {
     /// Node ids taken out with `remove`: never accepted again (their replica
     /// ids may still sit in old logs).
     pub removed: std::collections::BTreeSet<u64>,
+    /// Each node's disk id: a random id its data dir got when it was first
+    /// used, registered by the node once it runs. A node whose data dir has
+    /// another id (or none: an empty dir) lost or swapped its data, and must
+    /// not take part under its old member ids (see `process::start`).
+    pub disks: BTreeMap<u64, u64>,
 }
 
 impl ClusterMap {

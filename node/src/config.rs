@@ -67,6 +67,10 @@ pub struct NodeConfig {
     /// Public address of a cluster node to join through (a node added to a
     /// running cluster); `None` for the initial members.
     pub join: Option<String>,
+    /// The id of this node's data dir, registered in the cluster map once
+    /// the node runs (see `ClusterMap::disks`); 0 = none (memory-only
+    /// nodes, tests).
+    pub disk_id: u64,
     /// Placement driver: concurrent moves, period, call deadlines.
     pub placement: PlacementOptions,
     /// TLS on both listeners and to peers; `None` = plaintext (only where
@@ -101,6 +105,7 @@ impl NodeConfig {
             leader_balance_period: Some(Duration::from_secs(2)),
             transport: Default::default(),
             join: None,
+            disk_id: 0,
             placement: Default::default(),
             tls: None,
             auth: AuthConfig::default(),

@@ -270,6 +270,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     peers.set_isolation(isolated.clone());
     let hosted: Hosted = Arc::new(crate::maps::DashMap::default());
     let (fatal, failure) = watch::channel(None);
+    let fatal_tx = fatal.clone();
     // A snapshot file that cannot be written (full disk, I/O error) stops
     // the node, as a WAL write error does: its disk fails the rest next.
     let write_error: crate::raft::state_machine::WriteErrorSink = {
@@ -626,20 +627,30 @@ pub async fn start<L: LogEngine, I: Incoming>(
         config.placement.clone(),
         rx.clone(),
     )));
-    if let Some(join) = config.join.clone() {
+    // A joiner asks to be added; an initial member with a data dir
+    // registers its disk id (the same call, forwarded to the metadata
+    // leader), and stops if the map knows another one.
+    let register = match config.join.clone() {
+        Some(join) => Some((join, None)),
+        None if config.disk_id != 0 => Some((config.members[&me].public.clone(), Some(fatal_tx))),
+        None => None,
+    };
+    if let Some((via, fatal)) = register {
         // Over the injected connector, like all node-to-node traffic (§4b).
         let channel = peers
-            .channel(&join)
-            .map_err(|e| anyhow::anyhow!("join address {join}: {e}"))?;
+            .channel(&via)
+            .map_err(|e| anyhow::anyhow!("join address {via}: {e}"))?;
         tasks.push(tokio::spawn(crate::control::placement::join(
             crate::control::placement::Joiner {
                 me,
                 shards: config.shards,
                 addrs: config.members[&me].clone(),
-                via: join,
+                via,
                 channel,
                 fresh: fresh_joiner,
                 credential,
+                disk_id: config.disk_id,
+                fatal,
             },
             admitted_tx,
             rx.clone(),

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 /// Name of the file that ties a data dir to one node id.
 const NODE_ID_FILE: &str = "node_id";
+const DISK_ID_FILE: &str = "disk_id";
 
 /// Checks that `dir` belongs to `node_id` (or is new). Returns whether it is new.
 fn check_data_dir(dir: &Path, node_id: u64) -> anyhow::Result<bool> {
@@ -35,6 +36,85 @@ fn check_data_dir(dir: &Path, node_id: u64) -> anyhow::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(anyhow::anyhow!("data_dir {}: {e}", marker.display())),
     }
+}
+
+/// The data dir's disk id (see `ClusterMap::disks`): read, or made and
+/// written durably on its first use. Kept in its own file, written before
+/// the node starts, so a crash before the first start completes keeps it.
+fn disk_id(dir: &Path) -> anyhow::Result<u64> {
+    let path = dir.join(DISK_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => u64::from_str_radix(s.trim(), 16)
+            .ok()
+            .filter(|d| *d != 0)
+            .ok_or_else(|| anyhow::anyhow!("data_dir: {} is corrupt ({s:?})", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A v7 uuid's low 64 bits are random (62 of them).
+            let d = (uuid::Uuid::now_v7().as_u128() as u64).max(1);
+            let tmp = dir.join(format!("{DISK_ID_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{d:016x}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(d)
+        }
+        Err(e) => Err(anyhow::anyhow!("data_dir {}: {e}", path.display())),
+    }
+}
+
+/// What a reachable peer's cluster map records as node `me`'s disk id
+/// (checked before the node starts: a node on a data dir the cluster does
+/// not know must not run its old replicas, not even to vote). `None`: no
+/// peer answered, or none records one.
+async fn registered_disk(cfg: &ProcessConfig, peers: &[String]) -> Option<(String, u64)> {
+    let me = cfg.node.node_id;
+    let credential = if cfg.node.auth.enabled {
+        crate::frontdoor::auth::NodeCredential::new(me, &cfg.node.auth, Arc::new(SystemClock)).ok()
+    } else {
+        None
+    };
+    for addr in peers {
+        let Some(ch) = dial(cfg, addr).await else {
+            continue;
+        };
+        let mut req = tonic::Request::new(pb::StatusRequest::default());
+        if let Some(c) = &credential {
+            c.authorize(req.metadata_mut());
+        }
+        let mut admin = pb::admin_client::AdminClient::new(ch);
+        if let Ok(s) = admin.status(req).await {
+            let d = s
+                .into_inner()
+                .nodes
+                .iter()
+                .find(|n| n.node_id == me)
+                .map_or(0, |n| n.disk_id);
+            if d != 0 {
+                return Some((addr.clone(), d));
+            }
+        }
+    }
+    None
+}
+
+/// A channel to a peer's public address, or `None` within about a second.
+async fn dial(cfg: &ProcessConfig, addr: &str) -> Option<tonic::transport::Channel> {
+    let scheme = if cfg.node.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).ok()?;
+    if let Some(t) = &cfg.node.tls {
+        ep = ep.tls_config(t.client()).ok()?;
+    }
+    let ep = ep
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(1));
+    tokio::time::timeout(Duration::from_secs(1), ep.connect())
+        .await
+        .ok()?
+        .ok()
 }
 
 fn write_marker(dir: &Path, node_id: u64) -> anyhow::Result<()> {
@@ -122,6 +202,26 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
     if let Some(why) = below_floor(&cfg.data_dir, cfg.disk_free_min_bytes) {
         anyhow::bail!("{why}; free space there or lower disk_free_min_mb");
     }
+    let disk = disk_id(&cfg.data_dir)?;
+    let mut asked: Vec<String> = cfg
+        .node
+        .members
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(_, a)| a.public.clone())
+        .collect();
+    asked.extend(cfg.node.join.clone());
+    if let Some((peer, known)) = registered_disk(&cfg, &asked).await {
+        anyhow::ensure!(
+            known == disk,
+            "node {me}'s data dir {} is not the one the cluster knows (disk id {disk:016x}; \
+             {peer} records {known:016x}): its data was lost or swapped. It must not come back \
+             under its old member ids (it could help elect a stale leader). Remove it \
+             (`chargectl node remove --force {me}` on the admin listener), then start it \
+             with a new node_id and `join`",
+            cfg.data_dir.display()
+        );
+    }
     let public = TcpListener::bind(cfg.public_addr)
         .await
         .map_err(|e| anyhow::anyhow!("public_addr {}: {e}", cfg.public_addr))?;
@@ -151,6 +251,7 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
 
     let lowest = cfg.node.members.keys().next().copied() == Some(me);
     let mut node_cfg = cfg.node.clone();
+    node_cfg.disk_id = disk;
     node_cfg.bootstrap = fresh && lowest && node_cfg.join.is_none() && !cluster_exists(&cfg).await;
     let replicas_file = cfg.data_dir.join("replicas");
     // Replicas hosted at the last stop; on a fresh dir, every shard for an

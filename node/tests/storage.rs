@@ -748,12 +748,7 @@ async fn t42_a_snapshot_write_error_is_reported() {
         .expect("a build that can write");
     assert!(reported.lock().unwrap().is_empty());
     std::fs::remove_dir_all(&snaps).expect("remove the folder");
-    let Err(err) = store
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-    else {
+    let Err(err) = store.get_snapshot_builder().await.build_snapshot().await else {
         panic!("a build that cannot write fails");
     };
     let reported = reported.lock().unwrap().clone();

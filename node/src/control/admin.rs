@@ -197,6 +197,7 @@ fn nodes(fd: &FrontDoor, map: Option<&ClusterMap>) -> Vec<pb::NodeStatus> {
                 .filter(|r| r.iter().any(|r| node_of(*r) == *id))
                 .count() as u32,
             leaders: map.leaders.values().filter(|n| **n == *id).count() as u32,
+            disk_id: map.disks.get(id).copied().unwrap_or(0),
         })
         .collect()
 }
@@ -546,7 +547,24 @@ impl Admin for AdminService {
                          under its old member ids; remove it (--force) and join under a new id",
                         m.node_id
                     )),
-                    Some(e) if e.public == entry.public && e.internal == entry.internal => Ok(None),
+                    Some(e) if e.public == entry.public && e.internal == entry.internal => {
+                        match (map.disks.get(&m.node_id), m.disk_id) {
+                            (_, 0) => Ok(None),
+                            (Some(d), mine) if *d == mine => Ok(None),
+                            (Some(d), mine) => Err(format!(
+                                "node {} runs on a data dir the cluster does not know (disk id \
+                                 {mine:016x}; the map holds {d:016x}): its data was lost or \
+                                 swapped, and it must not come back under its old member ids; \
+                                 remove it (--force) and join under a new id",
+                                m.node_id
+                            )),
+                            (None, mine) => {
+                                let mut next = map.clone();
+                                next.disks.insert(m.node_id, mine);
+                                Ok(Some(next))
+                            }
+                        }
+                    }
                     Some(_) => Err(format!(
                         "node {} is already in the map with other addresses",
                         m.node_id
@@ -565,6 +583,9 @@ impl Admin for AdminService {
                         }
                         let mut next = map.clone();
                         next.nodes.insert(m.node_id, entry);
+                        if m.disk_id != 0 {
+                            next.disks.insert(m.node_id, m.disk_id);
+                        }
                         Ok(Some(next))
                     }
                 }
@@ -653,6 +674,7 @@ impl Admin for AdminService {
                 }
                 let mut next = map.clone();
                 next.nodes.remove(&id);
+                next.disks.remove(&id);
                 next.removed.insert(id);
                 // Forced: its replicas leave the intent; the driver replaces them.
                 for reps in next.placement.values_mut() {

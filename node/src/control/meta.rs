@@ -51,6 +51,7 @@ impl ClusterMap {
             leaders: BTreeMap::new(),
             next_incarnation: incarnation + 1,
             removed: Default::default(),
+            disks: Default::default(),
         };
         map.leaders = crate::control::placement::spread_leaders(&map);
         map

@@ -678,6 +678,12 @@ pub struct Joiner {
     pub fresh: bool,
     /// The node's own admin token (auth on): joining needs admin rights.
     pub credential: Option<std::sync::Arc<crate::frontdoor::auth::NodeCredential>>,
+    /// Its data dir's id (0 = none), recorded in the map (see
+    /// `ClusterMap::disks`).
+    pub disk_id: u64,
+    /// An initial member registering its disk id (not joining): a refusal
+    /// (the map knows another disk) stops the node through this.
+    pub fatal: Option<watch::Sender<Option<String>>>,
 }
 
 /// Asks the cluster (through `j.via`) to add this node, retrying with
@@ -696,6 +702,7 @@ pub async fn join(j: Joiner, admitted: watch::Sender<bool>, mut stop: watch::Rec
                     internal_addr: j.addrs.internal.clone(),
                     shards: j.shards,
                     fresh: j.fresh,
+                    disk_id: j.disk_id,
                 });
                 req.set_timeout(Duration::from_secs(10));
                 if let Some(c) = &j.credential {
@@ -725,6 +732,16 @@ pub async fn join(j: Joiner, admitted: watch::Sender<bool>, mut stop: watch::Rec
                     });
                     if refused {
                         tracing::error!(node = j.me, via = j.via, error = %e, "join refused; not retrying");
+                        if let Some(f) = &j.fatal {
+                            let why = format!("the cluster refused this node: {e}");
+                            f.send_if_modified(|s| {
+                                let first = s.is_none();
+                                if first {
+                                    *s = Some(why);
+                                }
+                                first
+                            });
+                        }
                         return;
                     }
                     tracing::warn!(node = j.me, via = j.via, error = %e, "join: retrying");

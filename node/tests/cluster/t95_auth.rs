@@ -334,6 +334,7 @@ async fn a_missing_role_is_permission_denied_and_changes_nothing() {
                 internal_addr: "127.0.0.1:2".into(),
                 shards: SHARDS,
                 fresh: true,
+                disk_id: 0,
             },
             &billing,
         ))

@@ -568,6 +568,7 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
                 internal_addr: format!("127.0.0.1:{}", p + 1),
                 shards: 0,
                 fresh: false,
+                disk_id: 0,
             })
             .await
             .expect("a node within nodes_max is added");
@@ -580,6 +581,7 @@ async fn destructive_admin_calls_are_guarded_by_the_groups_membership() {
                 internal_addr: "127.0.0.1:6".into(),
                 shards: 0,
                 fresh: false,
+                disk_id: 0,
             })
             .await,
         Code::FailedPrecondition,

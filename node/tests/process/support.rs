@@ -318,6 +318,25 @@ pub async fn connect_admin(url: &str) -> Client {
         .expect("admin client connects")
 }
 
+/// Waits (bounded) until the map records a disk id for each of `nodes`
+/// nodes (every node registers its data dir once it runs), and returns the
+/// map's version then.
+pub async fn wait_disks_registered(c: &Client, nodes: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.status().await.expect("status");
+        if s.nodes.len() == nodes && s.nodes.iter().all(|n| n.disk_id != 0) {
+            return s.map_version;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "disk ids registered: {:?}",
+            s.nodes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn connect(url: &str) -> Client {
     Client::connect_with_config(url, client_config())
         .await

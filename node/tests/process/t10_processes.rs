@@ -171,6 +171,7 @@ async fn crash_of_every_node_loses_no_acknowledged_operation() {
     let accounts = Arc::new(accounts("crash", 2));
     let c1 = connect(&c.url(1)).await;
     create_all(&c1, &accounts).await;
+    let map_version = wait_disks_registered(&c1, 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -260,7 +261,7 @@ async fn crash_of_every_node_loses_no_acknowledged_operation() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let st = c3.status().await.expect("status");
-        if st.map_version == 1 {
+        if st.map_version == map_version {
             break;
         }
         assert!(
