@@ -169,6 +169,6 @@ fn a_seed_replays_its_run_exactly() {
 /// (`teeth_restore.rs`), which must not be compiled in here.
 #[test]
 fn a_restarted_leader_comes_back_a_follower() {
-    let c = charging_node::raft::raft_config("guard", 1000);
+    let c = charging_node::raft::raft_config("guard", 1000, Default::default());
     assert_eq!(c.enable_leader_restore, Some(false));
 }

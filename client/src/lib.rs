@@ -219,7 +219,7 @@ impl Default for ClientConfig {
             deadline_ms: 2000,
             max_retries: u32::MAX,
             retry_backoff_ms: 5,
-            max_retry_backoff_ms: 200,
+            max_retry_backoff_ms: 50,
             connect_timeout_ms: 1000,
             direct_to_leader: true,
             tls: None,

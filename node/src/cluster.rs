@@ -2,7 +2,7 @@
 //! cluster and the integration tests. Each node has its own listeners, its
 //! own shard groups and actors; they talk to each other only through gRPC.
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{NodeConfig, PeerAddrs};
+use crate::config::{NodeConfig, PeerAddrs, RaftTimings};
 use crate::node::{self, Edges, NodeHandle};
 use crate::raft::log_store::MemLog;
 use crate::raft::network::TcpConnector;
@@ -136,6 +136,7 @@ impl LocalCluster {
             cfg.shards = opts.shards;
             cfg.bootstrap = id == 1;
             cfg.tls = node_tls(opts.tls.as_deref(), id)?;
+            cfg.raft = RaftTimings::one_process();
             if let Some(t) = &opts.tweak {
                 t(&mut cfg);
             }
@@ -183,6 +184,7 @@ impl LocalCluster {
         cfg.shards = self.shards;
         cfg.join = Some(self.addrs[&via].public.clone());
         cfg.tls = node_tls(self.tls.as_deref(), id)?;
+        cfg.raft = RaftTimings::one_process();
         if let Some(t) = &self.tweak {
             t(&mut cfg);
         }

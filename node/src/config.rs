@@ -59,6 +59,9 @@ pub struct NodeConfig {
     /// Raft log entries since the last snapshot that trigger a new one (and
     /// past which a lagging follower is caught up by snapshot).
     pub snapshot_logs: u64,
+    /// Raft heartbeat interval and election timeout range of every group:
+    /// they decide how soon a dead leader is replaced (see [`RaftTimings`]).
+    pub raft: RaftTimings,
     /// How often a node hands the leadership of shards it leads to their
     /// preferred node (leaders spread evenly); `None` = never.
     pub leader_balance_period: Option<Duration>,
@@ -102,6 +105,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_millis(500),
             rng_seed: 0x5eed,
             snapshot_logs: 20_000,
+            raft: RaftTimings::default(),
             leader_balance_period: Some(Duration::from_secs(2)),
             transport: Default::default(),
             join: None,
@@ -218,6 +222,13 @@ impl NodeConfig {
         )?;
         check(!self.sweep_period.is_zero(), "sweep_period: must be > 0")?;
         check(self.snapshot_logs >= 10, "snapshot_logs: must be >= 10")?;
+        let r = &self.raft;
+        check(
+            !r.heartbeat.is_zero()
+                && r.heartbeat * 2 <= r.election_min
+                && r.election_min < r.election_max,
+            "raft timings: need 2 x raft_heartbeat_ms <= election_timeout_min_ms < election_timeout_max_ms",
+        )?;
         check(
             (1..=64).contains(&self.placement.max_moves),
             "max_moves: must be 1..=64",
@@ -493,6 +504,44 @@ impl Default for PlacementOptions {
             max_moves: 4,
             period: Duration::from_millis(500),
             call_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Raft timing of every group on a node. A follower that hears nothing
+/// from its leader for a random time in `[election_min, election_max)`
+/// campaigns (after a pre-vote); the leader sends a heartbeat every
+/// `heartbeat`. The defaults are for a LAN or one host: a killed leader is
+/// replaced within about `election_max` plus one round trip. Raise them on
+/// slow or lossy links, or when nodes may stall for longer (a stalled
+/// leader is deposed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+}
+
+impl RaftTimings {
+    /// For several nodes in one process (`chargerd dev`, the in-process
+    /// test clusters): they share its threads, so one busy node delays the
+    /// others' heartbeats; twice the default, so that a busy moment is not
+    /// taken for a dead leader.
+    pub fn one_process() -> Self {
+        RaftTimings {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(400),
+            election_max: Duration::from_millis(800),
+        }
+    }
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(150),
+            election_max: Duration::from_millis(300),
         }
     }
 }

@@ -162,6 +162,9 @@ struct FileLimits {
     sweep_period_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     snapshot_logs: Option<u64>,
+    raft_heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
     // internal transport
     append_window: Option<usize>,
     snapshot_chunk_bytes: Option<usize>,
@@ -389,6 +392,15 @@ impl ProcessConfig {
         if let Some(v) = l.request_deadline_ms {
             node.front_door.request_deadline = ms(v);
         }
+        if let Some(v) = l.raft_heartbeat_ms {
+            node.raft.heartbeat = ms(v);
+        }
+        if let Some(v) = l.election_timeout_min_ms {
+            node.raft.election_min = ms(v);
+        }
+        if let Some(v) = l.election_timeout_max_ms {
+            node.raft.election_max = ms(v);
+        }
         if let Some(v) = l.sweep_period_ms {
             node.sweep_period = ms(v);
         }
@@ -501,6 +513,9 @@ max_active_accounts = {maa}
 sweep_period_ms = {sp}
 connect_timeout_ms = {ct}
 snapshot_logs = {sl}
+raft_heartbeat_ms = {rhb}                # leader heartbeats
+election_timeout_min_ms = {etn}          # a follower that hears no leader for a random
+election_timeout_max_ms = {etx}          # time in [min, max) campaigns: failover takes about max
 append_window = {aw}
 snapshot_chunk_bytes = {scb}
 snapshot_rate_bytes_per_s = {srb}   # 0 = unpaced
@@ -562,6 +577,9 @@ message_bytes_max = {mbm}          # larger: RESOURCE_EXHAUSTED
         sp = d.sweep_period.as_millis(),
         ct = d.connect_timeout.as_millis(),
         sl = d.snapshot_logs,
+        rhb = d.raft.heartbeat.as_millis(),
+        etn = d.raft.election_min.as_millis(),
+        etx = d.raft.election_max.as_millis(),
         aw = d.transport.append_window,
         scb = d.transport.snapshot_chunk_bytes,
         srb = d.transport.snapshot_rate_bytes_per_s,

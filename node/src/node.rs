@@ -265,7 +265,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let max_snapshot_bytes = transport.snapshot_max_bytes;
     let peers = Peers::new(me, edges.connector, edges.clock.clone(), transport);
     let groups: Groups = Arc::new(crate::maps::DashMap::default());
-    let raft_cfg = Arc::new(raft_config("charging", config.snapshot_logs).validate()?);
+    let raft_cfg = Arc::new(raft_config("charging", config.snapshot_logs, config.raft).validate()?);
     let isolated = Arc::new(AtomicBool::new(false));
     peers.set_isolation(isolated.clone());
     let hosted: Hosted = Arc::new(crate::maps::DashMap::default());

@@ -133,12 +133,16 @@ impl<T: Send + 'static> openraft::raft::responder::Responder<TypeConfig, T>
 
 /// openraft config for shard groups. Timeouts are in ms and sized for a
 /// loopback / LAN cluster.
-pub fn raft_config(cluster_name: &str, snapshot_logs: u64) -> openraft::Config {
+pub fn raft_config(
+    cluster_name: &str,
+    snapshot_logs: u64,
+    timings: crate::config::RaftTimings,
+) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        heartbeat_interval: timings.heartbeat.as_millis() as u64,
+        election_timeout_min: timings.election_min.as_millis() as u64,
+        election_timeout_max: timings.election_max.as_millis() as u64,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: (snapshot_logs / 20).min(1_000),
