@@ -22,6 +22,8 @@ pub struct ClusterOptions {
     /// Fixed public ports (node i gets `public_ports[i-1]`); `None` = port 0.
     pub public_ports: Option<Vec<u16>>,
     pub clock: SharedClock,
+    /// Clocks of particular nodes (the others get `clock`): skewed clocks.
+    pub clocks: BTreeMap<NodeId, SharedClock>,
     /// Adjusts each node's config before start.
     pub tweak: Option<ConfigTweak>,
     /// TLS: every node gets a certificate from this CA (see [`crate::tls`]).
@@ -37,6 +39,7 @@ impl Default for ClusterOptions {
             shards: 4,
             public_ports: None,
             clock: Arc::new(SystemClock),
+            clocks: BTreeMap::new(),
             tweak: None,
             tls: None,
             admin_listeners: false,
@@ -145,7 +148,7 @@ impl LocalCluster {
                 public,
                 internal,
                 admin,
-                opts.clock.clone(),
+                opts.clocks.get(&id).cloned().unwrap_or(opts.clock.clone()),
                 cfg.tls.as_ref(),
             );
             nodes.insert(id, node::start(cfg, edges).await?);

@@ -271,6 +271,10 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let hosted: Hosted = Arc::new(crate::maps::DashMap::default());
     let (fatal, failure) = watch::channel(None);
     let fatal_tx = fatal.clone();
+    // The clock bound (DESIGN §3), measured against the peers.
+    let clock_check = Arc::new(crate::raft::clock_check::ClockCheck::new(
+        config.ledger.clock_bound_ms,
+    ));
     // A snapshot file that cannot be written (full disk, I/O error) stops
     // the node, as a WAL write error does: its disk fails the rest next.
     let write_error: crate::raft::state_machine::WriteErrorSink = {
@@ -309,7 +313,8 @@ pub async fn start<L: LogEngine, I: Incoming>(
             edges.snapshot_dir.clone(),
             edges.replicas_file,
         )
-        .on_write_error(write_error.clone()),
+        .on_write_error(write_error.clone())
+        .with_clock_check(clock_check.clone()),
     );
     // A joining node with no replica list is new (or its data was lost): the
     // cluster must confirm it holds nothing before it hosts anything.
@@ -584,9 +589,23 @@ pub async fn start<L: LogEngine, I: Incoming>(
             hosted.clone(),
             meta_store.clone(),
             period,
+            clock_check.clone(),
             rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(crate::control::balance::run_clock_probe(
+        me,
+        peers.clone(),
+        config
+            .members
+            .iter()
+            .map(|(id, a)| (*id, a.internal.clone()))
+            .collect(),
+        hosted.clone(),
+        meta_store.clone(),
+        clock_check.clone(),
+        rx.clone(),
+    )));
     let (admitted_tx, admitted) = watch::channel(!fresh_joiner);
     if fresh_joiner {
         // Until admitted, this node answers no metadata-group traffic: if

@@ -56,6 +56,8 @@ pub struct ReplicaSet<L: LogEngine> {
     snapshot_gate: SnapshotGate,
     /// Told when a replica's snapshot file cannot be written.
     write_error: Option<WriteErrorSink>,
+    /// The node's clock against its peers' (shard leaders consult it).
+    clock_check: Arc<crate::raft::clock_check::ClockCheck>,
 }
 
 /// Snapshot file of a replica incarnation (incarnation 1 keeps the old name).
@@ -116,7 +118,14 @@ impl<L: LogEngine> ReplicaSet<L> {
             lock: tokio::sync::Mutex::new(()),
             snapshot_gate: SnapshotGate::default(),
             write_error: None,
+            clock_check: Arc::new(crate::raft::clock_check::ClockCheck::new(u64::MAX)),
         }
+    }
+
+    /// Shard leaders refuse to decide while `c` says this node is off.
+    pub fn with_clock_check(mut self, c: Arc<crate::raft::clock_check::ClockCheck>) -> Self {
+        self.clock_check = c;
+        self
     }
 
     /// Every replica's store reports a snapshot it cannot write to `sink`.
@@ -202,6 +211,7 @@ impl<L: LogEngine> ReplicaSet<L> {
                 active_accounts: self.active.clone(),
                 max_active_accounts: cfg.max_active_accounts,
                 deciding,
+                clock_check: self.clock_check.clone(),
             },
             replica,
         )

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Ids live at the bottom floor; here for the paths that name them through `raft`.
 pub use crate::ids::{incarnation_of, node_of, replica_id, NodeId, ShardId};
 
+pub mod clock_check;
 pub mod log_store;
 pub mod network;
 pub mod service;

@@ -300,8 +300,15 @@ impl RaftInternal for RaftService {
         check_sender(certified, req.from_node, "from_node")?;
         self.heard
             .insert(req.from_node, tokio::time::Instant::now());
+        let kind = RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified);
+        if kind == RaftKind::Clock {
+            return Ok(Response::new(RaftReply {
+                body: Vec::new(),
+                receiver_clock_ms: self.clock.now_ms(),
+            }));
+        }
         let raft = self.group(req.shard, req.to_replica)?;
-        let out = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
+        let out = match kind {
             RaftKind::Vote => {
                 let v: openraft::raft::VoteRequest<TypeConfig> = body(&req.body)?;
                 check_vote(certified, &v.vote)?;
@@ -322,7 +329,7 @@ impl RaftInternal for RaftService {
                 check_vote(certified, t.from_leader())?;
                 reply(raft.handle_transfer_leader(t).await)?
             }
-            RaftKind::Unspecified => {
+            RaftKind::Clock | RaftKind::Unspecified => {
                 return Err(Status::from(Error::InvalidArgument(
                     "kind: unknown raft message kind".into(),
                 )))

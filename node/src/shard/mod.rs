@@ -111,6 +111,9 @@ pub struct ShardArgs {
     pub max_active_accounts: usize,
     /// Set while an epoch decides (read by status and tests).
     pub deciding: Arc<std::sync::atomic::AtomicBool>,
+    /// The node's clock against its peers': while it is off, this replica
+    /// decides nothing (see `raft::clock_check`).
+    pub clock_check: Arc<crate::raft::clock_check::ClockCheck>,
 }
 
 pub struct ShardActor;
@@ -294,6 +297,9 @@ impl Actor for ShardActor {
                 request_id,
                 reply,
             } => match st.epoch {
+                Epoch::Leading(_) if st.a.clock_check.refusal().is_some() => {
+                    let _ = reply.send(clock_refusal(st).expect("off"));
+                }
                 Epoch::Leading(_) => {
                     st.open.push(Event::SetTariff { tariff, request_id }.into());
                     st.open_members.push(None);
@@ -336,6 +342,9 @@ impl Actor for ShardActor {
                         "epoch ready: deciding"
                     );
                     st.epoch = Epoch::Leading(leader);
+                    // Decision time never goes below the log's time, even
+                    // on a leader whose clock is behind its predecessor's.
+                    st.last_decided_ms = st.last_decided_ms.max(st.a.store.view().log_ts_ms);
                     st.a.deciding.store(true, Ordering::Release);
                     gauge!("charging_shard_leading", "node" => st.node_label.clone(), "shard" => st.shard_label.clone()).set(1.0);
                 }
@@ -370,6 +379,10 @@ fn on_bulk(
 ) -> bool {
     if !matches!(st.epoch, Epoch::Leading(_)) {
         let _ = reply.send(not_leader(st));
+        return false;
+    }
+    if let Some(o) = clock_refusal(st) {
+        let _ = reply.send(o);
         return false;
     }
     if st.inflight.len() >= st.a.limits.max_inflight_batches {
@@ -434,10 +447,30 @@ fn schedule_flush(myself: &ActorRef<ShardMsg>, st: &mut State) {
     }
 }
 
+/// While this node's clock is off from its peers' beyond the bound, a
+/// leader decides nothing: decisions carry its clock into the log, where
+/// dedup windows are measured (DESIGN §3). The caller retries (UNAVAILABLE)
+/// and reaches the next leader once this one has handed over.
+fn clock_refusal(st: &State) -> Option<Outcome> {
+    st.a.clock_check.refusal().map(|_| {
+        counter!("charging_clock_refusals_total", "node" => st.node_label.clone()).increment(1);
+        Outcome::Unknown(
+            "this node's clock is off from its peers' beyond the clock bound: it decides \
+             nothing until it is back within; retry with the same request id",
+        )
+    })
+}
+
 fn on_request(myself: &ActorRef<ShardMsg>, st: &mut State, req: Request, reply: Option<Sink>) {
     if !matches!(st.epoch, Epoch::Leading(_)) {
         if let Some(tx) = reply {
             tx.send(not_leader(st));
+        }
+        return;
+    }
+    if let Some(o) = clock_refusal(st) {
+        if let Some(tx) = reply {
+            tx.send(o);
         }
         return;
     }

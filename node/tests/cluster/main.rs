@@ -14,6 +14,7 @@ mod t50_money;
 mod t60_concurrency;
 mod t70_stream;
 mod t80_supervision;
+mod t85_clocks;
 mod t90_reflection;
 mod t91_tls;
 mod t92_admin_listener;

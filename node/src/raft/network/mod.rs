@@ -432,6 +432,33 @@ impl Peers {
         Ok(link)
     }
 
+    /// The offset of `addr`'s clock from ours in ms (its clock minus the
+    /// midpoint of the round trip), by one probe on the Raft port.
+    pub async fn probe_clock(&self, addr: &str, timeout: Duration) -> Result<i64, String> {
+        if self.is_isolated() {
+            return Err("isolated (fault injection)".into());
+        }
+        let mut client = self.link(addr).map_err(|e| format!("{e:?}"))?.main.clone();
+        let t0 = self.clock.now_ms();
+        let mut request = tonic::Request::new(RaftRequest {
+            shard: 0,
+            kind: RaftKind::Clock as i32,
+            body: Vec::new(),
+            sender_clock_ms: t0,
+            from_node: self.me,
+            to_replica: 0,
+        });
+        request.set_timeout(timeout);
+        let reply = match tokio::time::timeout(timeout, client.call(request)).await {
+            Err(_) => return Err(format!("deadline {timeout:?} exceeded")),
+            Ok(Err(status)) => return Err(status.message().to_string()),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let t1 = self.clock.now_ms();
+        let mid = (t0 / 2 + t1 / 2) as i64;
+        Ok(reply.receiver_clock_ms as i64 - mid)
+    }
+
     /// Sends one encoded request; decodes `Result<Resp, String>` from the peer.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
