@@ -270,6 +270,18 @@ pub fn update(r: &pb::UpdateRequest) -> Result<(AccountId, RequestId, Command), 
     ))
 }
 
+pub fn open_session(r: &pb::OpenSessionRequest) -> Result<(AccountId, RequestId, Command), Status> {
+    Ok((
+        account_id(&r.account_id)?,
+        request_id(&r.request_id, "request_id")?,
+        Command::Open {
+            session: session_id(&r.session_id)?,
+            seq: r.seq,
+            reports: reports(&r.reports, false)?,
+        },
+    ))
+}
+
 pub fn terminate(r: &pb::TerminateRequest) -> Result<(AccountId, RequestId, Command), Status> {
     Ok((
         account_id(&r.account_id)?,

@@ -110,14 +110,53 @@ impl Tx<'_> {
     }
 
     pub(super) fn update(&mut self, sid: &SessionId, reports: &[UsageReport]) -> R<Reply> {
-        let mut s = self
+        let s = self
             .live_session(sid)
             .filter(|s| !s.closed)
             .cloned()
             .ok_or(Rejection::SessionNotFound)?;
+        let always = reports.is_empty();
+        self.update_on(sid, s, reports, always)
+    }
+
+    /// `Open`: the session, made if absent, then its reports as `Update`
+    /// does them, accepted whatever each rating group's outcome.
+    pub(super) fn open(&mut self, sid: &SessionId, reports: &[UsageReport]) -> R<Reply> {
+        if self.d.state != AccountState::Active {
+            return Err(Rejection::AccountNotActive);
+        }
+        let s = match self.live_session(sid).cloned() {
+            Some(s) if s.closed => return Err(Rejection::SessionNotFound),
+            Some(s) => s,
+            None => {
+                if self.live_sessions() >= self.limits.max_sessions_per_account as usize {
+                    return Err(OVERFLOW);
+                }
+                Session {
+                    last_seq: 0,
+                    params_hash: 0,
+                    last_reply: Reply::StateSet,
+                    last_ms: self.now,
+                    closed: false,
+                    open: Vec::new(),
+                }
+            }
+        };
+        self.update_on(sid, s, reports, true)
+    }
+
+    /// The reports of an `Update` (or `Open`) on session `s`. Unless
+    /// `accepted`, it fails as a whole when nothing at all could be done.
+    fn update_on(
+        &mut self,
+        sid: &SessionId,
+        mut s: Session,
+        reports: &[UsageReport],
+        accepted: bool,
+    ) -> R<Reply> {
         let (mut charged, mut debt) = (0i64, 0i64);
         let mut grants = Vec::new();
-        let mut did_something = reports.is_empty();
+        let mut did_something = accepted;
         let mut worst: Option<Rejection> = None;
         for rep in reports {
             let rg = rep.rating_group;
