@@ -510,15 +510,36 @@ impl AsyncOp for Update {
         let seq = mapping::seq_of(n.opts.sequence, &msg, ts);
         let reports = mapping::reports(&msg, false, &n.opts)?;
         let now = n.fd.clock.now_ms();
-        let r = n
-            .call(pb::UpdateRequest {
+        let request_id = mapping::request_id(&self.0, seq, "update", 0, ts, now);
+        let r = if reports.is_empty() {
+            // An Update with nothing in it (schema-valid) is recorded as an
+            // `OpenSession` on the open session: the ledger's Update needs a
+            // report. (A forged reference to no session opens one.)
+            let o = n
+                .call(pb::OpenSessionRequest {
+                    account_id: account,
+                    request_id,
+                    session_id: session,
+                    seq,
+                    reports: Vec::new(),
+                })
+                .await?;
+            pb::UpdateResponse {
+                result: o.result,
+                grants: o.grants,
+                charged: o.charged,
+                debt: o.debt,
+            }
+        } else {
+            n.call(pb::UpdateRequest {
                 account_id: account,
-                request_id: mapping::request_id(&self.0, seq, "update", 0, ts, now),
+                request_id,
                 session_id: session,
                 seq,
                 reports: mapping::to_pb(&reports),
             })
-            .await?;
+            .await?
+        };
         let mui = if r.result == RC::Ok as i32 {
             mapping::units_info(&r.grants, &n.shaping(&reports))
         } else if let Some(p) = mapping::rejection_problem(r.result, "ChargingDataRef") {
