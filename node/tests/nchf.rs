@@ -676,3 +676,83 @@ async fn a_one_time_event_is_a_debit_once() {
     assert_money(&balance(&n.client, "imsi-sms").await, 50, 0);
     n.shutdown().await;
 }
+
+/// Sends `body` to `url` until it is answered other than 503 (what an SMF
+/// does: retransmit), within 30 s.
+async fn until_answered(
+    h2: &HttpClient<HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: &Value,
+) -> (StatusCode, Bytes) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let req = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
+            .unwrap();
+        let resp = h2.request(req).await.expect("HTTP exchange");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            return (status, bytes);
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "still 503 after 30 s: {bytes:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_mid_update_settles_on_retry_without_a_double_charge() {
+    let mut n = start(NchfSequence::Isn).await;
+    let t = now_ms();
+    // An account whose shard node 1 (the Nchf node the SMF talks to) does
+    // not lead: its leader is killed while Updates are in flight.
+    let supi = (0..1000)
+        .map(|i| format!("imsi-kill-{i}"))
+        .find(|a| n.cluster.deciding_leader(shard(a)).is_some_and(|l| l != 1))
+        .expect("an account led elsewhere");
+    let victim = n.cluster.deciding_leader(shard(&supi)).unwrap();
+    create(&n.client, &supi, 10_000).await;
+    const SESSIONS: u64 = 8;
+    let mut refs = Vec::new();
+    for i in 0..SESSIONS {
+        let c = n
+            .create(&msg(Some(&supi), 0, t + i, json!([ask(RG_DATA, MB)])))
+            .await;
+        refs.push(c.reference());
+    }
+    let mut tasks = Vec::new();
+    for r in &refs {
+        let h2 = n.h2.clone();
+        let url = n.url(1, &format!("/{r}/update"));
+        let body = msg(None, 1, t + 100, json!([used_ask(RG_DATA, MB, MB)]));
+        tasks.push(tokio::spawn(async move {
+            let first = until_answered(&h2, &url, &body).await;
+            let again = until_answered(&h2, &url, &body).await;
+            (first, again)
+        }));
+    }
+    n.cluster.kill(victim).await;
+    for t in tasks {
+        let ((s1, b1), (s2, b2)) = t.await.unwrap();
+        assert_eq!(s1, StatusCode::OK, "{b1:?}");
+        assert_eq!((s2, b2), (s1, b1), "a retransmission answers the same");
+    }
+    // 1 MB charged once per session, 1 MB held again by each.
+    let b = balance(&n.client, &supi).await;
+    assert_money(&b, 10_000 - 10 * SESSIONS as i64, 10 * SESSIONS as i64);
+    for r in &refs {
+        let rel = n
+            .release(r, &msg(None, 2, t + 200, json!([used(RG_DATA, 0)])))
+            .await;
+        assert_eq!(rel.status, StatusCode::NO_CONTENT, "{rel:?}");
+    }
+    assert_money(
+        &balance(&n.client, &supi).await,
+        10_000 - 10 * SESSIONS as i64,
+        0,
+    );
+    n.shutdown().await;
+}
