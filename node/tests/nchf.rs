@@ -9,7 +9,8 @@ use bytes::Bytes;
 use charging_client::proto::AccountState;
 use charging_client::Client;
 use charging_node::cluster::{ClusterOptions, ConfigTweak, LocalCluster};
-use charging_node::config::NchfSequence;
+use charging_node::config::{AuthConfig, AuthKey, NchfSequence};
+use charging_node::frontdoor::auth::{Role, Signer, TokenSpec};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
@@ -105,7 +106,18 @@ fn rfc3339(ms: u64) -> String {
 }
 
 async fn start(sequence: NchfSequence) -> Nchf {
-    let tweak: ConfigTweak = Arc::new(move |c| c.nchf.sequence = sequence);
+    start_auth(sequence, None).await
+}
+
+/// With `auth`: the nodes' `[auth]` and an admin token for the gRPC client.
+async fn start_auth(sequence: NchfSequence, auth: Option<(AuthConfig, String)>) -> Nchf {
+    let cfg = auth.as_ref().map(|a| a.0.clone());
+    let tweak: ConfigTweak = Arc::new(move |c| {
+        c.nchf.sequence = sequence;
+        if let Some(a) = &cfg {
+            c.auth = a.clone();
+        }
+    });
     let cluster = start_cluster(ClusterOptions {
         tweak: Some(tweak),
         tls: Some(ca()),
@@ -117,7 +129,15 @@ async fn start(sequence: NchfSequence) -> Nchf {
         .spread_leaders(Duration::from_secs(20))
         .await
         .expect("leaders spread");
-    let client = connect(cluster.public_url(1)).await;
+    let client = Client::connect_with_config(
+        cluster.public_url(1),
+        charging_client::ClientConfig {
+            token: auth.map(|a| charging_client::BearerToken::new(&a.1).unwrap()),
+            ..client_config()
+        },
+    )
+    .await
+    .expect("client connects");
     set_standard_tariffs(&client).await;
     let h2 = HttpClient::builder(TokioExecutor::new())
         .http2_only(true)
@@ -146,6 +166,26 @@ impl Nchf {
             .await
             .expect("answered within 30 s")
             .expect("HTTP exchange");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Got {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn post_with(&self, node: u64, path: &str, body: &Value, token: Option<&str>) -> Got {
+        let mut req =
+            http::Request::post(self.url(node, path)).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
+            .unwrap();
+        let resp = self.h2.request(req).await.expect("HTTP exchange");
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -754,5 +794,90 @@ async fn a_leader_killed_mid_update_settles_on_retry_without_a_double_charge() {
         10_000 - 10 * SESSIONS as i64,
         0,
     );
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_checked_as_on_grpc() {
+    const AUD: &str = "charging-test";
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = charging_node::frontdoor::auth::generate_es256().unwrap();
+    let pub_file = dir.path().join("jwt.pub.pem");
+    let priv_file = dir.path().join("jwt.pem");
+    std::fs::write(&pub_file, public).unwrap();
+    std::fs::write(&priv_file, &private).unwrap();
+    let cfg = AuthConfig {
+        enabled: true,
+        keys: vec![AuthKey {
+            file: pub_file,
+            kid: None,
+        }],
+        audience: vec![AUD.into()],
+        node_key: Some(AuthKey {
+            file: priv_file,
+            kid: None,
+        }),
+        ..AuthConfig::default()
+    };
+    let signer = Signer::from_pem(private.as_bytes(), None).unwrap();
+    let token = |scope: String| {
+        let spec = TokenSpec {
+            subject: "smf-1".into(),
+            audience: vec![AUD.into()],
+            issuer: None,
+            scope,
+            ttl: Duration::from_secs(600),
+            kid: None,
+        };
+        signer.sign(&spec, now_ms() / 1000).unwrap()
+    };
+    let svc = "nchf-convergedcharging";
+    let admin = token(TokenSpec::for_roles(svc, &[Role::Admin]));
+    let n = start_auth(NchfSequence::Isn, Some((cfg, admin))).await;
+    let t = now_ms();
+    let accounts = account_per_shard("imsi-tok");
+    for a in &accounts {
+        create(&n.client, a, 1000).await;
+    }
+    let body = |a: &str| msg(Some(a), 0, t, json!([ask(RG_DATA, MB)]));
+    // No token, a token without the service scope: 401 with a challenge.
+    let p = n.post_with(1, "", &body(&accounts[0]), None).await;
+    p.problem(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert!(p.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let no_svc = token(Role::Charging.scope());
+    n.post_with(1, "", &body(&accounts[0]), Some(&no_svc))
+        .await
+        .problem(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    // The service scope without the charging role: 403, insufficient scope.
+    let billing = token(TokenSpec::for_roles(svc, &[Role::Billing]));
+    let p = n
+        .post_with(1, "", &body(&accounts[0]), Some(&billing))
+        .await;
+    p.problem(StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(p.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    assert_money(&balance(&n.client, &accounts[0]).await, 1000, 0);
+    // The charging role: served on every shard (the token goes along with
+    // what node 1 forwards, and the owner checks it again).
+    let smf = token(TokenSpec::for_roles(svc, &[Role::Charging]));
+    for a in &accounts {
+        let c = n.post_with(1, "", &body(a), Some(&smf)).await;
+        let r = c.reference();
+        let u = n
+            .post_with(
+                1,
+                &format!("/{r}/release"),
+                &msg(None, 1, t + 1, json!([used(RG_DATA, MB)])),
+                Some(&smf),
+            )
+            .await;
+        assert_eq!(u.status, StatusCode::NO_CONTENT, "{u:?}");
+        assert_money(&balance(&n.client, a).await, 990, 0);
+    }
     n.shutdown().await;
 }
