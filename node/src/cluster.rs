@@ -230,10 +230,12 @@ impl LocalCluster {
         self.admin_addrs.get(&id).map(|a| format!("{scheme}://{a}"))
     }
 
-    /// Node `id`'s Nchf API root (`http://addr`), when the nodes serve Nchf.
+    /// Node `id`'s Nchf API root (`http://addr`, `https://` under TLS),
+    /// when the nodes serve Nchf.
     pub fn nchf_url(&self, id: NodeId) -> Option<String> {
         let a = self.nodes.get(&id)?.nchf_addr?;
-        Some(format!("http://{a}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!("{scheme}://{a}"))
     }
 
     /// The cluster's CA, when it runs TLS.

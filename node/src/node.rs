@@ -522,13 +522,21 @@ pub async fn start<L: LogEngine, I: Incoming>(
     let nchf_addr = match edges.nchf {
         Some(l) => {
             let addr = l.local_addr()?;
+            let tls = match &config.tls {
+                Some(t) => Some(
+                    t.http_server()
+                        .map_err(|e| anyhow::anyhow!("nchf tls: {e}"))?,
+                ),
+                None => None,
+            };
             let nchf = crate::nchf::Nchf::new(
                 front_door.clone(),
                 config.nchf.clone(),
                 verifier.clone(),
                 addr.to_string(),
+                tls.is_some(),
             );
-            tasks.push(tokio::spawn(crate::nchf::serve(l, nchf, rx.clone())));
+            tasks.push(tokio::spawn(crate::nchf::serve(l, nchf, tls, rx.clone())));
             Some(addr)
         }
         None => None,

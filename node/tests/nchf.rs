@@ -1,7 +1,8 @@
 //! The Nchf_ConvergedCharging producer through the real stack: an
-//! in-process 3-node cluster (TLS between nodes, leaders spread, so most
-//! accounts are forwarded from node 1), real HTTP/2 (h2c, prior knowledge)
-//! and HTTP/1.1 over loopback, balances read back over gRPC.
+//! in-process 3-node cluster (leaders spread, so most accounts are
+//! forwarded from node 1), real HTTP/2 (h2c, prior knowledge; TLS with
+//! ALPN h2 in its own test) and HTTP/1.1 over loopback, balances read back
+//! over gRPC.
 #[path = "cluster/support.rs"]
 mod support;
 
@@ -118,9 +119,10 @@ async fn start_auth(sequence: NchfSequence, auth: Option<(AuthConfig, String)>) 
             c.auth = a.clone();
         }
     });
+    // Plaintext (h2c): the TLS listener has its own test.
     let cluster = start_cluster(ClusterOptions {
         tweak: Some(tweak),
-        tls: Some(ca()),
+        tls: None,
         nchf_ports: Some(Vec::new()),
         ..ClusterOptions::default()
     })
@@ -133,6 +135,7 @@ async fn start_auth(sequence: NchfSequence, auth: Option<(AuthConfig, String)>) 
         cluster.public_url(1),
         charging_client::ClientConfig {
             token: auth.map(|a| charging_client::BearerToken::new(&a.1).unwrap()),
+            tls: None,
             ..client_config()
         },
     )
@@ -880,4 +883,66 @@ async fn tokens_are_checked_as_on_grpc() {
         assert_money(&balance(&n.client, a).await, 990, 0);
     }
     n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_tls_it_serves_h2_by_alpn() {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let cluster = start_cluster(ClusterOptions {
+        tls: Some(ca()),
+        nchf_ports: Some(Vec::new()),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = connect(cluster.public_url(1)).await;
+    set_standard_tariffs(&client).await;
+    create(&client, "imsi-tls", 1000).await;
+    let url = cluster.nchf_url(1).unwrap();
+    let addr = url.strip_prefix("https://").expect("https under TLS");
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca().cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 over TLS");
+    tokio::spawn(conn);
+    let body = msg(Some("imsi-tls"), 0, now_ms(), json!([ask(RG_DATA, MB)]));
+    let req = http::Request::post(format!("{url}{ROOT}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(loc.starts_with("https://"), "{loc}");
+    assert_money(&balance(&client, "imsi-tls").await, 1000, 10);
+    // Plaintext to the TLS port: no answer.
+    let h2 = HttpClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let plain = http::Request::post(format!("http://{addr}{ROOT}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+        .unwrap();
+    assert!(h2.request(plain).await.is_err());
+    cluster.shutdown().await;
 }

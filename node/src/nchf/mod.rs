@@ -54,6 +54,8 @@ pub struct Nchf {
     local: String,
     /// validityTime of a grant, seconds (the ledger's reservation validity).
     validity_s: u64,
+    /// `https` under TLS, else `http` (the `Location`'s scheme).
+    scheme: &'static str,
 }
 
 impl Nchf {
@@ -62,6 +64,7 @@ impl Nchf {
         opts: NchfOptions,
         verifier: Option<Arc<Verifier>>,
         local: String,
+        tls: bool,
     ) -> Arc<Nchf> {
         let validity_s = fd.meta.1.read(|s| s.limits.reservation_validity_ms) / 1000;
         Arc::new(Nchf {
@@ -70,6 +73,7 @@ impl Nchf {
             verifier,
             local,
             validity_s,
+            scheme: if tls { "https" } else { "http" },
         })
     }
 
@@ -124,12 +128,18 @@ impl Nchf {
 // ---- the listener -----------------------------------------------------------
 
 /// Serves the producer on `listener` until `shutdown` turns true: HTTP/1.1
-/// and h2c (prior knowledge) on the same port, at most `connections_max`
-/// connections (more wait in the accept queue), `streams_max` streams each.
-pub async fn serve(listener: TcpListener, nchf: Arc<Nchf>, mut shutdown: watch::Receiver<bool>) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+/// and h2c (prior knowledge) on the same port, or, with `tls`, TLS with
+/// ALPN `h2` / `http/1.1`; at most `connections_max` connections (more wait
+/// in the accept queue), `streams_max` streams each.
+pub async fn serve(
+    listener: TcpListener,
+    nchf: Arc<Nchf>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let router = nchf.router();
     let slots = Arc::new(Semaphore::new(nchf.opts.connections_max));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -149,30 +159,52 @@ pub async fn serve(listener: TcpListener, nchf: Arc<Nchf>, mut shutdown: watch::
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
-        let mut rx = shutdown.clone();
+        let router = router.clone();
+        let rx = shutdown.clone();
         let opts = nchf.opts.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(opts.streams_max)
-                .keep_alive_interval(Some(Duration::from_secs(30)))
-                .keep_alive_timeout(Duration::from_secs(10));
-            let conn = b.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = async { let _ = rx.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            match acceptor {
+                None => connection(stream, router, &opts, rx).await,
+                Some(a) => {
+                    // A handshake has a deadline too.
+                    match tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
+                        Ok(Ok(s)) => connection(s, router, &opts, rx).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "nchf TLS handshake failed"),
+                        Err(_) => tracing::debug!("nchf TLS handshake timed out"),
+                    }
                 }
             }
         });
+    }
+}
+
+/// One connection, HTTP/1.1 or HTTP/2 (by its preface), until it ends or
+/// the node stops (then gracefully, within 5 s).
+async fn connection<IO>(io: IO, router: Router, opts: &NchfOptions, mut rx: watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let svc = hyper_util::service::TowerToHyperService::new(router);
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(opts.streams_max)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { let _ = rx.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }
 
@@ -420,8 +452,7 @@ impl AsyncOp for Create {
         let seq = mapping::seq_of(n.opts.sequence, &msg, ts);
         let now = n.fd.clock.now_ms();
         let reports = mapping::reports(&msg, false, &n.opts)?;
-        let scheme = "http";
-        let location = format!("{scheme}://{host}{ROOT}/{reference}");
+        let location = format!("{}://{host}{ROOT}/{reference}", n.scheme);
         let mui = if msg.one_time_event == Some(true) {
             event(&n, &account, &reference, seq, ts, now, &reports).await?
         } else {
