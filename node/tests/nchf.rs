@@ -3,6 +3,8 @@
 //! forwarded from node 1), real HTTP/2 (h2c, prior knowledge; TLS with
 //! ALPN h2 in its own test) and HTTP/1.1 over loopback, balances read back
 //! over gRPC.
+// Tests run on real time and the wall clock (as the cluster tests do).
+#![allow(clippy::disallowed_methods)]
 #[path = "cluster/support.rs"]
 mod support;
 

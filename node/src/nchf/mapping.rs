@@ -14,7 +14,8 @@ use http::StatusCode;
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub status: StatusCode,
-    pub body: ProblemDetails,
+    /// Boxed: a `Problem` is the error of most of this module's results.
+    pub body: Box<ProblemDetails>,
     /// `Retry-After` seconds (503).
     pub retry_after: Option<u32>,
     /// `WWW-Authenticate` (401, 403 from the token check).
@@ -25,13 +26,13 @@ impl Problem {
     pub fn new(status: StatusCode, cause: &str, detail: impl Into<String>) -> Problem {
         Problem {
             status,
-            body: ProblemDetails {
+            body: Box::new(ProblemDetails {
                 title: status.canonical_reason().unwrap_or("error").to_string(),
                 status: status.as_u16(),
                 detail: detail.into(),
                 cause: cause.to_string(),
                 invalid_params: Vec::new(),
-            },
+            }),
             retry_after: None,
             www_authenticate: None,
         }
