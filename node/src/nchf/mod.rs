@@ -319,7 +319,21 @@ async fn prelude(
     if declared.is_some_and(|l| l > max as u64) {
         return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(req.into_body(), max).await {
+    // The body has the request's deadline too (a client trickling it
+    // would hold a connection slot).
+    let body = tokio::time::timeout(
+        n.opts.request_deadline,
+        axum::body::to_bytes(req.into_body(), max),
+    )
+    .await
+    .map_err(|_| {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the body did not arrive within the request deadline",
+        )
+    })?;
+    let bytes = match body {
         Ok(b) => b,
         Err(e) => {
             let limit = std::error::Error::source(&e)
