@@ -79,9 +79,13 @@ pub async fn nchf(a: NchfArgs) -> anyhow::Result<Value> {
             anyhow::bail!("create {}: result {}", account(i), r.result);
         }
     }
+    // TCP_NODELAY, as gRPC channels have it (Nagle would hold each small
+    // request for the peer's delayed ACK: ~40 ms).
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let http: HttpClient<HttpConnector, Full<Bytes>> = HttpClient::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http();
+        .build(connector);
     // Distinct, past invocationTimeStamps: one session per flow.
     #[allow(clippy::disallowed_methods)]
     let base = std::time::SystemTime::now()
@@ -104,9 +108,11 @@ pub async fn nchf(a: NchfArgs) -> anyhow::Result<Value> {
     if !a.no_grpc {
         let counter = Arc::new(AtomicU64::new(0));
         let client = client.clone();
+        // Session names fresh per run (a closed session is not reopened).
+        let run = base;
         let g = run_half(&a, move |_w, k| {
             let client = client.clone();
-            let session = format!("grpc-{}", counter.fetch_add(1, Ordering::Relaxed));
+            let session = format!("grpc-{run}-{}", counter.fetch_add(1, Ordering::Relaxed));
             async move { grpc_flow(&client, &account(k), &session, rg).await }
         })
         .await;

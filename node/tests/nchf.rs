@@ -144,10 +144,12 @@ async fn start_auth(sequence: NchfSequence, auth: Option<(AuthConfig, String)>) 
     .await
     .expect("client connects");
     set_standard_tariffs(&client).await;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let h2 = HttpClient::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http();
-    let h1 = HttpClient::builder(TokioExecutor::new()).build_http();
+        .build(connector.clone());
+    let h1 = HttpClient::builder(TokioExecutor::new()).build(connector);
     Nchf {
         cluster,
         client,
