@@ -950,3 +950,70 @@ async fn under_tls_it_serves_h2_by_alpn() {
     assert!(h2.request(plain).await.is_err());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_is_503_with_retry_after_and_changes_nothing() {
+    // One request in a node at once: a burst of Creates meets the limit.
+    let tweak: ConfigTweak = Arc::new(|c| c.front_door.max_inflight_requests = 1);
+    let cluster = start_cluster(ClusterOptions {
+        tweak: Some(tweak),
+        nchf_ports: Some(Vec::new()),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = Client::connect_with_config(
+        cluster.public_url(1),
+        charging_client::ClientConfig {
+            tls: None,
+            ..client_config()
+        },
+    )
+    .await
+    .unwrap();
+    set_standard_tariffs(&client).await;
+    create(&client, "imsi-busy", 100_000).await;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let h2: HttpClient<HttpConnector, Full<Bytes>> = HttpClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    let url = format!("{}{ROOT}", cluster.nchf_url(1).unwrap());
+    let t = now_ms();
+    let mut tasks = Vec::new();
+    for i in 0..64u64 {
+        let h2 = h2.clone();
+        let url = url.clone();
+        let body = msg(Some("imsi-busy"), 0, t + i, json!([ask(RG_DATA, MB)]));
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+                .unwrap();
+            let resp = h2.request(req).await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            Got {
+                status,
+                headers,
+                body,
+            }
+        }));
+    }
+    let (mut created, mut refused) = (0i64, 0);
+    for t in tasks {
+        let g = t.await.unwrap();
+        if g.status == StatusCode::CREATED {
+            created += 1;
+        } else {
+            g.problem(StatusCode::SERVICE_UNAVAILABLE, "NF_CONGESTION");
+            assert_eq!(g.headers["retry-after"], "1", "{g:?}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "64 at once against a limit of 1: some refused");
+    // Exactly the accepted ones hold quota (10 cents each).
+    let b = balance(&client, "imsi-busy").await;
+    assert_money(&b, 100_000, 10 * created);
+    cluster.shutdown().await;
+}
