@@ -529,6 +529,43 @@ impl Model {
                 for rep in reports {
                     let rg = rep.rating_group;
                     let open = self.sessions[&s].open.get(&rg).copied();
+                    let tomb = self.tombs.values().any(|r| r.session == s && r.rg == rg);
+                    if open.is_none()
+                        && rep.used.volume_bytes > 0
+                        && rep.requested.volume_bytes > 0
+                        && !tomb
+                    {
+                        // A new group's usage goes on the reservation its
+                        // grant opens.
+                        let mut r = self.new_res(&s, rg);
+                        let (c, d) = self.charge(&mut r, rep.used.volume_bytes);
+                        charged += c;
+                        debt += d;
+                        did = true;
+                        let result = if !self.active {
+                            Err(Rejection::AccountNotActive)
+                        } else {
+                            self.grant(&mut r, rep.requested.volume_bytes)
+                                .map(|(g, f)| {
+                                    let id = self.next_res;
+                                    self.next_res += 1;
+                                    let grant = Grant {
+                                        reservation: ReservationId(id),
+                                        granted: b(g),
+                                        final_units: f,
+                                        expires_at_ms: r.expires_at,
+                                    };
+                                    self.open.insert(id, r);
+                                    self.sessions.get_mut(&s).unwrap().open.insert(rg, id);
+                                    grant
+                                })
+                        };
+                        grants.push(GrantResult {
+                            rating_group: rg,
+                            result,
+                        });
+                        continue;
+                    }
                     if rep.used.volume_bytes > 0 {
                         let (c, d) = self.charge_report(&s, open, rg, rep.used.volume_bytes);
                         charged += c;

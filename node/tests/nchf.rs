@@ -569,11 +569,11 @@ async fn free5gc_shaped_requests_work() {
         )
         .await;
     assert_eq!(rel.status, StatusCode::NO_CONTENT, "{rel:?}");
-    // The first 4000 bytes were reported before the group had a grant:
-    // charged on their own (one started MB, 10 cents); then 4000 + 500 on
-    // the grant (another started MB).
+    // 4000 + 4000 + 500 bytes on one reservation (the first 4000 were
+    // reported before the group had a grant: charged on the reservation
+    // that grant opened): one started MB, 10 cents.
     let b = balance(&n.client, supi).await;
-    assert_money(&b, 9_980, 0);
+    assert_money(&b, 9_990, 0);
     // Offline charging: charged, nothing granted, never refused.
     let c = n.create(&smf(t + 5000, None)).await;
     let r = c.reference();
@@ -590,7 +590,7 @@ async fn free5gc_shaped_requests_work() {
         .await;
     assert_eq!(u.status, StatusCode::OK, "{u:?}");
     assert!(u.json().get("multipleUnitInformation").is_none(), "{u:?}");
-    assert_money(&balance(&n.client, supi).await, 9_960, 0);
+    assert_money(&balance(&n.client, supi).await, 9_970, 0);
     n.shutdown().await;
 }
 

@@ -1154,6 +1154,32 @@ fn open_with_several_rating_groups_reports_each_and_never_fails_for_one() {
 }
 
 #[test]
+fn usage_on_a_new_rating_group_is_charged_on_the_reservation_its_grant_opens() {
+    let mut h = H::with(1000, 0);
+    h.ok(open("s", 0, vec![]));
+    let Reply::Updated {
+        grants, charged, ..
+    } = h.ok(Command::Update {
+        session: sid("s"),
+        seq: 1,
+        reports: vec![want(RG_DATA, bytes(100), kb(10))],
+    })
+    else {
+        panic!()
+    };
+    assert_eq!(charged, 1);
+    assert_eq!(grants[0].result.as_ref().unwrap().granted, kb(10));
+    h.ok(Command::Terminate {
+        session: sid("s"),
+        seq: 2,
+        reports: vec![want(RG_DATA, bytes(900), Units::default())],
+    });
+    // 1,000 bytes in all: one started kB (0.3, so 1), charged once; rated
+    // apart, 100 and 900 bytes would have cost 1 each.
+    assert_eq!(h.main(), (999, 0));
+}
+
+#[test]
 fn open_counts_against_the_session_limit() {
     let mut h = H::with(1000, 0);
     h.limits.max_sessions_per_account = 2;

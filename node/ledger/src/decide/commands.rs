@@ -161,6 +161,24 @@ impl Tx<'_> {
         for rep in reports {
             let rg = rep.rating_group;
             let open = s.reservation_for(rg);
+            if open.is_none()
+                && !rating::is_zero(&rep.used)
+                && !rating::is_zero(&rep.requested)
+                && self.find_tombstone(sid, rg).is_none()
+            {
+                // Usage on a group with no grant yet, and a grant asked
+                // for: charged on the reservation that grant opens, so
+                // its rounding is cumulative with what follows.
+                let (c, dbt, result) = self.open_with_usage(sid, &mut s, rg, rep)?;
+                charged = add(charged, c)?;
+                debt = add(debt, dbt)?;
+                did_something = true;
+                grants.push(GrantResult {
+                    rating_group: rg,
+                    result,
+                });
+                continue;
+            }
             if !rating::is_zero(&rep.used) {
                 let (c, dbt) = self.charge_report(sid, open, rg, &rep.used)?;
                 charged = add(charged, c)?;
@@ -199,6 +217,47 @@ impl Tx<'_> {
             charged,
             debt,
         })
+    }
+
+    /// A rating group the session holds nothing on, reporting usage and
+    /// asking for quota: a new reservation is charged the usage, then
+    /// granted on (per-group failures as in `regrant`; the usage stays
+    /// charged). Returns (charged, debt, the group's result).
+    fn open_with_usage(
+        &mut self,
+        sid: &SessionId,
+        s: &mut Session,
+        rg: RatingGroup,
+        rep: &UsageReport,
+    ) -> R<(i64, i64, Result<Grant, Rejection>)> {
+        let mut r = self.new_reservation(sid, rg);
+        let (c, dbt) = self.charge_usage(&mut r, &rep.used)?;
+        if self.d.state != AccountState::Active {
+            return Ok((c, dbt, Err(Rejection::AccountNotActive)));
+        }
+        let (granted, final_units) = match self.grant(&mut r, &rep.requested) {
+            Ok(g) => g,
+            Err(e @ (Rejection::RatingFailed | Rejection::InsufficientBalance)) => {
+                return Ok((c, dbt, Err(e)))
+            }
+            Err(e) => return Err(e),
+        };
+        if self.d.reservations.len(&self.base.ext.reservations)
+            >= self.limits.max_reservations_per_account as usize
+        {
+            self.release(&r.holds)?;
+            return Ok((c, dbt, Err(Rejection::LimitExceeded)));
+        }
+        let id = self.alloc_reservation()?;
+        let grant = Grant {
+            reservation: id,
+            granted,
+            final_units,
+            expires_at_ms: r.expires_at_ms,
+        };
+        self.d.reservations.insert(id, r);
+        insert_open(s, rg, id);
+        Ok((c, dbt, Ok(grant)))
     }
 
     /// One rating group's new quota in an `Update`. The outer error is fatal

@@ -51,7 +51,9 @@
 //!   group's sake. A session opened with no rating group holds nothing and is
 //!   forgotten `dedup_window_ms` after its last operation, as any idle one.
 //!   An `Update` adding a rating group the session did not have opens a
-//!   reservation for it.
+//!   reservation for it; usage it reports for that group in the same
+//!   request is charged on that reservation (one cumulative rounding), not
+//!   on a one-off record, unless the group has a live tombstone (late usage).
 //! - A terminated session cannot be reopened until it is forgotten
 //!   (`dedup_window_ms` after its last operation); a session with no open
 //!   reservation is forgotten the same way.
