@@ -435,12 +435,17 @@ pub fn status_problem(s: &tonic::Status) -> Problem {
             s.message().to_string(),
         ),
         Code::ResourceExhausted => Problem::overloaded(s.message().to_string()),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-            Problem::unavailable(format!(
-                "outcome unknown ({}); retransmit the same request",
-                s.message()
-            ))
-        }
+        // Whether it was applied is unknown (a leader change, a forward
+        // whose connection broke: INTERNAL "h2 protocol error"):
+        // retransmitting is safe.
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Internal
+        | Code::Unknown => Problem::unavailable(format!(
+            "outcome unknown ({}); retransmit the same request",
+            s.message()
+        )),
         Code::Unauthenticated => {
             let mut p = Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", s.message());
             p.www_authenticate = header(s, "www-authenticate");

@@ -104,9 +104,18 @@ impl Nchf {
                     ))
                 }
                 Ok(Ok(r)) => return Ok(r),
+                // Unknown outcomes: a leader change, or a forward whose
+                // connection broke (a killed leader surfaces as INTERNAL
+                // "h2 protocol error"). The same message again is safe.
                 Ok(Err(s))
-                    if s.code() == tonic::Code::Unavailable
-                        && Instant::now() + pause < deadline =>
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::Internal
+                            | tonic::Code::Unknown
+                            | tonic::Code::Cancelled
+                            | tonic::Code::DeadlineExceeded
+                    ) && Instant::now() + pause < deadline =>
                 {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(400));
