@@ -8,6 +8,8 @@
 //! - [`cluster`]: bulk preload, tariffs, balance read-back (drift).
 //! - [`stats`], [`report`], [`html`]: histograms, table, JSON, HTML.
 //! - [`nodecpu`]: CPU µs per operation of the node processes (`--node-pids`).
+//! - [`nchf`]: `chargebench nchf`, the Nchf create/update/release flow over
+//!   h2c against the same flow over gRPC unary.
 //! - [`cli`]: the command line and the `run` / `sweep` commands.
 
 pub mod cli;
@@ -15,6 +17,7 @@ pub mod cluster;
 pub mod echo;
 pub mod exec;
 pub mod html;
+pub mod nchf;
 pub mod nodecpu;
 pub mod report;
 pub mod stats;

@@ -360,7 +360,8 @@ fn dedup_key(op: &Op) -> (String, u128) {
     match &op.request.cmd {
         Command::Reserve { session, seq, .. }
         | Command::Update { session, seq, .. }
-        | Command::Terminate { session, seq, .. } => (session.0.clone(), u128::from(*seq)),
+        | Command::Terminate { session, seq, .. }
+        | Command::Open { session, seq, .. } => (session.0.clone(), u128::from(*seq)),
         _ => (String::new(), op.request.request_id.0),
     }
 }

@@ -205,7 +205,10 @@ pub struct FinalState {
 pub fn is_session_op(cmd: &Command) -> bool {
     matches!(
         cmd,
-        Command::Reserve { .. } | Command::Update { .. } | Command::Terminate { .. }
+        Command::Reserve { .. }
+            | Command::Update { .. }
+            | Command::Terminate { .. }
+            | Command::Open { .. }
     )
 }
 

@@ -30,6 +30,9 @@ pub struct ClusterOptions {
     pub tls: Option<Arc<crate::tls::CertAuthority>>,
     /// Each node gets an admin listener too (see [`LocalCluster::admin_url`]).
     pub admin_listeners: bool,
+    /// Each node serves Nchf (see [`LocalCluster::nchf_url`]): node i on
+    /// `nchf_ports[i-1]`, or any free port when the list is shorter.
+    pub nchf_ports: Option<Vec<u16>>,
 }
 
 impl Default for ClusterOptions {
@@ -43,6 +46,7 @@ impl Default for ClusterOptions {
             tweak: None,
             tls: None,
             admin_listeners: false,
+            nchf_ports: None,
         }
     }
 }
@@ -69,6 +73,7 @@ fn memory_edges(
     public: TcpListener,
     internal: TcpListener,
     admin: Option<TcpListener>,
+    nchf: Option<TcpListener>,
     clock: SharedClock,
     tls: Option<&crate::tls::Tls>,
 ) -> Edges<MemLog, impl node::Incoming> {
@@ -76,6 +81,7 @@ fn memory_edges(
         public: node::tcp_incoming(public),
         internal: node::tcp_incoming(internal),
         admin: admin.map(node::tcp_incoming),
+        nchf,
         connector: Box::new(TcpConnector {
             connect_timeout: Duration::from_millis(500),
             tls: tls.map(|t| t.client()),
@@ -131,10 +137,21 @@ impl LocalCluster {
                     internal: internal.local_addr()?.to_string(),
                 },
             );
-            listeners.insert(id, (public, internal, admin));
+            let nchf = match &opts.nchf_ports {
+                Some(ports) => {
+                    let port = ports.get(id as usize - 1).copied().unwrap_or(0);
+                    Some(
+                        bind(port)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("bind nchf port {port}: {e}"))?,
+                    )
+                }
+                None => None,
+            };
+            listeners.insert(id, (public, internal, admin, nchf));
         }
         let mut nodes = BTreeMap::new();
-        for (id, (public, internal, admin)) in listeners {
+        for (id, (public, internal, admin, nchf)) in listeners {
             let mut cfg = NodeConfig::new(id, addrs.clone());
             cfg.shards = opts.shards;
             cfg.bootstrap = id == 1;
@@ -148,6 +165,7 @@ impl LocalCluster {
                 public,
                 internal,
                 admin,
+                nchf,
                 opts.clocks.get(&id).cloned().unwrap_or(opts.clock.clone()),
                 cfg.tls.as_ref(),
             );
@@ -196,6 +214,7 @@ impl LocalCluster {
             public,
             internal,
             admin,
+            None,
             self.clock.clone(),
             cfg.tls.as_ref(),
         );
@@ -214,6 +233,14 @@ impl LocalCluster {
     pub fn admin_url(&self, id: NodeId) -> Option<String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.admin_addrs.get(&id).map(|a| format!("{scheme}://{a}"))
+    }
+
+    /// Node `id`'s Nchf API root (`http://addr`, `https://` under TLS),
+    /// when the nodes serve Nchf.
+    pub fn nchf_url(&self, id: NodeId) -> Option<String> {
+        let a = self.nodes.get(&id)?.nchf_addr?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!("{scheme}://{a}"))
     }
 
     /// The cluster's CA, when it runs TLS.

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub internal_listener: ListenerLimits,
     /// Most nodes the cluster map may hold (`Admin/AddNode` refuses past it).
     pub nodes_max: usize,
+    /// The Nchf_ConvergedCharging producer (served when the node is given
+    /// an Nchf listener: `nchf_addr`).
+    pub nchf: NchfOptions,
 }
 
 impl NodeConfig {
@@ -116,6 +119,7 @@ impl NodeConfig {
             public_listener: ListenerLimits::public(),
             internal_listener: ListenerLimits::internal(),
             nodes_max: 64,
+            nchf: NchfOptions::default(),
         }
     }
 
@@ -203,6 +207,22 @@ impl NodeConfig {
         check(
             self.nodes_max >= self.members.len().max(1),
             "nodes_max: must be >= the number of initial members",
+        )?;
+        check(
+            self.nchf.threshold_percent < 100,
+            "nchf.threshold_percent: must be 0..=99",
+        )?;
+        check(
+            self.nchf.body_bytes_max >= 1024,
+            "nchf.body_bytes_max: must be >= 1024",
+        )?;
+        check(
+            !self.nchf.request_deadline.is_zero(),
+            "nchf.request_deadline_ms: must be > 0",
+        )?;
+        check(
+            self.nchf.connections_max >= 1 && self.nchf.streams_max >= 1,
+            "nchf.connections_max, nchf.streams_max: must be >= 1",
         )?;
         check(
             !self.front_door.request_deadline.is_zero(),
@@ -369,6 +389,53 @@ impl Default for FrontDoorLimits {
             stream_bytes_inflight_max: 256 << 20,
             message_bytes_max: 4 << 20,
             request_bytes_inflight_max: 64 << 20,
+        }
+    }
+}
+
+/// What stands for the ledger's session `seq` in an Nchf message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NchfSequence {
+    /// `invocationSequenceNumber` (TS 32.290: +1 per request of a session).
+    #[default]
+    Isn,
+    /// `invocationTimeStamp` in unix ms: for consumers whose sequence number
+    /// never moves (the free5GC SMF always sends 0).
+    Timestamp,
+}
+
+/// The Nchf_ConvergedCharging producer's settings and limits.
+#[derive(Debug, Clone)]
+pub struct NchfOptions {
+    pub sequence: NchfSequence,
+    /// `QUOTA_THRESHOLD`: the consumer reports when this percentage of a
+    /// grant is left (`volumeQuotaThreshold` etc.); 0 = no threshold.
+    pub threshold_percent: u8,
+    /// Largest request body; larger is 413.
+    pub body_bytes_max: usize,
+    /// Longest one Nchf request is worked on, internal retries (leader
+    /// changes) included; past it 503 with `Retry-After`.
+    pub request_deadline: Duration,
+    /// Connections at once on the Nchf listener; more wait to be accepted.
+    pub connections_max: usize,
+    /// HTTP/2 streams per connection.
+    pub streams_max: u32,
+    /// Quota granted for a `requestedUnit` with no value in it (the CHF
+    /// chooses): this many bytes.
+    pub default_volume_bytes: u64,
+}
+
+impl Default for NchfOptions {
+    fn default() -> Self {
+        NchfOptions {
+            sequence: NchfSequence::Isn,
+            threshold_percent: 20,
+            body_bytes_max: 256 << 10,
+            request_deadline: Duration::from_secs(5),
+            connections_max: 1024,
+            streams_max: 256,
+            default_volume_bytes: 1_000_000,
         }
     }
 }

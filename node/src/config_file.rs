@@ -46,6 +46,11 @@ struct FileConfig {
     /// from anyone but a node.
     #[serde(default)]
     admin_addr: Option<String>,
+    /// The Nchf_ConvergedCharging producer (HTTP/1.1 + h2c); omit: not served.
+    #[serde(default)]
+    nchf_addr: Option<String>,
+    #[serde(default)]
+    nchf: Option<FileNchf>,
     data_dir: PathBuf,
     #[serde(default)]
     shards: Option<u32>,
@@ -86,6 +91,19 @@ struct FileTls {
     /// Whether public clients must present a certificate from the CA.
     #[serde(default)]
     client_certs: crate::tls::ClientCerts,
+}
+
+/// `[nchf]`: the Nchf producer's settings (see `crate::config::NchfOptions`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNchf {
+    sequence: Option<crate::config::NchfSequence>,
+    threshold_percent: Option<u8>,
+    body_bytes_max: Option<usize>,
+    request_deadline_ms: Option<u64>,
+    connections_max: Option<usize>,
+    streams_max: Option<u32>,
+    default_volume_bytes: Option<u64>,
 }
 
 /// `[auth]`: bearer tokens on the public API (see `frontdoor::auth`).
@@ -213,6 +231,7 @@ pub struct ProcessConfig {
     pub internal_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    pub nchf_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub replication_factor: usize,
@@ -255,6 +274,11 @@ impl ProcessConfig {
             .admin_addr
             .as_deref()
             .map(|m| addr("admin_addr", m))
+            .transpose()?;
+        let nchf_addr = f
+            .nchf_addr
+            .as_deref()
+            .map(|m| addr("nchf_addr", m))
             .transpose()?;
         let metrics_addr = f
             .metrics_addr
@@ -407,6 +431,30 @@ impl ProcessConfig {
         if let Some(v) = l.connect_timeout_ms {
             node.connect_timeout = ms(v);
         }
+        if let Some(n) = &f.nchf {
+            let o = &mut node.nchf;
+            if let Some(v) = n.sequence {
+                o.sequence = v;
+            }
+            if let Some(v) = n.threshold_percent {
+                o.threshold_percent = v;
+            }
+            if let Some(v) = n.body_bytes_max {
+                o.body_bytes_max = v;
+            }
+            if let Some(v) = n.request_deadline_ms {
+                o.request_deadline = ms(v);
+            }
+            if let Some(v) = n.connections_max {
+                o.connections_max = v;
+            }
+            if let Some(v) = n.streams_max {
+                o.streams_max = v;
+            }
+            if let Some(v) = n.default_volume_bytes {
+                o.default_volume_bytes = v;
+            }
+        }
         if let Some(a) = f.auth {
             let c = &mut node.auth;
             c.enabled = a.enabled;
@@ -457,6 +505,7 @@ impl ProcessConfig {
             internal_addr,
             metrics_addr,
             admin_addr,
+            nchf_addr,
             data_dir: f.data_dir,
             fsync: f.fsync.unwrap_or_default(),
             replication_factor: rf,
@@ -482,6 +531,7 @@ internal_addr = "127.0.0.{id}:51051"  # node-to-node Raft traffic
 metrics_addr = "127.0.0.{id}:9100"    # Prometheus /metrics (omit to disable)
 # admin_addr = "127.0.0.{id}:52051"   # Admin calls that change the cluster, client
 #                                     # certificates required; then refused on public_addr
+# nchf_addr = "127.0.0.{id}:8081"     # Nchf_ConvergedCharging (HTTP/1.1 + h2c, TS 32.291)
 data_dir = "data/node{id}"            # Raft log (WAL) and snapshots
 shards = {shards}                        # fixed when the cluster is created
 replication_factor = 3
@@ -547,6 +597,18 @@ stream_batches_inflight_max = {sbi}     # per Stream call
 stream_bytes_inflight_max = {sby}  # all Stream calls of the node
 request_bytes_inflight_max = {rby} # request bodies of all other calls
 message_bytes_max = {mbm}          # larger: RESOURCE_EXHAUSTED
+
+# The Nchf producer (served when nchf_addr is set); these are the defaults.
+# [nchf]
+# sequence = "isn"                    # isn: invocationSequenceNumber is the session's
+#                                     # seq | timestamp: invocationTimeStamp (ms) is
+#                                     # (for SMFs that always send 0, as free5GC's)
+# threshold_percent = 20              # QUOTA_THRESHOLD when this % of a grant is left (0: none)
+# body_bytes_max = 262144             # larger: 413
+# request_deadline_ms = 5000          # internal retries included; then 503 + Retry-After
+# connections_max = 1024
+# streams_max = 256                   # HTTP/2 streams per connection
+# default_volume_bytes = 1000000      # granted for a requestedUnit with no value
 
 # Bearer tokens (JWT) on the public API; off unless enabled. Calls to
 # charging.v1.Charging and .Admin then need `authorization: Bearer <JWT>`

@@ -21,6 +21,9 @@
 //!    - [`frontdoor`]: the public gRPC service; validation, admission
 //!      control, routing by [`frontdoor::shard_of`], one-hop forwarding,
 //!      and who may call what ([`frontdoor::auth`]: bearer tokens, roles).
+//!    - [`nchf`]: the Nchf_ConvergedCharging HTTP producer, a sibling of
+//!      the gRPC service above the front door (it calls
+//!      [`frontdoor::FrontDoor::mutate`] as gRPC does).
 //! 3. **Control plane**, [`control`]: the replicated cluster map (`meta`),
 //!    the placement driver (`placement`), leader spreading (`balance`), the
 //!    replicas a node hosts (`replicas`) and the `Admin` service (`admin`).
@@ -51,6 +54,7 @@ pub mod listener;
 pub use charging_ledger as ledger;
 pub mod maps;
 pub mod metrics_http;
+pub mod nchf;
 pub mod node;
 pub mod process;
 pub mod raft;

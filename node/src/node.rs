@@ -94,6 +94,8 @@ pub struct Edges<L: LogEngine, I: Incoming> {
     /// required under TLS). With one, the public listener refuses the calls
     /// that change the cluster from anyone but a node.
     pub admin: Option<I>,
+    /// The Nchf_ConvergedCharging listener (HTTP/1.1 and h2c), if served.
+    pub nchf: Option<tokio::net::TcpListener>,
     pub connector: Box<dyn Connector>,
     pub clock: SharedClock,
     /// Opens the log engine of a replica incarnation `(shard, incarnation)`
@@ -118,6 +120,8 @@ pub struct NodeHandle {
     pub front_door: Arc<FrontDoor>,
     /// The shard replicas this node hosts now (changes under scale-out).
     pub hosted: Hosted,
+    /// Where the Nchf producer listens, if it does.
+    pub nchf_addr: Option<std::net::SocketAddr>,
     shutdown: Arc<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
     /// Parent of the shard actors and the sweeper (see [`supervisor`]).
@@ -547,6 +551,31 @@ pub async fn start<L: LogEngine, I: Incoming>(
         }
     }));
 
+    // The Nchf producer: its own listener, the same front door (and the
+    // same token verifier) as gRPC.
+    let nchf_addr = match edges.nchf {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let tls = match &config.tls {
+                Some(t) => Some(
+                    t.http_server()
+                        .map_err(|e| anyhow::anyhow!("nchf tls: {e}"))?,
+                ),
+                None => None,
+            };
+            let nchf = crate::nchf::Nchf::new(
+                front_door.clone(),
+                config.nchf.clone(),
+                verifier.clone(),
+                addr.to_string(),
+                tls.is_some(),
+            );
+            tasks.push(tokio::spawn(crate::nchf::serve(l, nchf, tls, rx.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
+
     // Admin listener: the Admin service and health only, client
     // certificates required under TLS, tokens as on the public port.
     if let Some(incoming) = edges.admin {
@@ -699,6 +728,7 @@ pub async fn start<L: LogEngine, I: Incoming>(
 
     Ok(NodeHandle {
         id: me,
+        nchf_addr,
         front_door,
         hosted,
         shutdown,

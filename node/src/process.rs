@@ -272,10 +272,19 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Running> {
         )),
         None => None,
     };
+    let nchf = match cfg.nchf_addr {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("nchf_addr {a}: {e}"))?,
+        ),
+        None => None,
+    };
     let edges = Edges {
         public: node::tcp_incoming(public),
         internal: node::tcp_incoming(internal),
         admin,
+        nchf,
         connector: Box::new(TcpConnector {
             connect_timeout: node_cfg.connect_timeout,
             tls: node_cfg.tls.as_ref().map(|t| t.client()),

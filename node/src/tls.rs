@@ -169,6 +169,50 @@ impl Tls {
             .client_auth_optional(false)
     }
 
+    /// An HTTP listener (the Nchf producer): this node's certificate, ALPN
+    /// `h2` then `http/1.1`, a client certificate from the CA as on the
+    /// public listener (`client_certs`).
+    pub fn http_server(&self) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let bad = |what: &str, e: &dyn std::fmt::Display| TlsError::Invalid(format!("{what}: {e}"));
+        // ring, as tonic's `tls-ring` (its lack of post-quantum key
+        // exchange is why rustls marks it deprecated).
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad("certificate", &e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad("key", &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots
+                .add(c.map_err(|e| bad("ca", &e))?)
+                .map_err(|e| bad("ca", &e))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        );
+        let verifier = if self.public_client_certs == ClientCerts::Optional {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        };
+        let verifier = verifier.build().map_err(|e| bad("ca", &e))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("tls", &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("certificate", &e))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// Dialling another node: this node's certificate, the peer's checked
     /// against the CA under [`CLUSTER_NAME`].
     pub fn client(&self) -> ClientTlsConfig {

@@ -30,6 +30,8 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("raft", &["raft"]),
     ("shard", &["shard"]),
     ("frontdoor", &["frontdoor"]),
+    // The Nchf HTTP producer: a sibling of the gRPC service, above the front door.
+    ("nchf", &["nchf"]),
     ("control", &["control"]),
     (
         "assembly",

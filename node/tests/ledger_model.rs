@@ -276,7 +276,8 @@ impl Model {
         let session_key = match &req.cmd {
             Command::Reserve { session, seq, .. }
             | Command::Update { session, seq, .. }
-            | Command::Terminate { session, seq, .. } => Some((session.0.clone(), *seq)),
+            | Command::Terminate { session, seq, .. }
+            | Command::Open { session, seq, .. } => Some((session.0.clone(), *seq)),
             _ => None,
         };
         let is_expire = matches!(req.cmd, Command::Expire { .. });
@@ -493,19 +494,78 @@ impl Model {
             }
             Command::Update {
                 session, reports, ..
+            }
+            | Command::Open {
+                session, reports, ..
             } => {
                 let s = session.0.clone();
+                let opening = matches!(req.cmd, Command::Open { .. });
+                if opening && !self.active {
+                    return Err(Rejection::AccountNotActive);
+                }
                 match self.sessions.get(&s) {
                     Some(x) if !x.closed => {}
+                    None if opening => {
+                        self.sessions.insert(
+                            s.clone(),
+                            MSess {
+                                last_seq: 0,
+                                last_cmd: Command::SetState {
+                                    state: AccountState::Active,
+                                },
+                                last_reply: Reply::StateSet,
+                                closed: false,
+                                open: BTreeMap::new(),
+                            },
+                        );
+                    }
                     _ => return Err(Rejection::SessionNotFound),
                 }
                 let (mut charged, mut debt) = (0, 0);
                 let mut grants = Vec::new();
-                let mut did = reports.is_empty();
+                // Open never fails for a rating group's sake.
+                let mut did = reports.is_empty() || opening;
                 let mut worst: Option<Rejection> = None;
                 for rep in reports {
                     let rg = rep.rating_group;
                     let open = self.sessions[&s].open.get(&rg).copied();
+                    let tomb = self.tombs.values().any(|r| r.session == s && r.rg == rg);
+                    if open.is_none()
+                        && rep.used.volume_bytes > 0
+                        && rep.requested.volume_bytes > 0
+                        && !tomb
+                    {
+                        // A new group's usage goes on the reservation its
+                        // grant opens.
+                        let mut r = self.new_res(&s, rg);
+                        let (c, d) = self.charge(&mut r, rep.used.volume_bytes);
+                        charged += c;
+                        debt += d;
+                        did = true;
+                        let result = if !self.active {
+                            Err(Rejection::AccountNotActive)
+                        } else {
+                            self.grant(&mut r, rep.requested.volume_bytes)
+                                .map(|(g, f)| {
+                                    let id = self.next_res;
+                                    self.next_res += 1;
+                                    let grant = Grant {
+                                        reservation: ReservationId(id),
+                                        granted: b(g),
+                                        final_units: f,
+                                        expires_at_ms: r.expires_at,
+                                    };
+                                    self.open.insert(id, r);
+                                    self.sessions.get_mut(&s).unwrap().open.insert(rg, id);
+                                    grant
+                                })
+                        };
+                        grants.push(GrantResult {
+                            rating_group: rg,
+                            result,
+                        });
+                        continue;
+                    }
                     if rep.used.volume_bytes > 0 {
                         let (c, d) = self.charge_report(&s, open, rg, rep.used.volume_bytes);
                         charged += c;
@@ -624,6 +684,7 @@ impl Model {
 enum Op {
     Reserve { s: u8, rg: u8, bytes: u64 },
     Update { s: u8, reports: Vec<(u8, u64, u64)> },
+    Open { s: u8, reports: Vec<(u8, u64, u64)> },
     Terminate { s: u8, reports: Vec<(u8, u64)> },
     Commit { pick: u8, used: u64, fin: bool },
     Release { pick: u8 },
@@ -642,6 +703,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..6, rg.clone(), 0u64..6000).prop_map(|(s, rg, bytes)| Op::Reserve { s, rg, bytes }),
         6 => (0u8..6, prop::collection::vec((1u8..=3, 0u64..4000, 0u64..6000), 0..3))
             .prop_map(|(s, reports)| Op::Update { s, reports }),
+        3 => (0u8..6, prop::collection::vec((1u8..=3, 0u64..4000, 0u64..6000), 0..3))
+            .prop_map(|(s, reports)| Op::Open { s, reports }),
         1 => (0u8..6, prop::collection::vec((1u8..=3, 0u64..4000), 0..3))
             .prop_map(|(s, reports)| Op::Terminate { s, reports }),
         5 => (any::<u8>(), 0u64..8000, any::<bool>())
@@ -799,6 +862,18 @@ impl Run {
                 requested: b(*bytes),
             },
             Op::Update { s, reports } => Command::Update {
+                session: sname(*s),
+                seq: next_seq(&self.model, *s),
+                reports: reports
+                    .iter()
+                    .map(|(rg, used, req)| UsageReport {
+                        rating_group: u32::from(*rg),
+                        used: b(*used),
+                        requested: b(*req),
+                    })
+                    .collect(),
+            },
+            Op::Open { s, reports } => Command::Open {
                 session: sname(*s),
                 seq: next_seq(&self.model, *s),
                 reports: reports

@@ -73,6 +73,13 @@ macro_rules! charging_ops {
                     { account_id: account.into(), session_id: session.into(), seq, reports }]
                 decide [validate::update => convert::update] shows [result, "charged": charged as number, "debt": debt as number];
 
+            /// Opens a session with 0..n rating groups (Nchf Create), or updates
+            /// it when it is open already; never refused for one rating group's sake.
+            open_session(OpenSessionRequest -> OpenSessionResponse) on [account] serve [FrontDoor::mutate] stream []
+                client [pair open_session_with_id (account: impl Into<String>, session: impl Into<String>, seq: u64, reports: Vec<UsageReport>)
+                    { account_id: account.into(), session_id: session.into(), seq, reports }]
+                decide [validate::open_session => convert::open_session] shows [result, "charged": charged as number, "debt": debt as number];
+
             /// Charges the final usage of a session and releases all it holds.
             terminate(TerminateRequest -> TerminateResponse) on [account] serve [FrontDoor::mutate] stream [batched Terminate]
                 client [pair terminate_with_id (account: impl Into<String>, session: impl Into<String>, seq: u64, reports: Vec<UsageReport>)

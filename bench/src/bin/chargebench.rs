@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Sweep(a) => sweep(a).await?,
         Cmd::Report(a) => report(a)?,
         Cmd::Preload(c) => preload_only(c).await?,
+        Cmd::Nchf(a) => charging_bench::nchf::nchf(a).await?,
     };
     // A non-zero drift is a correctness failure: say so in the exit code.
     if v.get("drift").and_then(|d| d.as_i64()).unwrap_or(0) != 0 {

@@ -42,6 +42,9 @@ pub enum Cmd {
     /// Merge run JSON reports into one (the first run's fields on top, all
     /// runs under `runs`) and optionally one HTML page.
     Report(ReportArgs),
+    /// The Nchf_ConvergedCharging create → update → release flow over h2c,
+    /// then the same flow over gRPC unary, in the same run (issue 18).
+    Nchf(crate::nchf::NchfArgs),
     /// Only preload `--accounts` accounts (no load, no read-back); prints
     /// the preload line and a JSON object with its figures.
     Preload(Common),

@@ -132,6 +132,7 @@ pub(super) async fn run_node(cfg: NodeConfig, slot: Slot) -> turmoil::Result {
         public: incoming(public),
         internal: incoming(internal),
         admin: None,
+        nchf: None,
         connector: Box::new(SimConnector),
         clock: Arc::new(slot.clock.clone()),
         logs: {

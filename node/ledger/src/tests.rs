@@ -1038,6 +1038,159 @@ fn update_that_can_do_nothing_is_rejected_whole() {
     assert_eq!(h.rej(upd(3, Units::default())), Rejection::AccountNotActive);
 }
 
+fn open(s: &str, seq: u64, reports: Vec<UsageReport>) -> Command {
+    Command::Open {
+        session: sid(s),
+        seq,
+        reports,
+    }
+}
+
+fn want(rg: RatingGroup, used: Units, requested: Units) -> UsageReport {
+    UsageReport {
+        rating_group: rg,
+        used,
+        requested,
+    }
+}
+
+#[test]
+fn open_makes_a_session_with_no_rating_group_then_update_adds_them() {
+    let mut h = H::with(1000, 0);
+    // Update before Open: no such session.
+    assert_eq!(
+        h.rej(Command::Update {
+            session: sid("s"),
+            seq: 1,
+            reports: vec![]
+        }),
+        Rejection::SessionNotFound
+    );
+    let r = h.ok(open("s", 0, vec![]));
+    assert_eq!(
+        r,
+        Reply::Updated {
+            grants: vec![],
+            charged: 0,
+            debt: 0
+        }
+    );
+    let s = &h.a().ext.sessions[&sid("s")];
+    assert!(s.open.is_empty() && !s.closed);
+    assert_eq!(h.main(), (1000, 0));
+    // The retransmitted Open is a duplicate (same seq, same params).
+    let again = h.req(open("s", 0, vec![]));
+    assert_eq!(h.exec(&again), Decision::Duplicate(r));
+    // An Update adds a rating group the session did not have.
+    let Reply::Updated { grants, .. } = h.ok(Command::Update {
+        session: sid("s"),
+        seq: 1,
+        reports: vec![want(RG_DATA, Units::default(), kb(10))],
+    }) else {
+        panic!()
+    };
+    assert_eq!(grants[0].result.as_ref().unwrap().granted, kb(10));
+    assert_eq!(h.main(), (1000, 3));
+    h.ok(Command::Terminate {
+        session: sid("s"),
+        seq: 2,
+        reports: vec![want(RG_DATA, kb(10), Units::default())],
+    });
+    assert_eq!(h.main(), (997, 0));
+    // A closed session is not opened again.
+    assert_eq!(h.rej(open("s", 3, vec![])), Rejection::SessionNotFound);
+}
+
+#[test]
+fn open_with_several_rating_groups_reports_each_and_never_fails_for_one() {
+    let mut h = H::with(5, 0);
+    let Reply::Updated {
+        grants,
+        charged,
+        debt,
+    } = h.ok(open(
+        "s",
+        1,
+        vec![
+            want(RG_DATA, Units::default(), kb(10)),
+            want(RG_FREE_UNPRICED, Units::default(), kb(1)),
+            want(RG_VOICE, Units::default(), secs(600)),
+        ],
+    ))
+    else {
+        panic!()
+    };
+    assert_eq!((charged, debt), (0, 0));
+    assert_eq!(grants[0].result.as_ref().unwrap().granted, kb(10)); // 3
+    assert_eq!(grants[1].result, Err(Rejection::RatingFailed));
+    // 2 left: one minute of the ten asked for.
+    let v = grants[2].result.as_ref().unwrap();
+    assert_eq!((v.granted, v.final_units), (secs(60), true));
+    // Every grant failing still opens the session.
+    let mut h = H::with(0, 0);
+    let Reply::Updated { grants, .. } =
+        h.ok(open("t", 1, vec![want(RG_DATA, Units::default(), kb(10))]))
+    else {
+        panic!()
+    };
+    assert_eq!(grants[0].result, Err(Rejection::InsufficientBalance));
+    assert!(h.a().ext.sessions.contains_key(&sid("t")));
+    // Open on an open session acts as an Update (usage charged, as debt here).
+    let Reply::Updated { charged, debt, .. } =
+        h.ok(open("t", 2, vec![want(RG_DATA, kb(4), Units::default())]))
+    else {
+        panic!()
+    };
+    assert_eq!((charged, debt), (2, 2));
+    // Same seq, other params: reused; lower seq: too old.
+    assert_eq!(h.rej(open("t", 2, vec![])), Rejection::RequestIdReused);
+    assert_eq!(h.rej(open("t", 1, vec![])), Rejection::RequestTooOld);
+    // Suspended: refused whole, nothing made.
+    h.ok(Command::SetState {
+        state: AccountState::Suspended,
+    });
+    assert_eq!(h.rej(open("u", 1, vec![])), Rejection::AccountNotActive);
+    assert!(!h.a().ext.sessions.contains_key(&sid("u")));
+}
+
+#[test]
+fn usage_on_a_new_rating_group_is_charged_on_the_reservation_its_grant_opens() {
+    let mut h = H::with(1000, 0);
+    h.ok(open("s", 0, vec![]));
+    let Reply::Updated {
+        grants, charged, ..
+    } = h.ok(Command::Update {
+        session: sid("s"),
+        seq: 1,
+        reports: vec![want(RG_DATA, bytes(100), kb(10))],
+    })
+    else {
+        panic!()
+    };
+    assert_eq!(charged, 1);
+    assert_eq!(grants[0].result.as_ref().unwrap().granted, kb(10));
+    h.ok(Command::Terminate {
+        session: sid("s"),
+        seq: 2,
+        reports: vec![want(RG_DATA, bytes(900), Units::default())],
+    });
+    // 1,000 bytes in all: one started kB (0.3, so 1), charged once; rated
+    // apart, 100 and 900 bytes would have cost 1 each.
+    assert_eq!(h.main(), (999, 0));
+}
+
+#[test]
+fn open_counts_against_the_session_limit() {
+    let mut h = H::with(1000, 0);
+    h.limits.max_sessions_per_account = 2;
+    h.replica.limits = h.limits.clone();
+    h.ok(open("a", 0, vec![]));
+    h.ok(open("b", 0, vec![]));
+    assert_eq!(h.rej(open("c", 0, vec![])), Rejection::LimitExceeded);
+    // An open one is still served.
+    h.ok(open("a", 1, vec![want(RG_DATA, Units::default(), kb(1))]));
+}
+
 #[test]
 fn terminate_charges_releases_and_closes() {
     let mut h = H::with(1000, 0);

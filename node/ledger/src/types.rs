@@ -151,6 +151,17 @@ pub enum Command {
     Expire {
         reservation: ReservationId,
     },
+    /// Opens a session (Nchf Create) with 0..n rating groups, or, when it is
+    /// open already, acts as an `Update` on it. Unlike `Update` it never
+    /// fails for a rating group's sake: a group that gets nothing is
+    /// reported in its `GrantResult` and the session stays open. Replies
+    /// `Reply::Updated`. (Last variant: the log's encoding of the others
+    /// is unchanged.)
+    Open {
+        session: SessionId,
+        seq: u64,
+        reports: Vec<UsageReport>,
+    },
 }
 
 impl Command {
@@ -161,9 +172,9 @@ impl Command {
             Command::Reserve { rating_group, .. } | Command::Debit { rating_group, .. } => {
                 vec![*rating_group]
             }
-            Command::Update { reports, .. } | Command::Terminate { reports, .. } => {
-                reports.iter().map(|r| r.rating_group).collect()
-            }
+            Command::Update { reports, .. }
+            | Command::Terminate { reports, .. }
+            | Command::Open { reports, .. } => reports.iter().map(|r| r.rating_group).collect(),
             _ => Vec::new(),
         }
     }

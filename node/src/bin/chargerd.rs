@@ -222,6 +222,8 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
         nodes: 3,
         shards,
         public_ports: Some(ports),
+        // Nchf of node i on base_port + 30 + i - 1 (50081-50083 by default).
+        nchf_ports: Some(vec![base_port + 30, base_port + 31, base_port + 32]),
         ..Default::default()
     })
     .await?;
@@ -240,6 +242,9 @@ async fn dev(base_port: u16, shards: u32, no_demo: bool) -> anyhow::Result<()> {
             "  node {id}: api http://{}  raft {}  metrics http://{maddr}/metrics",
             a.public, a.internal
         );
+        if let Some(n) = cluster.nchf_url(*id) {
+            println!("          nchf {n}/nchf-convergedcharging/v3/chargingdata (HTTP/1.1, h2c)");
+        }
     }
     cluster.wait_ready(Duration::from_secs(20)).await?;
     cluster.spread_leaders(Duration::from_secs(10)).await?;

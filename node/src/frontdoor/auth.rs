@@ -168,6 +168,7 @@ pub const METHOD_ROLES: &[(&str, Access)] = {
     &[
         ("/charging.v1.Charging/Reserve", R(Charging)),
         ("/charging.v1.Charging/Update", R(Charging)),
+        ("/charging.v1.Charging/OpenSession", R(Charging)),
         ("/charging.v1.Charging/Terminate", R(Charging)),
         ("/charging.v1.Charging/Commit", R(Charging)),
         ("/charging.v1.Charging/Release", R(Charging)),

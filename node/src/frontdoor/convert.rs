@@ -170,6 +170,16 @@ resp!(update, pb::UpdateResponse, |r, c| match r {
         ..Default::default()
     },
 });
+/// `OpenSession` replies as `Update` does.
+pub fn open_session(r: Result<Reply, Rejection>) -> pb::OpenSessionResponse {
+    let u = update(r);
+    pb::OpenSessionResponse {
+        result: u.result,
+        grants: u.grants,
+        charged: u.charged,
+        debt: u.debt,
+    }
+}
 resp!(terminate, pb::TerminateResponse, |r, c| match r {
     Some(Reply::Terminated { charged, debt }) => pb::TerminateResponse {
         result: c,

@@ -147,7 +147,13 @@ fn bucket_spec(b: &pb::BucketSpec, field: &str) -> Result<BucketSpec, Status> {
     })
 }
 
-fn reports(rs: &[pb::UsageReport], terminate: bool) -> Result<Vec<UsageReport>, Status> {
+/// `terminate`: nothing may be requested; `may_be_empty`: no report at all
+/// is valid (a terminate, a session opened before any quota is asked for).
+fn reports(
+    rs: &[pb::UsageReport],
+    terminate: bool,
+    may_be_empty: bool,
+) -> Result<Vec<UsageReport>, Status> {
     if rs.len() > MAX_REPORTS {
         return Err(bad("reports", "more than 64"));
     }
@@ -177,7 +183,7 @@ fn reports(rs: &[pb::UsageReport], terminate: bool) -> Result<Vec<UsageReport>, 
             requested,
         });
     }
-    if !terminate && out.is_empty() {
+    if !may_be_empty && out.is_empty() {
         return Err(bad("reports", "must not be empty"));
     }
     Ok(out)
@@ -265,7 +271,19 @@ pub fn update(r: &pb::UpdateRequest) -> Result<(AccountId, RequestId, Command), 
         Command::Update {
             session: session_id(&r.session_id)?,
             seq: r.seq,
-            reports: reports(&r.reports, false)?,
+            reports: reports(&r.reports, false, false)?,
+        },
+    ))
+}
+
+pub fn open_session(r: &pb::OpenSessionRequest) -> Result<(AccountId, RequestId, Command), Status> {
+    Ok((
+        account_id(&r.account_id)?,
+        request_id(&r.request_id, "request_id")?,
+        Command::Open {
+            session: session_id(&r.session_id)?,
+            seq: r.seq,
+            reports: reports(&r.reports, false, true)?,
         },
     ))
 }
@@ -277,7 +295,7 @@ pub fn terminate(r: &pb::TerminateRequest) -> Result<(AccountId, RequestId, Comm
         Command::Terminate {
             session: session_id(&r.session_id)?,
             seq: r.seq,
-            reports: reports(&r.reports, true)?,
+            reports: reports(&r.reports, true, true)?,
         },
     ))
 }

@@ -110,18 +110,75 @@ impl Tx<'_> {
     }
 
     pub(super) fn update(&mut self, sid: &SessionId, reports: &[UsageReport]) -> R<Reply> {
-        let mut s = self
+        let s = self
             .live_session(sid)
             .filter(|s| !s.closed)
             .cloned()
             .ok_or(Rejection::SessionNotFound)?;
+        let always = reports.is_empty();
+        self.update_on(sid, s, reports, always)
+    }
+
+    /// `Open`: the session, made if absent, then its reports as `Update`
+    /// does them, accepted whatever each rating group's outcome.
+    pub(super) fn open(&mut self, sid: &SessionId, reports: &[UsageReport]) -> R<Reply> {
+        if self.d.state != AccountState::Active {
+            return Err(Rejection::AccountNotActive);
+        }
+        let s = match self.live_session(sid).cloned() {
+            Some(s) if s.closed => return Err(Rejection::SessionNotFound),
+            Some(s) => s,
+            None => {
+                if self.live_sessions() >= self.limits.max_sessions_per_account as usize {
+                    return Err(OVERFLOW);
+                }
+                Session {
+                    last_seq: 0,
+                    params_hash: 0,
+                    last_reply: Reply::StateSet,
+                    last_ms: self.now,
+                    closed: false,
+                    open: Vec::new(),
+                }
+            }
+        };
+        self.update_on(sid, s, reports, true)
+    }
+
+    /// The reports of an `Update` (or `Open`) on session `s`. Unless
+    /// `accepted`, it fails as a whole when nothing at all could be done.
+    fn update_on(
+        &mut self,
+        sid: &SessionId,
+        mut s: Session,
+        reports: &[UsageReport],
+        accepted: bool,
+    ) -> R<Reply> {
         let (mut charged, mut debt) = (0i64, 0i64);
         let mut grants = Vec::new();
-        let mut did_something = reports.is_empty();
+        let mut did_something = accepted;
         let mut worst: Option<Rejection> = None;
         for rep in reports {
             let rg = rep.rating_group;
             let open = s.reservation_for(rg);
+            if open.is_none()
+                && !rating::is_zero(&rep.used)
+                && !rating::is_zero(&rep.requested)
+                && self.find_tombstone(sid, rg).is_none()
+            {
+                // Usage on a group with no grant yet, and a grant asked
+                // for: charged on the reservation that grant opens, so
+                // its rounding is cumulative with what follows.
+                let (c, dbt, result) = self.open_with_usage(sid, &mut s, rg, rep)?;
+                charged = add(charged, c)?;
+                debt = add(debt, dbt)?;
+                did_something = true;
+                grants.push(GrantResult {
+                    rating_group: rg,
+                    result,
+                });
+                continue;
+            }
             if !rating::is_zero(&rep.used) {
                 let (c, dbt) = self.charge_report(sid, open, rg, &rep.used)?;
                 charged = add(charged, c)?;
@@ -160,6 +217,47 @@ impl Tx<'_> {
             charged,
             debt,
         })
+    }
+
+    /// A rating group the session holds nothing on, reporting usage and
+    /// asking for quota: a new reservation is charged the usage, then
+    /// granted on (per-group failures as in `regrant`; the usage stays
+    /// charged). Returns (charged, debt, the group's result).
+    fn open_with_usage(
+        &mut self,
+        sid: &SessionId,
+        s: &mut Session,
+        rg: RatingGroup,
+        rep: &UsageReport,
+    ) -> R<(i64, i64, Result<Grant, Rejection>)> {
+        let mut r = self.new_reservation(sid, rg);
+        let (c, dbt) = self.charge_usage(&mut r, &rep.used)?;
+        if self.d.state != AccountState::Active {
+            return Ok((c, dbt, Err(Rejection::AccountNotActive)));
+        }
+        let (granted, final_units) = match self.grant(&mut r, &rep.requested) {
+            Ok(g) => g,
+            Err(e @ (Rejection::RatingFailed | Rejection::InsufficientBalance)) => {
+                return Ok((c, dbt, Err(e)))
+            }
+            Err(e) => return Err(e),
+        };
+        if self.d.reservations.len(&self.base.ext.reservations)
+            >= self.limits.max_reservations_per_account as usize
+        {
+            self.release(&r.holds)?;
+            return Ok((c, dbt, Err(Rejection::LimitExceeded)));
+        }
+        let id = self.alloc_reservation()?;
+        let grant = Grant {
+            reservation: id,
+            granted,
+            final_units,
+            expires_at_ms: r.expires_at_ms,
+        };
+        self.d.reservations.insert(id, r);
+        insert_open(s, rg, id);
+        Ok((c, dbt, Ok(grant)))
     }
 
     /// One rating group's new quota in an `Update`. The outer error is fatal

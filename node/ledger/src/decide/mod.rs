@@ -45,6 +45,15 @@
 //! - `final_units` is set when less than requested was granted.
 //! - `Expire` of an open reservation that is not yet due is rejected with
 //!   `RequestTooOld` (the sweeper's view was stale).
+//! - `Open` (Nchf Create) makes a session with 0..n rating groups, or acts
+//!   on the open one as an `Update` does; it is refused only as a whole
+//!   (account not active, session closed, tables full), never for one rating
+//!   group's sake. A session opened with no rating group holds nothing and is
+//!   forgotten `dedup_window_ms` after its last operation, as any idle one.
+//!   An `Update` adding a rating group the session did not have opens a
+//!   reservation for it; usage it reports for that group in the same
+//!   request is charged on that reservation (one cumulative rounding), not
+//!   on a one-off record, unless the group has a live tombstone (late usage).
 //! - A terminated session cannot be reopened until it is forgotten
 //!   (`dedup_window_ms` after its last operation); a session with no open
 //!   reservation is forgotten the same way.
@@ -187,7 +196,8 @@ fn session_key(cmd: &Command) -> Option<(&SessionId, u64)> {
     match cmd {
         Command::Reserve { session, seq, .. }
         | Command::Update { session, seq, .. }
-        | Command::Terminate { session, seq, .. } => Some((session, *seq)),
+        | Command::Terminate { session, seq, .. }
+        | Command::Open { session, seq, .. } => Some((session, *seq)),
         _ => None,
     }
 }
@@ -483,6 +493,9 @@ impl<'a> Tx<'a> {
             Command::Update {
                 session, reports, ..
             } => self.update(session, reports),
+            Command::Open {
+                session, reports, ..
+            } => self.open(session, reports),
             Command::Terminate {
                 session, reports, ..
             } => self.terminate(session, reports),
