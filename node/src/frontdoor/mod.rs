@@ -350,6 +350,10 @@ impl FrontDoor {
                 Some(leader),
                 &format!("forward to node {leader} failed ({})", s.message()),
             ),
+            _ if broke_off(&s) => self.unavailable(
+                Some(leader),
+                &format!("forward to node {leader} failed ({})", s.message()),
+            ),
             _ => s,
         }
     }
@@ -483,7 +487,8 @@ impl FrontDoor {
                     let unreachable = matches!(
                         s.code(),
                         Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
-                    ) || (s.code() == Code::Unavailable && hint_of(&s).is_none());
+                    ) || broke_off(&s)
+                        || (s.code() == Code::Unavailable && hint_of(&s).is_none());
                     if let Some(h) = hint_of(&s).filter(|h| *h != target && *h != self.node) {
                         self.hints.insert(shard, h);
                         if s.code() == Code::Unavailable {
@@ -719,3 +724,12 @@ macro_rules! mutations {
     };
 }
 charging_proto::charging_ops!(mutations);
+
+/// A forward whose connection broke under it (the target died mid-call):
+/// tonic reports a local transport or HTTP/2 error, e.g. `INTERNAL` "h2
+/// protocol error", with the error as its source. A status the target
+/// itself sent has no source. Unknown outcome: UNAVAILABLE, retried under
+/// the same request id, never `INTERNAL` to the caller.
+fn broke_off(s: &Status) -> bool {
+    s.code() == Code::Internal && std::error::Error::source(s).is_some()
+}
