@@ -737,8 +737,8 @@ mod tests {
     fn backoff_doubles_and_caps() {
         let c = ClientConfig::default();
         let ms: Vec<u128> = (0..8).map(|i| c.backoff(i).as_millis()).collect();
-        assert_eq!(ms, vec![5, 10, 20, 40, 80, 160, 200, 200]);
-        assert_eq!(c.backoff(200).as_millis(), 200);
+        assert_eq!(ms, vec![5, 10, 20, 40, 50, 50, 50, 50]);
+        assert_eq!(c.backoff(200).as_millis(), 50);
     }
 
     #[test]
