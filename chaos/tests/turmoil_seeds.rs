@@ -65,8 +65,10 @@ const PINNED: &[(u64, u64, bool)] = &[
     // 1 run in 7 while the node's hashers were random. With the tail trap
     // (the nemesis crashes a leader the moment a follower holds an entry it
     // has not flushed) and leader restore switched back on, seeds 1-20 fail
-    // 7 times; these two are the shortest of them (both 5 nodes).
-    (12, 0, true),
+    // 7 times; these two are the shortest of them (both 5 nodes). Since the
+    // Raft timings became 50 / 150-300 ms (and nodes probe each other's
+    // clocks), seeds 8, 13 and 14 of 1-18 catch it; 8 replaced 12.
+    (8, 0, true),
     (14, 0, true),
     // (Seed 1 with 3 nodes, in `three_node_seeds_hold_every_invariant`, once
     // raised an apply alarm: see "after a batch fails to commit, a duplicate
@@ -165,7 +167,7 @@ fn a_seed_replays_its_run_exactly() {
 }
 
 /// The pinned seeds above prove the fix only if the suite runs the fixed
-/// node: the bug behind seeds 12 and 14 exists as a test-only feature
+/// node: the bug behind seeds 8 and 14 exists as a test-only feature
 /// (`teeth_restore.rs`), which must not be compiled in here.
 #[test]
 fn a_restarted_leader_comes_back_a_follower() {

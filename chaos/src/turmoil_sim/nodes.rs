@@ -116,9 +116,6 @@ pub(super) fn node_config(id: u64, cfg: &TurmoilConfig, seed: u64) -> NodeConfig
     c.shards = cfg.shards;
     c.ledger = limits();
     c.rng_seed = seed;
-    // The timings the pinned seeds were found with (the simulated network
-    // delays messages by up to tens of ms; see `faults`).
-    c.raft = charging_node::config::RaftTimings::one_process();
     // Snapshots stay in memory and would be lost with a crash; keep runs
     // below the snapshot threshold so a restart replays its log.
     c.snapshot_logs = 1_000_000;
