@@ -9,7 +9,8 @@
 #   bench/cluster3.sh endpoints                      --endpoint flags for chargebench
 #
 # Environment: C3_DIR (default /tmp/chargec3), CHARGERD / CHARGECTL,
-# C3_SNAPSHOT_LOGS (the nodes' snapshot_logs limit), C3_TLS=1 (TLS between
+# C3_SNAPSHOT_LOGS (the nodes' snapshot_logs limit), C3_LIMITS (more
+# [limits] lines, e.g. 'election_timeout_min_ms = 400\nelection_timeout_max_ms = 800'), C3_TLS=1 (TLS between
 # the nodes and to clients, certificates in $C3_DIR/certs; then
 # `export CHARGING_CA=$C3_DIR/certs/ca.pem` for chargebench and chargectl).
 # C3_AUTH=1 (with C3_TLS=1) also turns bearer tokens on: keys in $C3_DIR/jwt*.pem;
@@ -54,8 +55,10 @@ case "${1:-}" in
         echo "shards = 16"
         echo "replication_factor = 3"
         echo "fsync = \"$fsync\""
-        if [[ -n "${C3_SNAPSHOT_LOGS:-}" ]]; then
-          printf '[limits]\nsnapshot_logs = %s\n' "$C3_SNAPSHOT_LOGS"
+        if [[ -n "${C3_SNAPSHOT_LOGS:-}${C3_LIMITS:-}" ]]; then
+          printf '[limits]\n'
+          [[ -z "${C3_SNAPSHOT_LOGS:-}" ]] || printf 'snapshot_logs = %s\n' "$C3_SNAPSHOT_LOGS"
+          [[ -z "${C3_LIMITS:-}" ]] || printf '%b\n' "$C3_LIMITS"
         fi
         for p in 1 2 3; do
           printf '\n[[peers]]\nid = %s\npublic = "127.0.1.%s:50051"\ninternal = "127.0.1.%s:51051"\n' "$p" "$p" "$p"
