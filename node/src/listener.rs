@@ -385,16 +385,13 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let guard = self.conns.begin(req.extensions());
+        // Only a budgeted call pays for the shared hold (an allocation).
         let budget = match &self.budget.0 {
-            Some(sem) if req.uri().path() != STREAM_PATH => Some(sem.clone()),
+            Some(sem) if req.uri().path() != STREAM_PATH => Some((sem.clone(), Held::default())),
             _ => None,
         };
-        let held: Held = Arc::default();
-        let req = req.map(|body| Budgeted {
-            body,
-            budget,
-            held: held.clone(),
-        });
+        let held = budget.as_ref().map(|(_, h)| h.clone());
+        let req = req.map(|body| Budgeted { body, budget });
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
@@ -422,8 +419,8 @@ where
 /// `Status` in a body error), and the rest of the body is never read.
 pub struct Budgeted<B> {
     body: B,
-    budget: Option<Arc<Semaphore>>,
-    held: Held,
+    /// The budget, and what this request holds of it.
+    budget: Option<(Arc<Semaphore>, Held)>,
 }
 
 impl<B> http_body::Body for Budgeted<B>
@@ -443,11 +440,11 @@ where
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        if let (Some(sem), Some(data)) = (&self.budget, frame.data_ref()) {
+        if let (Some((sem, held)), Some(data)) = (&self.budget, frame.data_ref()) {
             let n = u32::try_from(bytes::Buf::remaining(data)).unwrap_or(u32::MAX);
             match sem.clone().try_acquire_many_owned(n) {
                 Ok(p) => {
-                    let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
                     match held.as_mut() {
                         Some(h) => h.merge(p),
                         None => *held = Some(p),
@@ -477,7 +474,7 @@ where
 pub struct Guarded<B> {
     body: B,
     _guard: Option<RequestGuard>,
-    _held: Held,
+    _held: Option<Held>,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
